@@ -1,0 +1,114 @@
+"""Every exception the library raises, in one tree.
+
+::
+
+    StarburstError
+     ├── StoreError                     a store operation failed
+     │    ├── StoreUnavailableError     endpoint unreachable, throttled past retries, 5xx
+     │    ├── StoreConfigError          bucket missing, no credentials, access denied,
+     │    │                             directory not writable: the user must fix something
+     │    ├── ObjectNotFoundError       get() of a key that does not exist
+     │    ├── PreconditionFailedError   put_if_absent / put_if_match lost the race
+     │    └── CorruptRecordError        a record failed its signature or could not be decoded
+     ├── SerializationError (+TypeError) a callable, argument or result could not be pickled
+     ├── ProtocolMismatchError          client and worker disagree on protocol / Python /
+     │                                  cloudpickle versions
+     ├── SessionError                   a session cannot be used (unknown, expired, deleted)
+     └── WorkerLostError (+BrokenProcessPool)
+          a task's worker died more often than ``max_attempts`` allows
+    BrokenStarburstExecutor (+BrokenExecutor)  the pool cannot run anything (initializer failed)
+    RemoteTraceback                     carries a worker's traceback text as ``__cause__``
+
+Standard exceptions keep their standard meaning: ``ValueError`` for bad arguments,
+``RuntimeError`` after shutdown, ``TimeoutError`` for timeouts.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "BrokenStarburstExecutor",
+    "CorruptRecordError",
+    "ObjectNotFoundError",
+    "PreconditionFailedError",
+    "ProtocolMismatchError",
+    "RemoteTraceback",
+    "SerializationError",
+    "SessionError",
+    "StarburstError",
+    "StoreConfigError",
+    "StoreError",
+    "StoreUnavailableError",
+    "WorkerLostError",
+]
+
+
+class StarburstError(Exception):
+    """Root of every error this library defines."""
+
+
+class StoreError(StarburstError):
+    """A store operation failed."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached, or kept failing after retries (network, 5xx, throttling)."""
+
+
+class StoreConfigError(StoreError):
+    """The store is misconfigured: missing bucket, no or bad credentials, access denied,
+    a directory that cannot be written. Retrying will not help; the message says what to fix."""
+
+
+class ObjectNotFoundError(StoreError, KeyError):
+    """The key does not exist in the store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class PreconditionFailedError(StoreError):
+    """A conditional write lost: the key already exists (``put_if_absent``), or it changed or
+    no longer exists (``put_if_match``)."""
+
+
+class CorruptRecordError(StoreError):
+    """A record in the store failed its integrity check or could not be decoded."""
+
+
+class SerializationError(StarburstError, TypeError):
+    """A callable, an argument, a result or an exception could not be (un)pickled."""
+
+
+class ProtocolMismatchError(StarburstError):
+    """Client and worker run incompatible protocol, Python or cloudpickle versions."""
+
+
+class SessionError(StarburstError):
+    """A session cannot be used: unknown id, expired, cleaned up, or its data deleted."""
+
+
+class WorkerLostError(StarburstError, BrokenProcessPool):
+    """The worker running a task died (killed, out of memory, machine lost) on every attempt."""
+
+
+class BrokenStarburstExecutor(StarburstError, BrokenExecutor):
+    """The executor cannot run tasks any more (e.g. the initializer failed on a worker)."""
+
+
+class RemoteTraceback(Exception):
+    """Holds the formatted traceback of an exception raised on a worker.
+
+    It is attached as ``__cause__`` of the re-raised exception, so the worker's source lines
+    are printed under "The above exception was the direct cause of ...", as
+    ``ProcessPoolExecutor`` does.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
