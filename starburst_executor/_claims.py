@@ -1,0 +1,175 @@
+"""Claims and leases: who runs which batch, and taking work back from lost workers.
+
+- A first claim is a create-if-absent of ``claims/{bid}``: exactly one worker wins.
+- The holder renews the lease by compare-and-swap; a failed renewal means the claim was taken
+  over (its lease had expired) and the holder's result may lose the race to the new holder's.
+- A lease that expired, or a claim its worker released (SIGTERM, Spot) or that the launcher
+  saw die, is taken over by compare-and-swap with ``attempt + 1``. Past ``max_attempts`` the
+  taker fails the batch's tasks with ``WorkerLostError`` instead of running them again.
+- Finished claims stay (state "done") so that a worker that lists the batch late cannot claim
+  it again; claims done for longer than ``gc_seconds`` are deleted by the expiry scan.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from starburst_executor.errors import ObjectNotFoundError, PreconditionFailedError
+from starburst_executor.protocol import Claim, Codec, SessionKeys
+from starburst_executor.stores.base import Store
+
+__all__ = ["ClaimHandle", "Claims"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimHandle:
+    """A claim this process holds: the record and the ETag to compare-and-swap against."""
+
+    bid: str
+    claim: Claim
+    etag: str
+    exhausted: bool = False  # taken over past max_attempts: fail the tasks, do not run them
+
+
+class Claims:
+    """Claim operations on one session.
+
+    Args:
+        store: the session's store.
+        keys: the session's key builder.
+        codec: the record codec.
+        lease_seconds: lease length; holders renew every third of it.
+        max_attempts: attempts before a batch's tasks fail with ``WorkerLostError``.
+    """
+
+    def __init__(
+        self, store: Store, keys: SessionKeys, codec: Codec, *, lease_seconds: float,
+        max_attempts: int,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._codec = codec
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.gc_seconds = max(120.0, 4 * lease_seconds)
+
+    def _read(self, bid: str) -> tuple[Claim, str] | None:
+        key = self._keys.claim(bid)
+        try:
+            obj = self._store.get(key)
+        except ObjectNotFoundError:
+            return None
+        return Claim.from_dict(self._codec.decode_json(obj.data, key)), obj.etag
+
+    def _write(self, bid: str, claim: Claim, etag: str | None) -> str:
+        key = self._keys.claim(bid)
+        data = self._codec.encode_json(claim.to_dict())
+        if etag is None:
+            return self._store.put_if_absent(key, data)
+        return self._store.put_if_match(key, data, etag)
+
+    def try_claim(self, bid: str, worker: str) -> ClaimHandle | None:
+        """Claim a batch nobody has claimed yet; ``None`` if somebody has."""
+        claim = Claim(worker, 1, "running", self._store.now() + self.lease_seconds)
+        try:
+            etag = self._write(bid, claim, None)
+        except PreconditionFailedError:
+            return None
+        return ClaimHandle(bid, claim, etag)
+
+    def renew(self, handle: ClaimHandle) -> ClaimHandle | None:
+        """Extend the lease; ``None`` if the claim was taken over meanwhile."""
+        claim = replace(handle.claim, expires=self._store.now() + self.lease_seconds,
+                        n=handle.claim.n + 1)
+        try:
+            return replace(handle, claim=claim, etag=self._write(handle.bid, claim, handle.etag))
+        except PreconditionFailedError:
+            return None
+
+    def finish(self, handle: ClaimHandle) -> None:
+        """Mark the batch done (its result is written)."""
+        claim = replace(handle.claim, state="done", n=handle.claim.n + 1)
+        try:
+            self._write(handle.bid, claim, handle.etag)
+        except PreconditionFailedError:
+            logger.info("batch %s: claim changed before it was marked done (taken over)", handle.bid)
+
+    def release(self, handle: ClaimHandle) -> bool:
+        """Give a claim back so another worker runs the batch now (not after the lease)."""
+        claim = replace(handle.claim, state="released", expires=0.0, n=handle.claim.n + 1)
+        try:
+            self._write(handle.bid, claim, handle.etag)
+        except PreconditionFailedError:
+            return False
+        self._requeue(handle.bid, claim.attempt)
+        return True
+
+    def _requeue(self, bid: str, attempt: int) -> None:
+        ts_ms = int(self._store.now() * 1000)
+        self._store.put(self._keys.requeue(ts_ms, bid, attempt), b"")
+
+    def take_over(self, bid: str, worker: str) -> ClaimHandle | None:
+        """Take a released or expired claim; ``None`` if it is live, done, or lost the race.
+
+        The handle is ``exhausted`` when the new attempt would exceed ``max_attempts``: the
+        caller then fails the tasks with ``WorkerLostError`` rather than running them.
+        """
+        current = self._read(bid)
+        if current is None:
+            return self.try_claim(bid, worker)
+        claim, etag = current
+        if claim.state == "done":
+            return None
+        if claim.state == "running" and claim.expires > self._store.now():
+            return None
+        attempt = claim.attempt + 1
+        new = Claim(worker, attempt, "running", self._store.now() + self.lease_seconds,
+                    claim.n + 1, (*claim.history, claim.worker))
+        try:
+            etag = self._write(bid, new, etag)
+        except PreconditionFailedError:
+            return None
+        logger.info("batch %s: %s took over from %s (attempt %d)", bid, worker, claim.worker, attempt)
+        return ClaimHandle(bid, new, etag, exhausted=attempt > self.max_attempts)
+
+    def scan(self) -> list[str]:
+        """Find batches whose lease expired (their worker is gone); collect old done claims.
+
+        Costs one listing of the in-flight claims, plus a read of each stale one.
+        """
+        now = self._store.now()
+        expired, garbage = [], []
+        for info in self._store.list(self._keys.claims):
+            age = now - info.last_modified
+            if age < self.lease_seconds:
+                continue
+            bid = info.key.rsplit("/", 1)[-1]
+            current = self._read(bid)
+            if current is None:
+                continue
+            claim = current[0]
+            if claim.state == "done":
+                if age > self.gc_seconds:
+                    garbage.append(info.key)
+            elif claim.expires < now:
+                expired.append(bid)
+        if garbage:
+            self._store.delete_many(garbage)
+        return expired
+
+    def release_worker(self, worker: str) -> list[str]:
+        """Release every running claim of a worker known to be dead; returns their batches."""
+        released = []
+        for info in self._store.list(self._keys.claims):
+            bid = info.key.rsplit("/", 1)[-1]
+            current = self._read(bid)
+            if current is None:
+                continue
+            claim, etag = current
+            if claim.worker == worker and claim.state == "running":
+                if self.release(ClaimHandle(bid, claim, etag)):
+                    released.append(bid)
+        return released

@@ -1,0 +1,342 @@
+"""The manager thread: one per executor, the only code that resolves its Futures.
+
+Each turn of its loop it forms batches from queued calls (when the upload window has room),
+uploads them on a small I/O pool, follows the session's completion events with a cursor,
+fetches and decodes results, resolves Futures, and keeps the worker pool at the size the
+outstanding work needs, replacing workers that died. It polls fast while results arrive,
+backs off while they do not, and sleeps without polling when nothing is outstanding.
+
+It holds only a weak reference to its executor (as the stdlib's management threads do), and
+shares state with it through one ``_Shared`` object behind one lock; no store I/O happens
+under that lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import weakref
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from starburst_executor._claims import Claims
+from starburst_executor._cursor import KeyCursor
+from starburst_executor._session import BATCH_BYTES_MAX, Call, Outcome, SessionWriter
+from starburst_executor.errors import BrokenStarburstExecutor, StarburstError
+from starburst_executor.launchers.base import Launcher, WorkerExit
+from starburst_executor.protocol import SessionKeys
+from starburst_executor.worker.loop import EXIT_INIT_FAILED
+
+__all__ = ["Manager", "Shared", "WorkItem"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH_TASKS = 1000
+_EXIT_CANNOT_START = 2
+
+
+@dataclass
+class WorkItem:
+    future: Future[Any]
+    call: Call
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Shared:
+    """State shared by an executor and its manager thread (loky's ``_ExecutorFlags``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.queue: deque[WorkItem] = deque()
+        self.shutdown = False
+        self.broken: BaseException | None = None
+        self.flush = False  # detach: upload everything queued now
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """Polling pace of the manager thread.
+
+    Attributes:
+        linger: how long the first queued call waits for others to share its batch.
+        poll_min: shortest wait between polls while results arrive.
+        poll_max: longest wait between polls while results are awaited.
+        maintain_every: how often the worker pool is checked.
+        rewind_after: after this long without a result, re-list completions from the start
+            (catches an event stamped by a badly skewed clock); doubles each time.
+    """
+
+    linger: float = 0.002
+    poll_min: float = 0.002
+    poll_max: float = 0.5
+    maintain_every: float = 0.5
+    rewind_after: float = 60.0
+
+
+class Manager:
+    """Drives one session from the client side. See the module docstring."""
+
+    def __init__(
+        self, executor: object, shared: Shared, writer: SessionWriter, launcher: Launcher | None,
+        *, max_workers: int, pacing: Pacing, window: int | None, batch_limit: int | None,
+        claims: Claims,
+    ) -> None:
+        self._executor_ref = weakref.ref(executor, lambda _: self._wake_for_gc())
+        self._shared = shared
+        self._writer = writer
+        self._launcher = launcher
+        self._max_workers = max_workers
+        self._pacing = pacing
+        self._window = window
+        self._batch_limit = min(batch_limit or MAX_BATCH_TASKS, MAX_BATCH_TASKS)
+        self._claims = claims
+        self._outstanding: dict[str, list[Future[Any]]] = {}
+        self._io = ThreadPoolExecutor(8, thread_name_prefix="starburst-io")
+        self._inflight: set[Future[Any]] = set()
+        self._cursor = KeyCursor(writer.store, writer.keys.done)
+        self._last_watermark: str | None = None
+        self.thread = threading.Thread(target=self._run, name="starburst-manager", daemon=True)
+        self.closed = threading.Event()
+
+    def request_shutdown(self) -> None:
+        """Finish what is queued and outstanding, then close the session and exit."""
+        with self._shared.lock:
+            self._shared.shutdown = True
+        self._shared.wake.set()
+
+    def _wake_for_gc(self) -> None:
+        self._shared.wake.set()
+
+    @property
+    def session_id(self) -> str:
+        return self._writer.keys.session_id
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # top of a thread: never die silently, fail the Futures
+            logger.exception("session %s: manager thread failed", self.session_id)
+            self._break(StarburstError(f"the executor's manager thread failed: {exc!r}"))
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
+        interval = self._pacing.poll_min
+        next_maintain = 0.0
+        last_result = time.monotonic()
+        rewind_after = self._pacing.rewind_after
+        while True:
+            self._shared.wake.clear()
+            self._collect_io()
+            self._form_batches()
+            got = self._poll_results() if self._outstanding else 0
+            now = time.monotonic()
+            if now >= next_maintain:
+                self._maintain_workers()
+                next_maintain = now + self._pacing.maintain_every
+            if got:
+                interval = self._pacing.poll_min
+                last_result, rewind_after = now, self._pacing.rewind_after
+            elif self._outstanding and now - last_result > rewind_after:
+                self._cursor.rewind()
+                last_result, rewind_after = now, rewind_after * 2
+            with self._shared.lock:
+                queued = len(self._shared.queue)
+                stopping = self._shared.shutdown or self._executor_ref() is None
+            busy = bool(self._outstanding or self._inflight)
+            if stopping and not queued and not busy:
+                return
+            if not busy and not queued:
+                self._shared.wake.wait()  # nothing to wait for: sleep until a submit or shutdown
+                interval = self._pacing.poll_min
+                continue
+            if queued and not self._window_full():
+                oldest = self._shared.queue[0].queued_at if self._shared.queue else now
+                self._shared.wake.wait(max(0.0, self._pacing.linger - (now - oldest)))
+                continue
+            self._shared.wake.wait(interval)
+            interval = min(interval * 1.5, self._pacing.poll_max)
+
+    def _window_full(self) -> bool:
+        return self._window is not None and len(self._outstanding) >= self._window and not self._shared.flush
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def _form_batches(self) -> None:
+        while not self._window_full():
+            with self._shared.lock:
+                pending = len(self._shared.queue)
+                if not pending:
+                    return
+                # Spread the queue over the workers (twice over, so an uneven batch does not
+                # leave a worker idle at the end), within the per-batch limits.
+                size = max(1, min(self._batch_limit, math.ceil(pending / (2 * self._max_workers))))
+                items: list[WorkItem] = []
+                nbytes = 0
+                while self._shared.queue and len(items) < size:
+                    item = self._shared.queue[0]
+                    if items and nbytes + item.call.size > BATCH_BYTES_MAX:
+                        break
+                    self._shared.queue.popleft()
+                    nbytes += item.call.size
+                    items.append(item)
+            # Handing a call to the store is the stdlib's "moving it to the call queue": from
+            # here on cancel() returns False.
+            items = [it for it in items if it.future.set_running_or_notify_cancel()]
+            if not items:
+                continue
+            bid = self._writer.next_bid()
+            self._outstanding[bid] = [it.future for it in items]
+            job = self._io.submit(self._writer.write_batch, bid, [it.call for it in items])
+            job.add_done_callback(lambda _: self._shared.wake.set())
+            self._inflight.add(job)
+            job.bid = bid  # type: ignore[attr-defined]
+            job.kind = "upload"  # type: ignore[attr-defined]
+
+    def _collect_io(self) -> None:
+        for job in [j for j in self._inflight if j.done()]:
+            self._inflight.discard(job)
+            bid: str = job.bid  # type: ignore[attr-defined]
+            exc = job.exception()
+            if job.kind == "upload":  # type: ignore[attr-defined]
+                if exc is not None:
+                    logger.error("session %s: upload of batch %s failed: %s", self.session_id, bid, exc)
+                    self._fail_batch(bid, exc)
+            elif job.kind == "result":  # type: ignore[attr-defined]
+                if exc is not None:
+                    logger.error("session %s: reading results of %s failed: %s", self.session_id, bid, exc)
+                    self._fail_batch(bid, exc)
+                else:
+                    self._resolve(bid, job.result())
+            elif exc is not None:
+                logger.warning("session %s: %s failed: %s", self.session_id, job.kind, exc)  # type: ignore[attr-defined]
+
+    def _fail_batch(self, bid: str, exc: BaseException) -> None:
+        for fut in self._outstanding.pop(bid, ()):
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # -- results -----------------------------------------------------------------------------
+
+    def _poll_results(self) -> int:
+        got = 0
+        for info in self._cursor.poll():
+            bid = SessionKeys.bid_of(info.key)
+            if bid not in self._outstanding or any(
+                getattr(j, "bid", None) == bid and j.kind == "result"  # type: ignore[attr-defined]
+                for j in self._inflight
+            ):
+                continue
+            got += 1
+            if info.size:  # small results ride inside the event
+                job = self._io.submit(self._read_event, info.key, bid)
+            else:
+                job = self._io.submit(self._writer.read_result, bid, None)
+            job.add_done_callback(lambda _: self._shared.wake.set())
+            job.bid = bid  # type: ignore[attr-defined]
+            job.kind = "result"  # type: ignore[attr-defined]
+            self._inflight.add(job)
+        return got
+
+    def _read_event(self, key: str, bid: str) -> list[Outcome] | BaseException:
+        return self._writer.read_result(bid, self._writer.store.get(key).data)
+
+    def _resolve(self, bid: str, outcomes: list[Outcome] | BaseException) -> None:
+        futures = self._outstanding.pop(bid, None)
+        if futures is None:
+            return
+        if isinstance(outcomes, BaseException):
+            for fut in futures:
+                fut.set_exception(outcomes)
+            return
+        for i, fut in enumerate(futures):
+            if i >= len(outcomes):
+                fut.set_exception(StarburstError(f"batch {bid}: the worker returned no result for task {i}"))
+            elif outcomes[i].error is not None:
+                fut.set_exception(outcomes[i].error)
+            else:
+                fut.set_result(outcomes[i].value)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _maintain_workers(self) -> None:
+        if self._launcher is None:
+            return
+        for ended in self._launcher.poll():
+            self._worker_ended(ended)
+        if self._shared.broken is not None:
+            return
+        with self._shared.lock:
+            queued = len(self._shared.queue)
+        need = min(self._max_workers, len(self._outstanding) + (1 if queued else 0))
+        running = self._launcher.running()
+        if need > running:
+            self._launcher.start(need - running)
+        self._update_watermark()
+
+    def _worker_ended(self, ended: WorkerExit) -> None:
+        if ended.code == EXIT_INIT_FAILED:
+            error = self._writer.worker_error(ended.worker) or ended.log_tail
+            self._break(BrokenStarburstExecutor(
+                f"the initializer failed on worker {ended.worker}, so the pool cannot run "
+                f"tasks (as ProcessPoolExecutor's BrokenProcessPool). Its traceback:\n{error}"
+            ))
+        elif ended.code == _EXIT_CANNOT_START:
+            self._break(BrokenStarburstExecutor(
+                f"worker {ended.worker} could not start ({ended.reason}). Its log:\n{ended.log_tail}"
+            ))
+        elif ended.code not in (0, None) and self._outstanding:
+            logger.warning("session %s: worker %s ended (%s); its work will be retried",
+                           self.session_id, ended.worker, ended.reason)
+            job = self._io.submit(self._claims.release_worker, ended.worker)
+            job.kind = "release"  # type: ignore[attr-defined]
+            job.bid = ""  # type: ignore[attr-defined]
+            self._inflight.add(job)
+
+    def _update_watermark(self) -> None:
+        if not self._outstanding:
+            return
+        first = min(self._outstanding)
+        mark = self._writer.keys.batch(first)[:-1]  # just before the oldest unfinished batch
+        if mark != self._last_watermark and (self._last_watermark is None or mark > self._last_watermark):
+            try:
+                self._writer.set_control(low_watermark=mark)
+            except StarburstError as exc:  # only an optimisation for workers that start late
+                logger.warning("session %s: could not update the watermark: %s", self.session_id, exc)
+                return
+            self._last_watermark = mark
+
+    def _break(self, exc: BaseException) -> None:
+        with self._shared.lock:
+            if self._shared.broken is None:
+                self._shared.broken = exc
+            items = list(self._shared.queue)
+            self._shared.queue.clear()
+        for item in items:
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_exception(exc)
+        for bid in list(self._outstanding):
+            self._fail_batch(bid, exc)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        try:
+            if not self._writer.manifest.detached:
+                try:
+                    self._writer.set_control(state="closed")
+                except StarburstError as exc:
+                    logger.warning("session %s: could not mark the session closed: %s",
+                                   self.session_id, exc)
+                if self._launcher is not None:
+                    self._launcher.stop()
+        finally:
+            self._io.shutdown(wait=True)
+            self.closed.set()

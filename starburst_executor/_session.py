@@ -1,0 +1,204 @@
+"""``SessionWriter``: the client's side of the store protocol for one session.
+
+It creates the session, turns queued calls into batch objects (content-addressing large
+parts), decodes result records into outcomes, and updates the control record. It does no
+threading and holds no Futures: the manager thread (``_manager.py``) drives it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from starburst_executor.errors import ObjectNotFoundError, PreconditionFailedError, StarburstError
+from starburst_executor.protocol import (
+    Codec,
+    ControlRecord,
+    SessionKeys,
+    SessionManifest,
+    digest,
+    ts_key,
+)
+from starburst_executor.serialization import ChunkResult, RemoteException, loads
+from starburst_executor.stores.base import Store
+
+__all__ = ["Call", "Outcome", "SessionWriter", "new_session_id"]
+
+INLINE_PART_MAX = 256 * 1024  # larger parts become content-addressed blobs, uploaded once
+BATCH_BYTES_MAX = 16 * 1024 * 1024  # inline bytes per batch object
+
+
+def new_session_id() -> str:
+    """Sortable by creation time, unique without coordination: ``20261121-081500-3fa9c2``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class Call:
+    """A pickled call waiting to travel: ``kind`` is "call" or "chunk" (a ``map`` chunk)."""
+
+    kind: str
+    parts: dict[str, Any]  # {"fn": bytes, "args": [bytes], "kwargs": {name: bytes}}
+
+    @property
+    def size(self) -> int:
+        p = self.parts
+        return len(p["fn"]) + sum(map(len, p["args"])) + sum(map(len, p["kwargs"].values()))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One task's outcome: ``value`` if ``error`` is ``None``."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+
+class SessionWriter:
+    """Client-side protocol operations of one session.
+
+    Args:
+        store: the store.
+        manifest: the session's manifest (written by :meth:`create`).
+        codec: signs and verifies records.
+    """
+
+    def __init__(self, store: Store, manifest: SessionManifest, codec: Codec) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.codec = codec
+        self.keys = SessionKeys(manifest.session_id)
+        self._origin = secrets.token_hex(4)
+        self._seq = 0
+        self._blobs_uploaded: set[str] = set()
+        self._control: tuple[ControlRecord, str] | None = None
+
+    def create(self) -> None:
+        """Write the manifest and the control record; fails if the session id exists."""
+        self.store.put_if_absent(self.keys.manifest, self.codec.encode_json(self.manifest.to_dict()))
+        record = ControlRecord()
+        etag = self.store.put_if_absent(self.keys.control, self.codec.encode_json(record.to_dict()))
+        self._control = (record, etag)
+
+    def upload_blob(self, data: bytes) -> str:
+        """Store a large part once per session; returns its digest."""
+        ref = digest(data)
+        if ref not in self._blobs_uploaded:
+            try:
+                self.store.put_if_absent(self.keys.blob(ref), self.codec.encode_blob(data))
+            except PreconditionFailedError:
+                pass  # same content, uploaded by another client of this session
+            self._blobs_uploaded.add(ref)
+        return ref
+
+    def next_bid(self) -> str:
+        self._seq += 1
+        stamp = ts_key(int(self.store.now() * 1000)).split("/")[1]
+        return f"{stamp}-{self._origin}-{self._seq:06d}"
+
+    def write_batch(self, bid: str, calls: list[Call]) -> None:
+        """Upload one batch object (large parts first, as blobs)."""
+        inline: dict[str, bytes] = {}
+
+        def ref(part: bytes) -> str:
+            if len(part) > INLINE_PART_MAX:
+                return self.upload_blob(part)
+            h = digest(part)
+            inline[h] = part
+            return h
+
+        tasks = [
+            {
+                "i": i, "kind": call.kind, "fn": ref(call.parts["fn"]),
+                "args": [ref(a) for a in call.parts["args"]],
+                "kwargs": {k: ref(v) for k, v in call.parts["kwargs"].items()},
+            }
+            for i, call in enumerate(calls)
+        ]
+        record = {"bid": bid, "versions": self.manifest.versions, "tasks": tasks, "inline": inline}
+        self.store.put(self.keys.batch(bid), self.codec.encode_pickle(record))
+
+    def read_result(self, bid: str, inline: bytes | None) -> list[Outcome] | BaseException:
+        """Decode a batch's results: one ``Outcome`` per task, or the batch-wide error."""
+        key = self.keys.result(bid)
+        data = inline or self.store.get(key).data
+        record = self.codec.decode_pickle(data, key)
+        if record["batch_error"] is not None:
+            return _rebuild(record["batch_error"])
+        outcomes: list[Outcome] = []
+        for _, status, payload in sorted(record["outcomes"], key=lambda o: o[0]):
+            outcomes.append(_outcome(status, payload))
+        return outcomes
+
+    def set_control(self, **changes: Any) -> None:
+        """Change the control record by compare-and-swap, retrying on conflict."""
+        for _ in range(20):
+            if self._control is None:
+                obj = self.store.get(self.keys.control)
+                self._control = (
+                    ControlRecord.from_dict(self.codec.decode_json(obj.data, self.keys.control)),
+                    obj.etag,
+                )
+            record, etag = self._control
+            new = replace(record, n=record.n + 1, **changes)
+            try:
+                etag = self.store.put_if_match(
+                    self.keys.control, self.codec.encode_json(new.to_dict()), etag
+                )
+            except PreconditionFailedError:
+                self._control = None  # another client changed it: re-read and retry
+                continue
+            self._control = (new, etag)
+            return
+        raise StarburstError(f"session {self.keys.session_id}: control record kept changing")
+
+    def worker_error(self, worker: str) -> str:
+        """The error a worker recorded (its initializer's traceback), or ""."""
+        key = self.keys.worker(worker)
+        try:
+            data = self.codec.decode_json(self.store.get(key).data, key)
+        except ObjectNotFoundError:
+            return ""
+        return str(data.get("error", ""))
+
+    def delete(self, keys: Iterable[str]) -> None:
+        self.store.delete_many(keys)
+
+
+def _rebuild(payload: bytes) -> BaseException:
+    try:
+        remote = loads(payload)
+    except Exception as exc:
+        return StarburstError(f"a worker's error report could not be decoded: {exc!r}")
+    if isinstance(remote, RemoteException):
+        return remote.rebuild()
+    return StarburstError(f"a worker sent an unexpected error report: {type(remote).__name__}")
+
+
+def _outcome(status: str, payload: bytes) -> Outcome:
+    if status == "err":
+        return Outcome(error=_rebuild(payload))
+    try:
+        value = loads(payload)
+    except Exception as exc:
+        from starburst_executor.errors import SerializationError
+
+        error = SerializationError(
+            f"the task's result could not be unpickled on the client: {type(exc).__name__}: "
+            f"{exc}. Is every module it uses importable here?"
+        )
+        error.__cause__ = exc
+        return Outcome(error=error)
+    if isinstance(value, ChunkResult) and value.error is not None:
+        return Outcome(value=(value.values, value.error.rebuild()))
+    if isinstance(value, ChunkResult):
+        return Outcome(value=(value.values, None))
+    return Outcome(value=value)
+
+
+def client_host() -> str:
+    return f"{os.uname().nodename}:{os.getpid()}"

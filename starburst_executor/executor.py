@@ -1,0 +1,301 @@
+"""``StarburstExecutor``: a drop-in ``ProcessPoolExecutor`` whose workers pull from a store.
+
+Calls are pickled at ``submit`` (so an unpicklable argument fails there, naming the argument),
+queued, and batched by the manager thread (``_manager.py``) into objects in the store, where a
+pool of workers claims and runs them. Futures are real ``concurrent.futures.Future`` objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
+
+from starburst_executor._claims import Claims
+from starburst_executor._manager import Manager, Pacing, Shared, WorkItem
+from starburst_executor._session import Call, SessionWriter, new_session_id
+from starburst_executor.config import secret_key
+from starburst_executor.launchers.base import Launcher
+from starburst_executor.launchers.local import LocalLauncher
+from starburst_executor.protocol import Codec, SessionManifest, runtime_versions
+from starburst_executor.serialization import call_parts, dumps_part
+from starburst_executor.stores import Store, open_store
+from starburst_executor.stores.local import LocalStore
+
+__all__ = ["StarburstExecutor"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_live_managers: weakref.WeakSet[Manager] = weakref.WeakSet()
+_interpreter_exiting = False
+
+
+def _python_exit() -> None:
+    """At interpreter exit, finish pending work and join the manager threads (as the stdlib's
+    ``concurrent.futures.process._python_exit`` does)."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    managers = list(_live_managers)
+    for manager in managers:
+        manager.request_shutdown()
+    for manager in managers:
+        manager.thread.join()
+
+
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+
+
+class StarburstExecutor(Executor):
+    """Runs calls on a pool of workers that share an object store with this process.
+
+    Accepts ``ProcessPoolExecutor``'s arguments, with these meanings here:
+
+    Args:
+        max_workers: the most workers the session runs at once (default: ``os.cpu_count()``
+            for the local backend). Workers start as work arrives and exit when idle.
+        mp_context: accepted for compatibility and ignored: workers are always fresh
+            interpreters (like the "spawn" start method), because on remote machines nothing
+            else is possible and local runs should behave the same.
+        initializer: called as ``initializer(*initargs)`` once in each worker before it runs
+            tasks. If it raises, the executor becomes broken (``BrokenStarburstExecutor``, a
+            ``BrokenExecutor``), as the stdlib's does.
+        initargs: arguments for ``initializer``.
+        max_tasks_per_child: a worker exits after this many tasks and a fresh one replaces
+            it (batches are capped at this size so the count is exact).
+        store: where tasks and results live: ``None`` (a directory under the per-user cache,
+            or ``STARBURST_STORE``), ``"file:///path"``, ``"s3://bucket/prefix"``, or a
+            ``Store`` object.
+        backend: what runs the workers: ``"local"`` (processes on this machine; the default).
+        max_attempts: how many times a task is started when its worker dies before its Future
+            fails with ``WorkerLostError`` (a ``BrokenProcessPool``).
+        lease_seconds: how long a worker's claim on a batch lasts without renewal; a worker
+            that vanishes without a trace has its work retried after this long.
+        idle_timeout: workers exit after this long without work (started again on demand).
+        name: a label for the session.
+        pacing: polling pace of the client (advanced).
+
+    Raises:
+        ValueError: ``max_workers`` or ``max_tasks_per_child`` is not positive, or an argument
+            is out of range.
+        StoreConfigError: the store cannot be used (missing bucket, no credentials, directory
+            not writable); the message says what to fix.
+        StoreUnavailableError: the store could not be reached.
+    """
+
+    _detached = False
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        store: str | Store | None = None,
+        backend: str | None = None,
+        max_attempts: int = 3,
+        lease_seconds: float = 30.0,
+        idle_timeout: float = 60.0,
+        name: str = "",
+        pacing: Pacing | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_child is not None and max_tasks_per_child <= 0:
+            raise ValueError("max_tasks_per_child must be >= 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if lease_seconds < 1:
+            raise ValueError("lease_seconds must be >= 1 (workers renew every third of it)")
+        backend = backend or "local"
+        if backend != "local":
+            raise ValueError(
+                f"backend {backend!r} is not available in this version; use backend='local' "
+                "(workers on this machine, with any store, including s3://)"
+            )
+        self._max_workers = max_workers
+        self._store = open_store(store)
+        codec = Codec(secret_key())
+        pacing = pacing or _default_pacing(self._store)
+        session_id = new_session_id()
+        init_ref = None
+        writer_manifest = SessionManifest(
+            session_id=session_id, created=time.time(), versions=runtime_versions(),
+            max_attempts=max_attempts, lease_seconds=lease_seconds, idle_timeout=idle_timeout,
+            max_tasks_per_child=max_tasks_per_child, name=name, store_url=self._store.url,
+            backend=backend, detached=self._detached,
+        )
+        writer = SessionWriter(self._store, writer_manifest, codec)
+        if initializer is not None:
+            init_ref = writer.upload_blob(dumps_part((initializer, initargs), "the initializer"))
+            writer.manifest = SessionManifest(**{**writer_manifest.to_dict(), "initializer": init_ref})
+        writer.create()
+        self._writer = writer
+        launcher: Launcher = LocalLauncher(self._store.url, session_id, poll_max=pacing.poll_max)
+        self._launcher = launcher
+        self._shared = Shared()
+        claims = Claims(self._store, writer.keys, codec, lease_seconds=lease_seconds,
+                        max_attempts=max_attempts)
+        self._manager = Manager(
+            self, self._shared, writer, launcher, max_workers=max_workers, pacing=pacing,
+            window=None if self._detached else max(4, 2 * max_workers),
+            batch_limit=max_tasks_per_child, claims=claims,
+        )
+        self._started = False
+        self._start_lock = threading.Lock()
+        logger.info("session %s: %d worker(s) max, store %s", session_id, max_workers, self._store.url)
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        """The session's id: sortable by creation time, printable, and the key to its data."""
+        return self._writer.keys.session_id
+
+    @property
+    def store(self) -> Store:
+        """The store this executor's session lives in."""
+        return self._store
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(session={self.session_id!r}, max_workers="
+                f"{self._max_workers}, store={self._store.url!r})")
+
+    # -- Executor API ------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; returns a Future for its result.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            SerializationError: ``fn`` or an argument cannot be pickled (nothing is queued).
+            RuntimeError: after ``shutdown()``.
+            BrokenStarburstExecutor: the pool is broken (see ``initializer``).
+        """
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable as its first argument, not {type(fn).__name__}")
+        self._check_open()
+        return self._enqueue(Call("call", call_parts(fn, args, kwargs)))
+
+    def _check_open(self) -> None:
+        if self._shared.broken is not None:
+            raise type(self._shared.broken)(str(self._shared.broken))
+        if self._shared.shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _enqueue(self, call: Call) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._shared.lock:
+            self._check_open()
+            self._shared.queue.append(WorkItem(future, call))
+        self._ensure_started()
+        self._shared.wake.set()
+        return future
+
+    def _ensure_started(self) -> None:
+        if self._started:
+            return
+        with self._start_lock:
+            if not self._started:
+                _live_managers.add(self._manager)
+                self._manager.thread.start()
+                self._started = True
+
+    def map(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like ``ProcessPoolExecutor.map``: results in order, ``chunksize`` items per task.
+
+        Each chunk travels as one task; an exception raised for an item is raised when the
+        iterator reaches that item, after the values before it. ``timeout`` counts from this
+        call; on timeout the iterator raises ``TimeoutError`` and cancels what has not run.
+
+        Raises:
+            ValueError: ``chunksize`` < 1.
+            SerializationError: ``fn`` or an item cannot be pickled (nothing is queued).
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable as its first argument, not {type(fn).__name__}")
+        self._check_open()
+        end_time = None if timeout is None else timeout + time.monotonic()
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        fn_bytes = dumps_part(fn, f"the callable {name}")
+        calls = []
+        items = zip(*iterables)
+        for start in itertools.count(0, chunksize):
+            chunk = list(itertools.islice(items, chunksize))
+            if not chunk:
+                break
+            what = f"the items {start + 1}..{start + len(chunk)} given to map({name})"
+            calls.append(Call("chunk", {"fn": fn_bytes, "args": [dumps_part(chunk, what)], "kwargs": {}}))
+        futures = [self._enqueue(call) for call in calls]
+        return _chain_results(futures, end_time)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; with ``wait``, return once every Future is done and the
+        workers have stopped. Safe to call more than once.
+
+        Args:
+            wait: block until pending work is finished and the workers exited.
+            cancel_futures: cancel the calls not yet handed to the store (as the stdlib
+                cancels those not yet in its call queue).
+        """
+        with self._shared.lock:
+            self._shared.shutdown = True
+            cancelled = list(self._shared.queue) if cancel_futures else []
+            if cancel_futures:
+                self._shared.queue.clear()
+        for item in cancelled:
+            item.future.cancel()
+        self._shared.wake.set()
+        if not self._started:
+            self._ensure_started()  # let the manager close the session and exit
+        if wait:
+            self._manager.thread.join()
+
+    def __exit__(self, *exc_info: object) -> None:  # type: ignore[override]
+        self.shutdown(wait=True)
+
+
+def _chain_results(futures: list[Future[Any]], end_time: float | None) -> Iterator[Any]:
+    """Yield the values of chunk Futures in order; cancel the rest if the caller stops."""
+    try:
+        futures.reverse()
+        while futures:
+            fut = futures[-1]
+            if end_time is None:
+                values, error = fut.result()
+            else:
+                values, error = fut.result(end_time - time.monotonic())
+            futures.pop()
+            yield from values
+            if error is not None:
+                raise error
+    finally:
+        for fut in futures:
+            fut.cancel()
+
+
+def _default_pacing(store: Store) -> Pacing:
+    if isinstance(store, LocalStore):
+        return Pacing()
+    # Each S3 request costs money and tens of milliseconds: poll less eagerly.
+    return Pacing(linger=0.01, poll_min=0.05, poll_max=2.0)
+

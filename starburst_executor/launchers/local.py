@@ -1,0 +1,108 @@
+"""``LocalLauncher``: workers as processes on this machine.
+
+Each worker runs the same entry point as the container (``python -m
+starburst_executor.worker``), in its own process session so that a detached session outlives
+the client and a Ctrl-C in the client's terminal does not reach it. Its output goes to a log
+file per worker under ``STARBURST_HOME/logs/{session}/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from starburst_executor.config import SECRET_ENV, home_dir, secret_key
+from starburst_executor.launchers.base import WorkerExit
+
+__all__ = ["LocalLauncher"]
+
+logger = logging.getLogger(__name__)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            return b"\n".join(fh.read().splitlines()[-lines:]).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class LocalLauncher:
+    """Runs workers as local processes.
+
+    Args:
+        store_url: the store the workers use.
+        session_id: the session they work for.
+        poll_max: the workers' longest wait between looks for work.
+        log_dir: where worker logs go (default ``STARBURST_HOME/logs/{session_id}``).
+    """
+
+    def __init__(self, store_url: str, session_id: str, *, poll_max: float = 0.5,
+                 log_dir: Path | None = None) -> None:
+        self.store_url = store_url
+        self.session_id = session_id
+        self.poll_max = poll_max
+        self.log_dir = log_dir or home_dir() / "logs" / session_id
+        self._procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+
+    def start(self, count: int) -> list[str]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env[SECRET_ENV] = secret_key().hex()  # never via the store; see DESIGN.md "Security"
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        started = []
+        for _ in range(count):
+            worker = f"local-{os.getpid()}-{secrets.token_hex(3)}"
+            log = self.log_dir / f"{worker}.log"
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "starburst_executor.worker", "--store", self.store_url,
+                     "--session", self.session_id, "--worker-id", worker,
+                     "--poll-max", str(self.poll_max)],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True, close_fds=True,
+                )
+            self._procs[worker] = (proc, log)
+            started.append(worker)
+        logger.debug("session %s: started %d local worker(s)", self.session_id, count)
+        return started
+
+    def running(self) -> int:
+        return sum(1 for proc, _ in self._procs.values() if proc.poll() is None)
+
+    def pids(self) -> dict[str, int]:
+        """Process ids of the workers still running, by worker id."""
+        return {w: p.pid for w, (p, _) in self._procs.items() if p.poll() is None}
+
+    def poll(self) -> list[WorkerExit]:
+        ended = []
+        for worker, (proc, log) in list(self._procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self._procs[worker]
+            reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            ended.append(WorkerExit(worker, code, reason, _tail(log) if code else ""))
+        return ended
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for proc, _ in self._procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc, _ in self._procs.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("session %s: worker pid %d ignored SIGTERM; killing it",
+                               self.session_id, proc.pid)
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,58 @@
+"""Entry point of every worker: ``python -m starburst_executor.worker --store URL --session SID``.
+
+The local launcher runs exactly this, and so does the container image. Settings come from
+arguments or ``STARBURST_*`` environment variables (never payloads: ECS limits container
+overrides to 8,192 characters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import socket
+import sys
+
+from starburst_executor.config import secret_key
+from starburst_executor.errors import StarburstError
+from starburst_executor.protocol import Codec
+from starburst_executor.stores import open_store
+from starburst_executor.worker.loop import Worker, WorkerOptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m starburst_executor.worker",
+        description="Run a starburst worker for one session until the session ends.",
+    )
+    parser.add_argument("--store", default=os.environ.get("STARBURST_STORE"),
+                        help="store URL (file:///path or s3://bucket/prefix); env STARBURST_STORE")
+    parser.add_argument("--session", default=os.environ.get("STARBURST_SESSION"),
+                        help="session id; env STARBURST_SESSION")
+    parser.add_argument("--worker-id", default=os.environ.get("STARBURST_WORKER_ID"),
+                        help="worker id (default: host-pid-random); env STARBURST_WORKER_ID")
+    parser.add_argument("--poll-max", type=float,
+                        default=float(os.environ.get("STARBURST_POLL_MAX", "0.5")),
+                        help="longest wait between looks for work, seconds")
+    parser.add_argument("--log-level", default=os.environ.get("STARBURST_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    if not args.store or not args.session:
+        parser.error("--store and --session are required (or STARBURST_STORE / STARBURST_SESSION)")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s worker %(process)d %(name)s: %(message)s",
+    )
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    try:
+        worker = Worker(open_store(args.store), args.session, worker_id, Codec(secret_key()),
+                        WorkerOptions(poll_max=args.poll_max))
+    except (StarburstError, ValueError) as exc:
+        logging.getLogger("starburst_executor.worker").error("cannot start: %s", exc)
+        return 2
+    worker.handle_sigterm()
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

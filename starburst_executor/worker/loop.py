@@ -1,0 +1,404 @@
+"""The worker loop: claim a batch, run it, write its results, repeat.
+
+The same code runs in local worker processes and in the container (``python -m
+starburst_executor.worker``). A worker exits when the session is closed, after
+``idle_timeout`` seconds without work, after ``max_tasks_per_child`` tasks, or on SIGTERM, when
+it hands its claim back so that another worker runs the batch at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from types import FrameType
+from typing import Any
+
+from starburst_executor._claims import ClaimHandle, Claims
+from starburst_executor._cursor import KeyCursor
+from starburst_executor.errors import (
+    ObjectNotFoundError,
+    PreconditionFailedError,
+    ProtocolMismatchError,
+    SerializationError,
+    StarburstError,
+    WorkerLostError,
+)
+from starburst_executor.protocol import (
+    Codec,
+    ControlRecord,
+    SessionKeys,
+    SessionManifest,
+    WorkerRecord,
+    key_time_ms,
+    version_mismatch,
+)
+from starburst_executor.serialization import ChunkResult, capture_exception, dumps, loads
+from starburst_executor.stores.base import Store
+
+__all__ = ["EXIT_INIT_FAILED", "Worker", "WorkerOptions"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_INIT_FAILED = 3
+INLINE_RESULT_MAX = 256 * 1024  # results up to this size ride inside the done event
+_BLOB_CACHE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker polls.
+
+    Attributes:
+        poll_min: first wait when idle (seconds); doubles up to ``poll_max``.
+        poll_max: longest wait between two looks for work.
+        cursor_margin: overlap of successive listings (see ``KeyCursor``).
+        control_every: how often to re-read the session's control record.
+    """
+
+    poll_min: float = 0.005
+    poll_max: float = 0.5
+    cursor_margin: float = 15.0
+    control_every: float = 2.0
+
+
+class _BlobCache:
+    """Large parts already fetched by this worker, least recently used evicted first."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, digest: str) -> bytes | None:
+        data = self._items.get(digest)
+        if data is not None:
+            self._items.move_to_end(digest)
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        self._items[digest] = data
+        self._size += len(data)
+        while self._size > self._limit and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self._size -= len(old)
+
+
+class Worker:
+    """One worker of one session.
+
+    Args:
+        store: the session's store.
+        session_id: the session to work for.
+        worker_id: this worker's id (unique within the session).
+        codec: verifies and signs records.
+        options: polling behaviour.
+    """
+
+    def __init__(
+        self, store: Store, session_id: str, worker_id: str, codec: Codec,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = SessionKeys(session_id)
+        self.worker_id = worker_id
+        self.codec = codec
+        self.options = options or WorkerOptions()
+        self.manifest = self._load_manifest()
+        self.claims = Claims(
+            store, self.keys, codec, lease_seconds=self.manifest.lease_seconds,
+            max_attempts=self.manifest.max_attempts,
+        )
+        self._mismatch = version_mismatch(self.manifest.versions)
+        self._blobs = _BlobCache(_BLOB_CACHE_BYTES)
+        self._stop = threading.Event()
+        self._terminating = threading.Event()
+        self._lock = threading.Lock()
+        self._handle: ClaimHandle | None = None  # the claim being run, renewed in background
+        self._tasks_run = 0
+        self._started = store.now()
+        self._record = WorkerRecord(worker_id, "running", socket.gethostname(), os.getpid(),
+                                    self._started)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _load_manifest(self) -> SessionManifest:
+        try:
+            obj = self.store.get(self.keys.manifest)
+        except ObjectNotFoundError:
+            raise StarburstError(
+                f"session {self.keys.session_id} does not exist in {self.store.url}"
+            ) from None
+        return SessionManifest.from_dict(self.codec.decode_json(obj.data, self.keys.manifest))
+
+    def _write_record(self, **changes: Any) -> None:
+        self._record = replace(self._record, tasks=self._tasks_run, **changes)
+        self.store.put(self.keys.worker(self.worker_id), self.codec.encode_json(self._record.to_dict()))
+
+    def run(self) -> int:
+        """Work until the session ends; returns the process exit code."""
+        self._write_record()
+        if not self._run_initializer():
+            return EXIT_INIT_FAILED
+        renewer = threading.Thread(target=self._renew_loop, name="starburst-lease", daemon=True)
+        renewer.start()
+        reason = "error"
+        try:
+            reason = self._loop()
+        finally:
+            self._stop.set()
+            renewer.join()
+            if not self._terminating.is_set():
+                self._write_record(state="exited", reason=reason)
+        logger.info("worker %s of session %s exits: %s", self.worker_id, self.keys.session_id, reason)
+        return 0
+
+    def _run_initializer(self) -> bool:
+        digest = self.manifest.initializer
+        if digest is None:
+            return True
+        try:
+            initializer, initargs = loads(self._part(digest, {}))
+            initializer(*initargs)
+        except BaseException as exc:  # the initializer is user code: report anything
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            logger.error("worker %s: initializer failed:\n%s", self.worker_id, text)
+            self._write_record(state="init-failed", reason="initializer failed", error=text)
+            return False
+        return True
+
+    def handle_sigterm(self) -> None:
+        """Install a SIGTERM handler that hands the current claim back and exits.
+
+        ECS sends SIGTERM on StopTask and on a Spot interruption (two minutes before the
+        machine goes); the handler only sets a flag, the lease thread does the store I/O.
+        """
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            self._terminating.set()
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _renew_loop(self) -> None:
+        interval = self.claims.lease_seconds / 3
+        while True:
+            if self._terminating.is_set():
+                self._terminate()
+            if self._stop.wait(interval) and not self._terminating.is_set():
+                return
+            with self._lock:
+                handle = self._handle
+            if handle is None or self._terminating.is_set():
+                continue
+            try:
+                renewed = self.claims.renew(handle)
+            except StarburstError as exc:  # the next renewal may get through
+                logger.warning("worker %s: lease renewal of %s failed: %s", self.worker_id, handle.bid, exc)
+                continue
+            with self._lock:
+                if self._handle is not None and self._handle.bid == handle.bid:
+                    self._handle = renewed
+            if renewed is None:
+                logger.warning("worker %s: lost its claim on batch %s (lease expired and taken "
+                               "over); its result may be discarded", self.worker_id, handle.bid)
+
+    def _terminate(self) -> None:
+        with self._lock:
+            handle = self._handle
+        try:
+            if handle is not None and self.claims.release(handle):
+                logger.info("worker %s: SIGTERM, released batch %s", self.worker_id, handle.bid)
+            self._write_record(state="exited", reason="SIGTERM")
+        finally:
+            logging.shutdown()
+            os._exit(143)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> str:
+        control = self._read_control()
+        cursor = KeyCursor(self.store, self.keys.batches, margin=self.options.cursor_margin,
+                           start_after=control.low_watermark)
+        old_before_ms = int(self._started * 1000) - int(self.options.cursor_margin * 1000)
+        interval = self.options.poll_min
+        last_work = time.monotonic()
+        next_control = time.monotonic() + self.options.control_every
+        next_scan = 0.0
+        pending: list[str] = []
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_control:
+                control = self._read_control()
+                next_control = now + self.options.control_every
+            if control.state != "open":
+                return "session closed"
+            if not pending:
+                keys = [info.key for info in cursor.poll()]
+                if keys:  # start at a random point: racing workers rarely contend on one key
+                    k = random.randrange(len(keys))
+                    pending = keys[k:] + keys[:k]
+            ran = False
+            while pending and not self._stop.is_set():
+                key = pending.pop(0)
+                handle = self._claim(key, old_before_ms)
+                if handle is not None:
+                    self._run_claimed(handle)
+                    ran = True
+                    break
+            if not ran and now >= next_scan:
+                next_scan = now + self.claims.lease_seconds / 2
+                for bid in self.claims.scan():
+                    handle = self.claims.take_over(bid, self.worker_id)
+                    if handle is not None:
+                        self._run_claimed(handle)
+                        ran = True
+                        break
+            limit = self.manifest.max_tasks_per_child
+            if limit is not None and self._tasks_run >= limit:
+                return f"ran max_tasks_per_child={limit} tasks"
+            if ran or pending:
+                interval = self.options.poll_min
+                last_work = time.monotonic()
+                continue
+            if time.monotonic() - last_work > self.manifest.idle_timeout:
+                return f"idle for {self.manifest.idle_timeout:g} s"
+            self._stop.wait(interval)
+            interval = min(interval * 2, self.options.poll_max)
+        return "stopped"
+
+    def _read_control(self) -> ControlRecord:
+        try:
+            obj = self.store.get(self.keys.control)
+        except ObjectNotFoundError:
+            return ControlRecord(state="deleted")
+        return ControlRecord.from_dict(self.codec.decode_json(obj.data, self.keys.control))
+
+    def _claim(self, key: str, old_before_ms: int) -> ClaimHandle | None:
+        bid = SessionKeys.bid_of(key)
+        if SessionKeys.is_requeue(key):
+            return self.claims.take_over(bid, self.worker_id)
+        handle = self.claims.try_claim(bid, self.worker_id)
+        if handle is not None and key_time_ms(bid) < old_before_ms:
+            # A batch from before this worker started may be finished with its claim already
+            # collected: then its result exists, and it must not run again.
+            if any(True for _ in self.store.list(self.keys.result(bid))):
+                self.claims.finish(handle)
+                return None
+        return handle
+
+    # -- running a batch -------------------------------------------------------------------
+
+    def _run_claimed(self, handle: ClaimHandle) -> None:
+        with self._lock:
+            self._handle = handle
+        try:
+            outcomes, batch_error = self._execute(handle)
+            self._deliver(handle, outcomes, batch_error)
+        finally:
+            with self._lock:
+                current, self._handle = self._handle, None
+        if current is not None:
+            self.claims.finish(current)
+
+    def _execute(self, handle: ClaimHandle) -> tuple[list[tuple[int, str, bytes]], bytes | None]:
+        key = self.keys.batch(handle.bid)
+        try:
+            batch = self.codec.decode_pickle(self.store.get(key).data, key)
+        except ObjectNotFoundError:
+            return [], dumps(capture_exception(StarburstError(
+                f"batch {handle.bid} is missing from the store (was the session's data deleted?)")))
+        except StarburstError as exc:
+            return [], dumps(capture_exception(exc))
+        if self._mismatch:
+            return [], dumps(capture_exception(ProtocolMismatchError(self._mismatch)))
+        if handle.exhausted:
+            history = ", ".join(handle.claim.history) or "unknown"
+            error = WorkerLostError(
+                f"the worker running this task was lost {handle.claim.attempt - 1} times "
+                f"(workers: {history}); giving up after max_attempts="
+                f"{self.claims.max_attempts}. A task that kills its worker (out of memory, "
+                "segfault, os._exit) fails this way: check the worker logs"
+            )
+            return [], dumps(capture_exception(error))
+        inline: dict[str, bytes] = batch["inline"]
+        outcomes = []
+        for task in batch["tasks"]:
+            outcomes.append(self._run_task(task, inline))
+            self._tasks_run += 1
+        return outcomes, None
+
+    def _part(self, digest: str, inline: dict[str, bytes]) -> bytes:
+        data = inline.get(digest)
+        if data is None:
+            data = self._blobs.get(digest)
+        if data is None:
+            key = self.keys.blob(digest)
+            data = self.codec.decode_blob(self.store.get(key).data, key)
+            self._blobs.put(digest, data)
+        return data
+
+    def _run_task(self, task: dict[str, Any], inline: dict[str, bytes]) -> tuple[int, str, bytes]:
+        index = task["i"]
+        try:
+            fn = loads(self._part(task["fn"], inline))
+            args = [loads(self._part(d, inline)) for d in task["args"]]
+            kwargs = {k: loads(self._part(d, inline)) for k, d in task["kwargs"].items()}
+        except Exception as exc:
+            error = SerializationError(
+                f"the task's callable or arguments could not be unpickled on worker "
+                f"{self.worker_id}: {type(exc).__name__}: {exc}. Are the modules it uses "
+                "installed on the worker?"
+            )
+            error.__cause__ = exc
+            return index, "err", dumps(capture_exception(error))
+        if task["kind"] == "chunk":
+            value: Any = self._run_chunk(fn, args[0])
+        else:
+            try:
+                value = fn(*args, **kwargs)
+            except BaseException as exc:  # user code: every exception is the task's result
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)) and self._terminating.is_set():
+                    raise
+                return index, "err", dumps(capture_exception(exc))
+        try:
+            return index, "ok", dumps(value)
+        except Exception as exc:
+            error = SerializationError(
+                f"the task's result ({type(value).__name__}) could not be pickled to send it "
+                f"back: {type(exc).__name__}: {exc}. Return plain data instead"
+            )
+            return index, "err", dumps(capture_exception(error))
+
+    @staticmethod
+    def _run_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> ChunkResult:
+        values = []
+        for args in chunk:
+            try:
+                values.append(fn(*args))
+            except BaseException as exc:  # user code; map raises it at its position
+                return ChunkResult(values, capture_exception(exc))
+        return ChunkResult(values)
+
+    def _deliver(
+        self, handle: ClaimHandle, outcomes: list[tuple[int, str, bytes]], batch_error: bytes | None
+    ) -> None:
+        record = {
+            "bid": handle.bid, "worker": self.worker_id, "attempt": handle.claim.attempt,
+            "outcomes": outcomes, "batch_error": batch_error,
+        }
+        data = self.codec.encode_pickle(record)
+        try:
+            self.store.put_if_absent(self.keys.result(handle.bid), data)
+            inline = data if len(data) <= INLINE_RESULT_MAX else b""
+        except PreconditionFailedError:  # a duplicate run delivered first: its result stands
+            inline = b""
+        ts_ms = int(self.store.now() * 1000)
+        self.store.put(self.keys.done_event(ts_ms, handle.bid), inline)
