@@ -67,6 +67,8 @@ class Pacing:
         poll_min: shortest wait between polls while results arrive.
         poll_max: longest wait between polls while results are awaited.
         maintain_every: how often the worker pool is checked.
+        watermark_every: how often the low watermark (where late workers start) may be
+            rewritten (one compare-and-swap of the control record).
         rewind_after: after this long without a result, re-list completions from the start
             (catches an event stamped by a badly skewed clock); doubles each time.
     """
@@ -75,6 +77,7 @@ class Pacing:
     poll_min: float = 0.002
     poll_max: float = 0.5
     maintain_every: float = 0.5
+    watermark_every: float = 10.0
     rewind_after: float = 60.0
 
 
@@ -100,6 +103,7 @@ class Manager:
         self._inflight: set[Future[Any]] = set()
         self._cursor = KeyCursor(writer.store, writer.keys.done)
         self._last_watermark: str | None = None
+        self._next_watermark = 0.0
         self.thread = threading.Thread(target=self._run, name="starburst-manager", daemon=True)
         self.closed = threading.Event()
 
@@ -301,8 +305,9 @@ class Manager:
             self._inflight.add(job)
 
     def _update_watermark(self) -> None:
-        if not self._outstanding:
+        if not self._outstanding or time.monotonic() < self._next_watermark:
             return
+        self._next_watermark = time.monotonic() + self._pacing.watermark_every
         first = min(self._outstanding)
         mark = self._writer.keys.batch(first)[:-1]  # just before the oldest unfinished batch
         if mark != self._last_watermark and (self._last_watermark is None or mark > self._last_watermark):

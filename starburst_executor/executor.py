@@ -270,7 +270,7 @@ class StarburstExecutor(Executor):
         if wait:
             self._manager.thread.join()
 
-    def __exit__(self, *exc_info: object) -> None:  # type: ignore[override]
+    def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)
 
 

@@ -109,8 +109,9 @@ def capture_exception(exc: BaseException) -> RemoteException:
         message = str(exc)
     except Exception:  # a broken __str__ must not lose the traceback
         message = f"<unprintable {kind.__name__}>"
+    payload: bytes | None
     try:
-        payload: bytes | None = dumps(exc)
+        payload = dumps(exc)
         loads(payload)  # e.g. exceptions whose __init__ takes other args than .args fail here
     except Exception:
         payload = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -284,7 +284,7 @@ class S3Store:
         if batch:
             self._delete_batch(batch)
 
-    def _delete_batch(self, keys: list[str]) -> None:
+    def _delete_batch(self, keys: Sequence[str]) -> None:
         request = {"Objects": [{"Key": self._full(k)} for k in keys], "Quiet": True}
         response = self._call(
             "delete", keys[0],

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import queue
 import random
+import re
 import threading
 import time
 from urllib.parse import urlsplit
