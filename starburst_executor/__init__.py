@@ -22,7 +22,9 @@ from starburst_executor.errors import (
     StoreUnavailableError,
     WorkerLostError,
 )
+from starburst_executor.detached import DetachedExecutor, list_sessions
 from starburst_executor.executor import StarburstExecutor
+from starburst_executor.sessions import SessionStatus, TaskResult
 from starburst_executor.stores import open_store
 
 __version__ = "0.1.0"
@@ -30,18 +32,22 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokenStarburstExecutor",
     "CorruptRecordError",
+    "DetachedExecutor",
     "ObjectNotFoundError",
     "PreconditionFailedError",
     "ProtocolMismatchError",
     "RemoteTraceback",
     "SerializationError",
     "SessionError",
+    "SessionStatus",
     "StarburstError",
     "StarburstExecutor",
     "StoreConfigError",
     "StoreError",
     "StoreUnavailableError",
+    "TaskResult",
     "WorkerLostError",
     "__version__",
+    "list_sessions",
     "open_store",
 ]

@@ -56,6 +56,8 @@ class Shared:
         self.shutdown = False
         self.broken: BaseException | None = None
         self.flush = False  # detach: upload everything queued now
+        self.detach = False  # upload what is queued, then stop without closing the session
+        self.adopt: list[tuple[str, list[Future[Any]]]] = []  # attach: batches to resolve
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,21 @@ class Manager:
         self._cursor = KeyCursor(writer.store, writer.keys.done)
         self._last_watermark: str | None = None
         self._next_watermark = 0.0
+        self._detached = False
         self.thread = threading.Thread(target=self._run, name="starburst-manager", daemon=True)
         self.closed = threading.Event()
+
+    def request_detach(self) -> None:
+        """Upload what is queued, make sure workers run, then exit leaving the session open."""
+        with self._shared.lock:
+            self._shared.detach = self._shared.flush = True
+        self._shared.wake.set()
+
+    def adopt(self, bid: str, futures: list[Future[Any]]) -> None:
+        """Resolve ``futures`` (the tasks of an existing batch) from the store (attach)."""
+        with self._shared.lock:
+            self._shared.adopt.append((bid, futures))
+        self._shared.wake.set()
 
     def request_shutdown(self) -> None:
         """Finish what is queued and outstanding, then close the session and exit."""
@@ -115,6 +130,11 @@ class Manager:
 
     def _wake_for_gc(self) -> None:
         self._shared.wake.set()
+
+    @property
+    def detachable(self) -> bool:
+        """Whether the session outlives this client (``DetachedExecutor``)."""
+        return self._writer.manifest.detached
 
     @property
     def session_id(self) -> str:
@@ -138,6 +158,9 @@ class Manager:
         rewind_after = self._pacing.rewind_after
         while True:
             self._shared.wake.clear()
+            with self._shared.lock:
+                adopted, self._shared.adopt = self._shared.adopt, []
+            self._outstanding.update(adopted)
             self._collect_io()
             self._form_batches()
             got = self._poll_results() if self._outstanding else 0
@@ -151,10 +174,16 @@ class Manager:
             elif self._outstanding and now - last_result > rewind_after:
                 self._cursor.rewind()
                 last_result, rewind_after = now, rewind_after * 2
+            gone = self._executor_ref() is None
             with self._shared.lock:
                 queued = len(self._shared.queue)
-                stopping = self._shared.shutdown or self._executor_ref() is None
+                detaching = self._shared.detach or (gone and self._writer.manifest.detached)
+                stopping = self._shared.shutdown or gone
             busy = bool(self._outstanding or self._inflight)
+            if detaching and not queued and not any(j.kind == "upload" for j in self._inflight):  # type: ignore[attr-defined]
+                self._maintain_workers()
+                self._detached = True
+                return
             if stopping and not queued and not busy:
                 return
             if not busy and not queued:
@@ -196,7 +225,7 @@ class Manager:
             items = [it for it in items if it.future.set_running_or_notify_cancel()]
             if not items:
                 continue
-            bid = self._writer.next_bid()
+            bid = self._writer.next_bid(len(items))
             self._outstanding[bid] = [it.future for it in items]
             job = self._io.submit(self._writer.write_batch, bid, [it.call for it in items])
             job.add_done_callback(lambda _: self._shared.wake.set())
@@ -334,7 +363,7 @@ class Manager:
 
     def _close(self) -> None:
         try:
-            if not self._writer.manifest.detached:
+            if not self._detached:
                 try:
                     self._writer.set_control(state="closed")
                 except StarburstError as exc:

@@ -56,6 +56,7 @@ class Outcome:
 
     value: Any = None
     error: BaseException | None = None
+    chunk: bool = False  # a map chunk: value is (values, error of the item that stopped it)
 
 
 class SessionWriter:
@@ -78,8 +79,10 @@ class SessionWriter:
         self._control: tuple[ControlRecord, str] | None = None
 
     def create(self) -> None:
-        """Write the manifest and the control record; fails if the session id exists."""
-        self.store.put_if_absent(self.keys.manifest, self.codec.encode_json(self.manifest.to_dict()))
+        """Write the manifest, its index entry and the control record."""
+        manifest = self.codec.encode_json(self.manifest.to_dict())
+        self.store.put_if_absent(self.keys.manifest, manifest)
+        self.store.put(self.keys.index, manifest)
         record = ControlRecord()
         etag = self.store.put_if_absent(self.keys.control, self.codec.encode_json(record.to_dict()))
         self._control = (record, etag)
@@ -95,10 +98,16 @@ class SessionWriter:
             self._blobs_uploaded.add(ref)
         return ref
 
-    def next_bid(self) -> str:
+    @property
+    def origin(self) -> str:
+        """This client's tag inside the batch ids it creates."""
+        return self._origin
+
+    def next_bid(self, ntasks: int) -> str:
+        """A new batch id: time-ordered, unique per client, carrying the task count."""
         self._seq += 1
         stamp = ts_key(int(self.store.now() * 1000)).split("/")[1]
-        return f"{stamp}-{self._origin}-{self._seq:06d}"
+        return f"{stamp}-{self._origin}-{self._seq:06d}-{ntasks}"
 
     def write_batch(self, bid: str, calls: list[Call]) -> None:
         """Upload one batch object (large parts first, as blobs)."""
@@ -126,7 +135,11 @@ class SessionWriter:
         """Decode a batch's results: one ``Outcome`` per task, or the batch-wide error."""
         key = self.keys.result(bid)
         data = inline or self.store.get(key).data
-        record = self.codec.decode_pickle(data, key)
+        return self.outcomes_of(self.codec.decode_pickle(data, key))
+
+    @staticmethod
+    def outcomes_of(record: dict[str, Any]) -> list[Outcome] | BaseException:
+        """Decode a result record: one ``Outcome`` per task, or the batch-wide error."""
         if record["batch_error"] is not None:
             return _rebuild(record["batch_error"])
         outcomes: list[Outcome] = []
@@ -193,10 +206,9 @@ def _outcome(status: str, payload: bytes) -> Outcome:
         )
         error.__cause__ = exc
         return Outcome(error=error)
-    if isinstance(value, ChunkResult) and value.error is not None:
-        return Outcome(value=(value.values, value.error.rebuild()))
     if isinstance(value, ChunkResult):
-        return Outcome(value=(value.values, None))
+        stopped = value.error.rebuild() if value.error is not None else None
+        return Outcome(value=(value.values, stopped), chunk=True)
     return Outcome(value=value)
 
 

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import weakref
+from dataclasses import replace
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
@@ -44,7 +45,10 @@ def _python_exit() -> None:
     _interpreter_exiting = True
     managers = list(_live_managers)
     for manager in managers:
-        manager.request_shutdown()
+        if manager.detachable:
+            manager.request_detach()  # a detached session carries on without this process
+        else:
+            manager.request_shutdown()
     for manager in managers:
         manager.thread.join()
 
@@ -79,6 +83,10 @@ class StarburstExecutor(Executor):
             that vanishes without a trace has its work retried after this long.
         idle_timeout: workers exit after this long without work (started again on demand).
         name: a label for the session.
+        session_timeout: seconds after which the session expires: workers stop, and tasks
+            not yet run fail. ``None``: no limit.
+        task_timeout: a task running longer than this many seconds fails with
+            ``TimeoutError`` and its worker is replaced by a fresh one. ``None``: no limit.
         pacing: polling pace of the client (advanced).
 
     Raises:
@@ -105,6 +113,8 @@ class StarburstExecutor(Executor):
         lease_seconds: float = 30.0,
         idle_timeout: float = 60.0,
         name: str = "",
+        session_timeout: float | None = None,
+        task_timeout: float | None = None,
         pacing: Pacing | None = None,
     ) -> None:
         if max_workers is None:
@@ -125,37 +135,50 @@ class StarburstExecutor(Executor):
                 f"backend {backend!r} is not available in this version; use backend='local' "
                 "(workers on this machine, with any store, including s3://)"
             )
-        self._max_workers = max_workers
-        self._store = open_store(store)
+        if session_timeout is not None and session_timeout <= 0:
+            raise ValueError("session_timeout must be > 0 seconds (or None)")
+        if task_timeout is not None and task_timeout <= 0:
+            raise ValueError("task_timeout must be > 0 seconds (or None)")
+        store_obj = open_store(store)
         codec = Codec(secret_key())
-        pacing = pacing or _default_pacing(self._store)
-        session_id = new_session_id()
-        init_ref = None
-        writer_manifest = SessionManifest(
-            session_id=session_id, created=time.time(), versions=runtime_versions(),
+        manifest = SessionManifest(
+            session_id=new_session_id(), created=store_obj.now(), versions=runtime_versions(),
             max_attempts=max_attempts, lease_seconds=lease_seconds, idle_timeout=idle_timeout,
-            max_tasks_per_child=max_tasks_per_child, name=name, store_url=self._store.url,
-            backend=backend, detached=self._detached,
+            max_tasks_per_child=max_tasks_per_child, name=name, store_url=store_obj.url,
+            backend=backend, detached=self._detached, session_timeout=session_timeout,
+            task_timeout=task_timeout, max_workers=max_workers,
         )
-        writer = SessionWriter(self._store, writer_manifest, codec)
+        writer = SessionWriter(store_obj, manifest, codec)
         if initializer is not None:
-            init_ref = writer.upload_blob(dumps_part((initializer, initargs), "the initializer"))
-            writer.manifest = SessionManifest(**{**writer_manifest.to_dict(), "initializer": init_ref})
+            ref = writer.upload_blob(dumps_part((initializer, initargs), "the initializer"))
+            writer.manifest = replace(manifest, initializer=ref)
         writer.create()
+        self._wire(writer, max_workers, pacing)
+        logger.info("session %s: %d worker(s) max, store %s", self.session_id, max_workers,
+                    store_obj.url)
+
+    def _wire(self, writer: SessionWriter, max_workers: int, pacing: Pacing | None) -> None:
+        """Connect this executor to a session (new, or existing for ``attach``)."""
+        manifest = writer.manifest
+        self._max_workers = max_workers
+        self._store = writer.store
         self._writer = writer
-        launcher: Launcher = LocalLauncher(self._store.url, session_id, poll_max=pacing.poll_max)
-        self._launcher = launcher
+        pacing = pacing or _default_pacing(self._store)
+        self._launcher: Launcher = LocalLauncher(self._store.url, manifest.session_id,
+                                                 poll_max=pacing.poll_max)
         self._shared = Shared()
-        claims = Claims(self._store, writer.keys, codec, lease_seconds=lease_seconds,
-                        max_attempts=max_attempts)
+        claims = Claims(self._store, writer.keys, writer.codec,
+                        lease_seconds=manifest.lease_seconds, max_attempts=manifest.max_attempts)
+        # task_timeout replaces the worker of a task that overran: one task per batch, so
+        # no other task shares its fate.
+        batch_limit = 1 if manifest.task_timeout else manifest.max_tasks_per_child
         self._manager = Manager(
-            self, self._shared, writer, launcher, max_workers=max_workers, pacing=pacing,
+            self, self._shared, writer, self._launcher, max_workers=max_workers, pacing=pacing,
             window=None if self._detached else max(4, 2 * max_workers),
-            batch_limit=max_tasks_per_child, claims=claims,
+            batch_limit=batch_limit, claims=claims,
         )
         self._started = False
         self._start_lock = threading.Lock()
-        logger.info("session %s: %d worker(s) max, store %s", session_id, max_workers, self._store.url)
 
     # -- properties --------------------------------------------------------------------------
 

@@ -6,11 +6,15 @@ the store's clock, both zero-padded so that keys sort by time)::
     sessions/{sid}/manifest                    SessionManifest (JSON)  written once
     sessions/{sid}/control                     ControlRecord (JSON)    compare-and-swap
     sessions/{sid}/blobs/{hash}                a large pickled part, content-addressed
-    sessions/{sid}/batches/{b}/{bid}           a batch of tasks (pickle); bid = {ts}-{origin}-{n}
+    index/{sid}                                SessionManifest again: one key per session, listed
+                                               by ``list_sessions`` without touching sessions/
+    sessions/{sid}/batches/{b}/{bid}           a batch of tasks (pickle);
+                                               bid = {ts}-{origin}-{seq}-{number of tasks}
     sessions/{sid}/batches/{b}/{ts}-requeue-{bid}   "run bid again" (JSON)
     sessions/{sid}/claims/{bid}                Claim with its lease (JSON) compare-and-swap
     sessions/{sid}/results/{bid}               the batch's results (pickle), created once
-    sessions/{sid}/done/{b}/{ts}-{bid}         "bid finished" event; small results inline
+    sessions/{sid}/done/{b}/{ts}-{bid}.{nfailed}  "bid finished" event; small results inline
+    sessions/{sid}/logs/{wid}                  a worker's log, uploaded when it exits
     sessions/{sid}/workers/{wid}               WorkerRecord (JSON)
 
 Why this shape (DESIGN.md, "Requirements on the store protocol"):
@@ -112,6 +116,8 @@ class SessionKeys:
         self.done = self.root + "done/"
         self.workers = self.root + "workers/"
         self.blobs = self.root + "blobs/"
+        self.logs = self.root + "logs/"
+        self.index = f"index/{session_id}"
 
     def batch(self, bid: str) -> str:
         return f"{self.batches}{time_bucket(key_time_ms(bid))}/{bid}"
@@ -125,8 +131,11 @@ class SessionKeys:
     def result(self, bid: str) -> str:
         return self.results + bid
 
-    def done_event(self, ts_ms: int, bid: str) -> str:
-        return f"{self.done}{ts_key(ts_ms)}-{bid}"
+    def done_event(self, ts_ms: int, bid: str, failed: int) -> str:
+        return f"{self.done}{ts_key(ts_ms)}-{bid}.{failed}"
+
+    def log(self, wid: str) -> str:
+        return self.logs + wid
 
     def worker(self, wid: str) -> str:
         return self.workers + wid
@@ -141,8 +150,18 @@ class SessionKeys:
         if "-requeue-" in leaf:
             return leaf.split("-requeue-", 1)[1].split("-", 1)[1]
         if key.split("/")[2] == "done":
-            return leaf.split("-", 1)[1]
+            return leaf.split("-", 1)[1].rsplit(".", 1)[0]
         return leaf
+
+    @staticmethod
+    def done_failures(key: str) -> int:
+        """How many tasks of the batch failed, from its done event's key."""
+        return int(key.rsplit(".", 1)[1])
+
+    @staticmethod
+    def batch_size(bid: str) -> int:
+        """How many tasks a batch holds, from its id."""
+        return int(bid.rsplit("-", 1)[1])
 
     @staticmethod
     def is_requeue(key: str) -> bool:
@@ -242,6 +261,10 @@ class SessionManifest:
         store_url: where the session lives.
         backend: the launcher kind ("local", "aws").
         detached: whether the session outlives its client.
+        session_timeout: seconds after ``created`` when workers stop and the session expires.
+        task_timeout: a task running longer fails with ``TimeoutError`` and its worker is
+            replaced (batches then hold one task each).
+        max_workers: the most workers the session runs at once.
     """
 
     session_id: str
@@ -256,7 +279,15 @@ class SessionManifest:
     store_url: str = ""
     backend: str = "local"
     detached: bool = False
+    session_timeout: float | None = None
+    task_timeout: float | None = None
+    max_workers: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deadline(self) -> float | None:
+        """Store-clock time after which the session is expired, or ``None``."""
+        return None if self.session_timeout is None else self.created + self.session_timeout
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,7 +304,8 @@ class ControlRecord:
     Attributes:
         n: version counter; every write increments it (S3 ETags are content hashes, so a CAS
             must change the body).
-        state: "open", or "closed" (workers exit).
+        state: "open"; or "closed" (cleaned up), "cancelled" (pending work dropped) or
+            "expired" (``session_timeout`` passed): in those three, workers exit.
         low_watermark: batches before this key are all finished; workers start listing there.
     """
 

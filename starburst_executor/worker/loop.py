@@ -8,15 +8,18 @@ it hands its claim back so that another worker runs the batch at once.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Any
@@ -50,6 +53,41 @@ logger = logging.getLogger(__name__)
 EXIT_INIT_FAILED = 3
 INLINE_RESULT_MAX = 256 * 1024  # results up to this size ride inside the done event
 _BLOB_CACHE_BYTES = 512 * 1024 * 1024
+OUTPUT_MAX = 64 * 1024  # captured stdout/stderr kept per task (the tail beyond this)
+_LOG_LINES = 2000  # worker log lines kept in memory and uploaded to the store at exit
+_Outcome = tuple[int, str, bytes]
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the worker's own stream (its log) and to the current task's buffer."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.buffer_: io.StringIO | None = None
+
+    def write(self, text: str) -> int:
+        if self.buffer_ is not None:
+            self.buffer_.write(text)
+        return int(self._stream.write(text))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._stream, "encoding", "utf-8"))
+
+
+class _RingHandler(logging.Handler):
+    """Keeps the worker's last log lines, to upload them when it exits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: deque[str] = deque(maxlen=_LOG_LINES)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
 @dataclass(frozen=True)
@@ -123,6 +161,13 @@ class Worker:
         self._lock = threading.Lock()
         self._handle: ClaimHandle | None = None  # the claim being run, renewed in background
         self._tasks_run = 0
+        self._task_started: float | None = None  # monotonic start of the running task
+        self._outcomes: list[_Outcome] = []  # of the running batch, for the watchdog
+        self._outputs: dict[int, str] = {}
+        self._chunk_failures = 0  # map chunks of the running batch that stopped on an error
+        self._current_batch: dict[str, Any] | None = None
+        self._ring = _RingHandler()
+        logging.getLogger("starburst_executor").addHandler(self._ring)
         self._started = store.now()
         self._record = WorkerRecord(worker_id, "running", socket.gethostname(), os.getpid(),
                                     self._started)
@@ -156,9 +201,18 @@ class Worker:
             self._stop.set()
             renewer.join()
             if not self._terminating.is_set():
+                logger.info("worker %s of session %s exits: %s", self.worker_id,
+                            self.keys.session_id, reason)
                 self._write_record(state="exited", reason=reason)
-        logger.info("worker %s of session %s exits: %s", self.worker_id, self.keys.session_id, reason)
+                self._upload_log()
         return 0
+
+    def _upload_log(self) -> None:
+        text = "\n".join(self._ring.lines) + "\n"
+        try:
+            self.store.put(self.keys.log(self.worker_id), text.encode())
+        except StarburstError as exc:
+            logger.warning("worker %s: could not upload its log: %s", self.worker_id, exc)
 
     def _run_initializer(self) -> bool:
         digest = self.manifest.initializer
@@ -171,6 +225,7 @@ class Worker:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             logger.error("worker %s: initializer failed:\n%s", self.worker_id, text)
             self._write_record(state="init-failed", reason="initializer failed", error=text)
+            self._upload_log()
             return False
         return True
 
@@ -188,15 +243,24 @@ class Worker:
         signal.signal(signal.SIGTERM, on_sigterm)
 
     def _renew_loop(self) -> None:
+        """Renews the lease; acts on SIGTERM; enforces ``task_timeout``."""
         interval = self.claims.lease_seconds / 3
+        tick = min(interval, 0.5) if self.manifest.task_timeout else interval
+        next_renewal = time.monotonic() + interval
         while True:
             if self._terminating.is_set():
                 self._terminate()
-            if self._stop.wait(interval) and not self._terminating.is_set():
+            if self._stop.wait(tick) and not self._terminating.is_set():
                 return
+            if self._terminating.is_set():
+                continue
+            self._check_task_timeout()
+            if time.monotonic() < next_renewal:
+                continue
+            next_renewal = time.monotonic() + interval
             with self._lock:
                 handle = self._handle
-            if handle is None or self._terminating.is_set():
+            if handle is None:
                 continue
             try:
                 renewed = self.claims.renew(handle)
@@ -210,13 +274,44 @@ class Worker:
                 logger.warning("worker %s: lost its claim on batch %s (lease expired and taken "
                                "over); its result may be discarded", self.worker_id, handle.bid)
 
+    def _check_task_timeout(self) -> None:
+        limit = self.manifest.task_timeout
+        with self._lock:
+            started, handle = self._task_started, self._handle
+            done = list(self._outcomes)
+        if limit is None or started is None or handle is None:
+            return
+        if time.monotonic() - started <= limit:
+            return
+        # The task cannot be interrupted from here: deliver its TimeoutError (and one for
+        # each task of the batch that did not finish), then replace this process with a fresh
+        # worker. exec keeps the pid, so the launcher keeps tracking it.
+        logger.error("worker %s: a task of batch %s exceeded task_timeout=%gs; restarting",
+                     self.worker_id, handle.bid, limit)
+        error = dumps(capture_exception(TimeoutError(
+            f"the task ran longer than task_timeout={limit:g}s on worker {self.worker_id}; "
+            "it was stopped and the worker replaced"
+        )))
+        finished = {o[0] for o in done}
+        batch = self._current_batch or {"tasks": []}
+        outcomes = done + [(t["i"], "err", error) for t in batch["tasks"] if t["i"] not in finished]
+        try:
+            self._deliver(handle, outcomes, None)
+            self.claims.finish(handle)
+            self._upload_log()
+        finally:
+            logging.shutdown()
+            os.execv(sys.executable, [sys.executable, "-m", "starburst_executor.worker", *sys.argv[1:]])
+
     def _terminate(self) -> None:
         with self._lock:
             handle = self._handle
         try:
             if handle is not None and self.claims.release(handle):
                 logger.info("worker %s: SIGTERM, released batch %s", self.worker_id, handle.bid)
+            logger.info("worker %s of session %s exits: SIGTERM", self.worker_id, self.keys.session_id)
             self._write_record(state="exited", reason="SIGTERM")
+            self._upload_log()
         finally:
             logging.shutdown()
             os._exit(143)
@@ -238,8 +333,10 @@ class Worker:
             if now >= next_control:
                 control = self._read_control()
                 next_control = now + self.options.control_every
+                if control.state == "open" and self._expired():
+                    return "session expired (session_timeout)"
             if control.state != "open":
-                return "session closed"
+                return f"session {control.state}"
             if not pending:
                 keys = [info.key for info in cursor.poll()]
                 if keys:  # start at a random point: racing workers rarely contend on one key
@@ -274,6 +371,20 @@ class Worker:
             interval = min(interval * 2, self.options.poll_max)
         return "stopped"
 
+    def _expired(self) -> bool:
+        deadline = self.manifest.deadline
+        if deadline is None or self.store.now() < deadline:
+            return False
+        try:
+            obj = self.store.get(self.keys.control)
+            record = ControlRecord.from_dict(self.codec.decode_json(obj.data, self.keys.control))
+            if record.state == "open":
+                new = replace(record, n=record.n + 1, state="expired")
+                self.store.put_if_match(self.keys.control, self.codec.encode_json(new.to_dict()), obj.etag)
+        except PreconditionFailedError:
+            pass  # another worker or a client changed it first
+        return True
+
     def _read_control(self) -> ControlRecord:
         try:
             obj = self.store.get(self.keys.control)
@@ -299,8 +410,13 @@ class Worker:
     def _run_claimed(self, handle: ClaimHandle) -> None:
         with self._lock:
             self._handle = handle
+            self._outcomes, self._outputs = [], {}
+        self._chunk_failures = 0
+        self._current_batch = None
         try:
             outcomes, batch_error = self._execute(handle)
+            with self._lock:
+                handle = self._handle or handle
             self._deliver(handle, outcomes, batch_error)
         finally:
             with self._lock:
@@ -308,7 +424,7 @@ class Worker:
         if current is not None:
             self.claims.finish(current)
 
-    def _execute(self, handle: ClaimHandle) -> tuple[list[tuple[int, str, bytes]], bytes | None]:
+    def _execute(self, handle: ClaimHandle) -> tuple[list[_Outcome], bytes | None]:
         key = self.keys.batch(handle.bid)
         try:
             batch = self.codec.decode_pickle(self.store.get(key).data, key)
@@ -328,12 +444,31 @@ class Worker:
                 "segfault, os._exit) fails this way: check the worker logs"
             )
             return [], dumps(capture_exception(error))
+        self._current_batch = batch
         inline: dict[str, bytes] = batch["inline"]
-        outcomes = []
         for task in batch["tasks"]:
-            outcomes.append(self._run_task(task, inline))
+            outcome = self._capture(task, inline)
+            with self._lock:
+                self._outcomes.append(outcome)
             self._tasks_run += 1
-        return outcomes, None
+        return list(self._outcomes), None
+
+    def _capture(self, task: dict[str, Any], inline: dict[str, bytes]) -> _Outcome:
+        """Run a task with its stdout/stderr kept (and still echoed to the worker's log)."""
+        out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+        buffer = io.StringIO()
+        out.buffer_ = err.buffer_ = buffer
+        with self._lock:
+            self._task_started = time.monotonic()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                return self._run_task(task, inline)
+        finally:
+            with self._lock:
+                self._task_started = None
+            text = buffer.getvalue()
+            if text:
+                self._outputs[task["i"]] = text[-OUTPUT_MAX:]
 
     def _part(self, digest: str, inline: dict[str, bytes]) -> bytes:
         data = inline.get(digest)
@@ -345,7 +480,7 @@ class Worker:
             self._blobs.put(digest, data)
         return data
 
-    def _run_task(self, task: dict[str, Any], inline: dict[str, bytes]) -> tuple[int, str, bytes]:
+    def _run_task(self, task: dict[str, Any], inline: dict[str, bytes]) -> _Outcome:
         index = task["i"]
         try:
             fn = loads(self._part(task["fn"], inline))
@@ -361,6 +496,7 @@ class Worker:
             return index, "err", dumps(capture_exception(error))
         if task["kind"] == "chunk":
             value: Any = self._run_chunk(fn, args[0])
+            self._chunk_failures += value.error is not None
         else:
             try:
                 value = fn(*args, **kwargs)
@@ -388,12 +524,14 @@ class Worker:
         return ChunkResult(values)
 
     def _deliver(
-        self, handle: ClaimHandle, outcomes: list[tuple[int, str, bytes]], batch_error: bytes | None
+        self, handle: ClaimHandle, outcomes: list[_Outcome], batch_error: bytes | None
     ) -> None:
         record = {
             "bid": handle.bid, "worker": self.worker_id, "attempt": handle.claim.attempt,
-            "outcomes": outcomes, "batch_error": batch_error,
+            "outcomes": outcomes, "batch_error": batch_error, "outputs": dict(self._outputs),
         }
+        failed = SessionKeys.batch_size(handle.bid) if batch_error else (
+            sum(1 for o in outcomes if o[1] == "err") + self._chunk_failures)
         data = self.codec.encode_pickle(record)
         try:
             self.store.put_if_absent(self.keys.result(handle.bid), data)
@@ -401,4 +539,5 @@ class Worker:
         except PreconditionFailedError:  # a duplicate run delivered first: its result stands
             inline = b""
         ts_ms = int(self.store.now() * 1000)
-        self.store.put(self.keys.done_event(ts_ms, handle.bid), inline)
+        self.store.put(self.keys.done_event(ts_ms, handle.bid, failed), inline)
+

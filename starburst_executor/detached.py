@@ -1,0 +1,310 @@
+"""``DetachedExecutor``: a session that outlives the process that started it.
+
+Its whole state lives in the store, so any later process (or the ``starburst`` command line)
+reattaches by session id, checks status, collects results (all, or what is done so far), adds
+work, and cleans up. Results stay in the store until ``cleanup(delete_data=True)`` (or the
+bucket's lifecycle rule): collecting twice, or from two machines, works.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from starburst_executor._cursor import KeyCursor
+from starburst_executor._manager import Pacing
+from starburst_executor._session import SessionWriter
+from starburst_executor.config import secret_key
+from starburst_executor.errors import SessionError
+from starburst_executor.executor import StarburstExecutor
+from starburst_executor.protocol import Codec, SessionKeys
+from starburst_executor.sessions import (
+    SessionReader,
+    SessionStatus,
+    TaskResult,
+    remember_session,
+    remembered_store,
+)
+from starburst_executor.stores import Store, open_store
+
+__all__ = ["DetachedExecutor", "list_sessions"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TERMINAL = ("closed", "cancelled", "expired")
+
+
+class DetachedExecutor(StarburstExecutor):
+    """A ``StarburstExecutor`` whose session survives this process.
+
+    Everything of ``StarburstExecutor`` holds (a ``with`` block waits for the submitted work
+    and then stops the workers). In addition: ``detach()`` (also done at interpreter exit)
+    uploads what is queued and leaves the workers running; ``attach(session_id)`` reconnects.
+
+    The defaults protect your money: workers exit after ``idle_timeout`` (5 minutes) without
+    work, and the whole session expires after ``session_timeout`` (24 hours).
+
+    Args:
+        max_workers, initializer, ...: as ``StarburstExecutor``.
+        name: a label shown by ``status()`` and ``list_sessions()``.
+    """
+
+    _detached = True
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Any = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        idle_timeout: float = 300.0,
+        session_timeout: float | None = 24 * 3600.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(max_workers, mp_context, initializer, initargs,
+                         idle_timeout=idle_timeout, session_timeout=session_timeout, **kwargs)
+        self._submitted: list[Future[Any]] = []
+        self._restored: list[Future[Any]] | None = []
+        self._reader = SessionReader(self._store, self.session_id, self._writer.codec)
+        self._state = "open"
+        remember_session(self.session_id, self._store.url)
+
+    @classmethod
+    def attach(
+        cls, session_id: str, *, store: str | Store | None = None,
+        max_workers: int | None = None, pacing: Pacing | None = None,
+    ) -> DetachedExecutor:
+        """Reconnect to a session by id, from any process.
+
+        Args:
+            session_id: the id printed by ``ex.session_id`` or ``starburst sessions``.
+            store: where the session lives; by default the store recorded when the session
+                was created on this machine, else the default store.
+            max_workers: a new ceiling for workers this process starts (default: the
+                session's own).
+
+        Raises:
+            SessionError: unknown session id (says which store was searched), or its data
+                was deleted.
+            CorruptRecordError: the session's manifest is damaged (names the key).
+            ProtocolMismatchError: the session was written by an incompatible version.
+        """
+        store_obj = open_store(store if store is not None else remembered_store(session_id))
+        codec = Codec(secret_key())
+        reader = SessionReader(store_obj, session_id, codec)
+        self = cls.__new__(cls)
+        self._wire(SessionWriter(store_obj, reader.manifest, codec),
+                   max_workers or reader.manifest.max_workers, pacing)
+        self._submitted = []
+        self._restored = None  # built on first use of .futures
+        self._reader = reader
+        remember_session(session_id, store_obj.url)
+        self._state = state = reader.control().state
+        if state in _TERMINAL:
+            logger.info("session %s is %s: it can be inspected and collected, not extended",
+                        session_id, state)
+        return self
+
+    # -- work --------------------------------------------------------------------------------
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self._check_extendable()
+        future = super().submit(fn, *args, **kwargs)
+        self._submitted.append(future)
+        return future
+
+    def map(self, fn: Any, *iterables: Any, timeout: float | None = None, chunksize: int = 1) -> Any:
+        self._check_extendable()
+        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+
+    def _check_extendable(self) -> None:
+        state = self._state
+        if state in _TERMINAL:
+            raise SessionError(
+                f"session {self.session_id} is {state}: it takes no more work. Collect its "
+                "results, and start a new DetachedExecutor for new work"
+            )
+
+    @property
+    def futures(self) -> list[Future[Any]]:
+        """The session's Futures in submission order: one per ``submit`` (a ``map`` chunk
+        resolves to ``(values, error)``). After ``attach``, those of earlier processes are
+        restored from the store and resolve as their results are found."""
+        if self._restored is None:
+            restored: list[Future[Any]] = []
+            for bid in self._reader.batch_ids():
+                if bid.split("-")[1] == self._writer.origin:
+                    continue  # submitted by this process: already in _submitted
+                batch: list[Future[Any]] = [Future() for _ in range(SessionKeys.batch_size(bid))]
+                for fut in batch:
+                    fut.set_running_or_notify_cancel()
+                self._manager.adopt(bid, batch)
+                restored.extend(batch)
+            self._restored = restored
+            self._ensure_started()
+        return [*self._restored, *self._submitted]
+
+    def detach(self) -> None:
+        """Upload everything queued, leave the workers running, and stop polling.
+
+        The session carries on without this process. Reattach with
+        ``DetachedExecutor.attach(session_id)``.
+        """
+        self._manager.request_detach()
+        if self._started:
+            self._manager.thread.join()
+        logger.info("session %s detached", self.session_id)
+
+    # -- inspection --------------------------------------------------------------------------
+
+    def status(self) -> SessionStatus:
+        """Counts by state, workers, progress, creation and last activity (prints as a table)."""
+        return self._reader.status()
+
+    def collect(
+        self, wait: bool = False, timeout: float | None = None, progress: bool = False,
+        poll_interval: float | None = None,
+    ) -> list[TaskResult]:
+        """The results of finished tasks, in submission order.
+
+        Args:
+            wait: block until every task is finished (or the session is cancelled or
+                expired: tasks that will never run come back as ``SessionError`` entries).
+            timeout: with ``wait``, give up after this many seconds (``TimeoutError``).
+            progress: show a progress bar (tqdm) while waiting.
+            poll_interval: seconds between looks at the store while waiting.
+
+        Returns:
+            One ``TaskResult`` per finished task (per item for ``map`` chunks); failed tasks
+            carry their exception in ``.error``. Calling it again returns the same results.
+
+        Raises:
+            TimeoutError: ``wait`` and ``timeout`` passed with tasks unfinished.
+            SessionError: the session's data was deleted.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = poll_interval or (0.1 if self._store.url.startswith("file:") else 2.0)
+        cursor = KeyCursor(self._store, self._reader.keys.done)
+        done: dict[str, tuple[int, str, int]] = {}
+        bids = self._reader.batch_ids()
+        total = sum(SessionKeys.batch_size(b) for b in bids)
+        bar = _progress_bar(total, progress and wait)
+        terminal_state = None
+        try:
+            while True:
+                for info in cursor.poll():
+                    bid = SessionKeys.bid_of(info.key)
+                    if bid not in done:
+                        done[bid] = (SessionKeys.done_failures(info.key), info.key, info.size)
+                        if bar is not None:
+                            bar.update(SessionKeys.batch_size(bid))
+                if not wait or all(b in done for b in bids):
+                    break
+                state = self._reader.control().state
+                if state in _TERMINAL and not self._reader.status().workers:
+                    terminal_state = state
+                    break
+                self._keep_workers(bids, done)
+                if deadline is not None and time.monotonic() > deadline:
+                    finished = sum(SessionKeys.batch_size(b) for b in bids if b in done)
+                    raise TimeoutError(
+                        f"session {self.session_id}: {finished} of {total} tasks finished "
+                        f"within {timeout:g} s; collect(wait=False) returns them"
+                    )
+                time.sleep(interval)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._entries(bids, done, terminal_state)
+
+    def _keep_workers(self, bids: list[str], done: dict[str, Any]) -> None:
+        """While waiting on a reattached session, start workers if none is left."""
+        pending = sum(1 for b in bids if b not in done)
+        if pending and not self._started and self._launcher.running() == 0:
+            if self._reader.status().workers == 0:
+                self._launcher.start(min(self._max_workers, pending))
+
+    def _entries(
+        self, bids: list[str], done: dict[str, tuple[int, str, int]], terminal: str | None,
+    ) -> list[TaskResult]:
+        records = self._reader.results([b for b in bids if b in done], done)
+        entries: list[TaskResult] = []
+        for bid in bids:
+            n = SessionKeys.batch_size(bid)
+            if bid not in records:
+                if terminal is not None:
+                    error = SessionError(f"the task did not run: session {self.session_id} was {terminal}")
+                    entries.extend(TaskResult(len(entries) + i, f"{bid}/{i}", error=error) for i in range(n))
+                continue
+            outcomes = self._writer.outcomes_of(records[bid])
+            outputs = records[bid].get("outputs", {})
+            for i in range(n):
+                task_id = f"{bid}/{i}"
+                if isinstance(outcomes, BaseException):
+                    entries.append(TaskResult(len(entries), task_id, error=outcomes))
+                    continue
+                outcome = outcomes[i]
+                out = outputs.get(i, "")
+                if outcome.error is not None:
+                    entries.append(TaskResult(len(entries), task_id, error=outcome.error, output=out))
+                elif outcome.chunk:
+                    values, error = outcome.value
+                    for j, v in enumerate(values):
+                        entries.append(TaskResult(len(entries), f"{task_id}.{j}", v, output=out))
+                    if error is not None:
+                        entries.append(TaskResult(len(entries), f"{task_id}.{len(values)}", error=error, output=out))
+                else:
+                    entries.append(TaskResult(len(entries), task_id, outcome.value, output=out))
+        return entries
+
+    def cleanup(self, stop_workers: bool = True, delete_data: bool = False) -> None:
+        """End the session: no more work is taken.
+
+        Args:
+            stop_workers: stop the session's workers now (running tasks are handed back);
+                otherwise they exit once they notice the session is closed (seconds).
+            delete_data: delete every object of the session from the store. Without it,
+                results stay and can still be collected.
+        """
+        if self._started:  # stop polling; the Futures still pending will not complete
+            self._manager.request_detach()
+            self._manager.thread.join()
+        self._writer.set_control(state="closed")
+        self._state = "closed"
+        if stop_workers:
+            self._launcher.stop()
+            self._reader.stop_local_workers(timeout=15.0)
+        if delete_data:
+            removed = self._reader.delete_all()
+            logger.info("session %s: deleted %d objects", self.session_id, removed)
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="task", desc="collect")
+
+
+def list_sessions(store: str | Store | None = None) -> list[SessionStatus]:
+    """Every session in a store, oldest first, with its counts and state.
+
+    Sessions whose data was deleted are listed with state "deleted" and zero counts.
+    """
+    store_obj = open_store(store)
+    codec = Codec(secret_key())
+    out = []
+    for info in store_obj.list("index/"):
+        sid = info.key.split("/", 1)[1]
+        try:
+            out.append(SessionReader(store_obj, sid, codec).status())
+        except SessionError:
+            out.append(SessionStatus(sid, "", "deleted", 0, 0, 0, 0, 0, 0, 0, 0.0,
+                                     info.last_modified, store_obj.url))
+    return out
+

@@ -1,0 +1,354 @@
+"""Reading sessions from the store: status, results, listing, cleanup.
+
+Everything here works from the store alone, so it serves a reattached ``DetachedExecutor``,
+the ``starburst`` command line, and any process that knows the session id and the store.
+Counting is done from key listings (batch ids carry their task counts, completion keys their
+failure counts), so ``status()`` reads no task payloads or results.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starburst_executor.config import home_dir
+from starburst_executor.errors import (
+    CorruptRecordError,
+    ObjectNotFoundError,
+    ProtocolMismatchError,
+    SessionError,
+)
+from starburst_executor.protocol import (
+    Codec,
+    ControlRecord,
+    SessionKeys,
+    SessionManifest,
+    WorkerRecord,
+    key_time_ms,
+)
+from starburst_executor.stores.base import Store
+
+__all__ = ["SessionReader", "SessionStatus", "TaskResult", "remember_session", "remembered_store"]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One task's entry in a collection.
+
+    Attributes:
+        index: position in submission order (0-based).
+        task_id: ``{batch id}/{position in batch}``: stable across processes.
+        value: the return value (``None`` if it failed).
+        error: the exception (with the remote traceback as ``__cause__``), or ``None``.
+        output: what the task printed (stdout and stderr), possibly truncated.
+    """
+
+    index: int
+    task_id: str
+    value: Any = None
+    error: BaseException | None = None
+    output: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def result(self) -> Any:
+        """The value, or raise the task's exception."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    """Counts and state of a session at one moment.
+
+    ``pending`` tasks wait for a worker, ``running`` ones are claimed, ``completed`` ones
+    succeeded, ``failed`` ones raised (or lost their worker too often), ``cancelled`` ones
+    will not run because the session was cancelled or expired first.
+    """
+
+    session_id: str
+    name: str
+    state: str
+    total: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    workers: int
+    created: float
+    last_activity: float
+    store_url: str
+    worker_states: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed + self.cancelled
+
+    @property
+    def progress(self) -> float:
+        """Percentage of tasks in a terminal state."""
+        return 100.0 * self.finished / self.total if self.total else 100.0
+
+    @property
+    def done(self) -> bool:
+        """Every task is terminal: nothing more will change."""
+        return self.finished >= self.total
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["progress"] = round(self.progress, 2)
+        d["done"] = self.done
+        return d
+
+    def __str__(self) -> str:
+        rows = [
+            ("Session", f"{self.session_id}" + (f" ({self.name})" if self.name else "")),
+            ("State", self.state),
+            ("Store", self.store_url),
+            ("Created", _fmt_time(self.created)),
+            ("Last activity", _fmt_time(self.last_activity)),
+            ("Total tasks", str(self.total)),
+            ("Pending", str(self.pending)),
+            ("Running", str(self.running)),
+            ("Completed", str(self.completed)),
+            ("Failed", str(self.failed)),
+            ("Cancelled", str(self.cancelled)),
+            ("Workers running", str(self.workers)),
+            ("Progress", f"{self.progress:.1f}%"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)
+
+
+def _fmt_time(ts: float) -> str:
+    if not ts:
+        return "-"
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class SessionReader:
+    """Reads one session's state from its store.
+
+    Args:
+        store: the store holding the session.
+        session_id: the session's id.
+        codec: verifies records.
+
+    Raises:
+        SessionError: no such session in this store (the message says which store was
+            searched and how to list sessions), or its data was deleted.
+        CorruptRecordError: the manifest is damaged (the message names its key).
+        ProtocolMismatchError: the session was written by an incompatible version.
+    """
+
+    def __init__(self, store: Store, session_id: str, codec: Codec) -> None:
+        self.store = store
+        self.codec = codec
+        self.keys = SessionKeys(session_id)
+        self.manifest = self._load_manifest()
+
+    def _load_manifest(self) -> SessionManifest:
+        sid = self.keys.session_id
+        try:
+            obj = self.store.get(self.keys.manifest)
+        except ObjectNotFoundError:
+            try:
+                self.store.get(self.keys.index)
+            except ObjectNotFoundError:
+                raise SessionError(
+                    f"no session {sid!r} in store {self.store.url}. List the sessions there "
+                    f"with `starburst sessions --store {self.store.url}` (or list_sessions()), "
+                    "or pass the store the session was created in"
+                ) from None
+            raise SessionError(
+                f"session {sid!r} was cleaned up with its data deleted from {self.store.url}; "
+                "its results are gone"
+            ) from None
+        try:
+            data = self.codec.decode_json(obj.data, self.keys.manifest)
+            return SessionManifest.from_dict(data)
+        except ProtocolMismatchError:
+            raise
+        except (CorruptRecordError, TypeError) as exc:
+            raise CorruptRecordError(
+                f"the manifest of session {sid!r} ({self.store.url}/{self.keys.manifest}) is "
+                f"damaged: {exc}"
+            ) from exc
+
+    def control(self) -> ControlRecord:
+        try:
+            obj = self.store.get(self.keys.control)
+        except ObjectNotFoundError:
+            raise SessionError(f"session {self.keys.session_id!r} has no control record: "
+                               "its data was deleted") from None
+        return ControlRecord.from_dict(self.codec.decode_json(obj.data, self.keys.control))
+
+    def batch_ids(self) -> list[str]:
+        """Every batch of the session, in submission order."""
+        return sorted(
+            SessionKeys.bid_of(i.key) for i in self.store.list(self.keys.batches)
+            if not SessionKeys.is_requeue(i.key)
+        )
+
+    def done(self) -> dict[str, tuple[int, str, int]]:
+        """Finished batches: ``{bid: (failed count, event key, event size)}``."""
+        out: dict[str, tuple[int, str, int]] = {}
+        for info in self.store.list(self.keys.done):
+            bid = SessionKeys.bid_of(info.key)
+            if bid not in out:
+                out[bid] = (SessionKeys.done_failures(info.key), info.key, info.size)
+        return out
+
+    def workers(self) -> list[WorkerRecord]:
+        infos = list(self.store.list(self.keys.workers))
+
+        def read(key: str) -> WorkerRecord | None:
+            try:
+                return WorkerRecord.from_dict(self.codec.decode_json(self.store.get(key).data, key))
+            except ObjectNotFoundError:
+                return None
+
+        with ThreadPoolExecutor(8) as pool:
+            return [w for w in pool.map(read, [i.key for i in infos]) if w is not None]
+
+    def status(self) -> SessionStatus:
+        """Count the session's tasks by state (listings only, no payloads)."""
+        manifest = self.manifest
+        control = self.control()
+        bids = self.batch_ids()
+        done = self.done()
+        claimed = {i.key.rsplit("/", 1)[-1]: i.last_modified for i in self.store.list(self.keys.claims)}
+        workers = self.workers()
+        total = completed = failed = running = pending = 0
+        for bid in bids:
+            n = SessionKeys.batch_size(bid)
+            total += n
+            if bid in done:
+                failed += done[bid][0]
+                completed += n - done[bid][0]
+            elif bid in claimed:
+                running += n
+            else:
+                pending += n
+        cancelled = 0
+        state = control.state
+        if state == "open" and manifest.deadline is not None and self.store.now() > manifest.deadline:
+            state = "expired"
+        live = [w for w in workers if w.state == "running"]
+        if state in ("cancelled", "expired", "closed") and not live:
+            cancelled, pending, running = pending + running, 0, 0
+        activity = max([manifest.created, *claimed.values()] + [w.started for w in workers])
+        last_done = max((key_time_ms(k) for _, k, _ in done.values()), default=0)
+        states: dict[str, int] = {}
+        for w in workers:
+            states[w.state] = states.get(w.state, 0) + 1
+        if state == "open" and total and completed + failed == total:
+            state = "finished"
+        return SessionStatus(
+            session_id=self.keys.session_id, name=manifest.name, state=state, total=total,
+            pending=pending, running=running, completed=completed, failed=failed,
+            cancelled=cancelled, workers=len(live), created=manifest.created,
+            last_activity=max(activity, last_done / 1000), store_url=self.store.url,
+            worker_states=states,
+        )
+
+    def results(self, bids: Iterable[str], done: dict[str, tuple[int, str, int]]) -> dict[str, dict[str, Any]]:
+        """Read the result records of finished batches (in parallel)."""
+
+        def read(bid: str) -> tuple[str, dict[str, Any]]:
+            _, event_key, size = done[bid]
+            if size:
+                data = self.store.get(event_key).data
+            else:
+                data = self.store.get(self.keys.result(bid)).data
+            return bid, self.codec.decode_pickle(data, self.keys.result(bid))
+
+        with ThreadPoolExecutor(8) as pool:
+            return dict(pool.map(read, list(bids)))
+
+    def stop_local_workers(self, timeout: float) -> int:
+        """SIGTERM workers of this session that run on this host and have not exited yet
+        (they exit by themselves once the session is closed; this only hurries them)."""
+        host = socket.gethostname()
+        stopped = 0
+        for w in self.workers():
+            if w.state == "running" and w.host == host and _is_worker(w.pid, self.keys.session_id):
+                try:
+                    os.kill(w.pid, signal.SIGTERM)
+                    stopped += 1
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(w.state == "running" and _alive(w.pid) and w.host == host
+                       and _is_worker(w.pid, self.keys.session_id) for w in self.workers()):
+                break
+            time.sleep(0.1)
+        return stopped
+
+    def delete_all(self) -> int:
+        """Delete every object of the session (the index entry stays, marking it deleted)."""
+        keys = [i.key for i in self.store.list(self.keys.root)]
+        self.store.delete_many(keys)
+        return len(keys)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_worker(pid: int, session_id: str) -> bool:
+    """Whether ``pid`` is a starburst worker of this session (guards against pid reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return _alive(pid)  # no /proc (macOS): trust the worker record
+    return b"starburst_executor.worker" in cmdline and session_id.encode() in cmdline
+
+
+# -- a per-user index of where sessions live, so attach(session_id) needs no store ----------
+
+def _index_path() -> Path:
+    return home_dir() / "sessions.json"
+
+
+def remember_session(session_id: str, store_url: str) -> None:
+    """Record which store a session lives in (in ``STARBURST_HOME/sessions.json``)."""
+    path = _index_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[session_id] = store_url
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".sessions.{os.getpid()}.json")
+    tmp.write_text(json.dumps(data, indent=0))
+    os.replace(tmp, path)
+
+
+def remembered_store(session_id: str) -> str | None:
+    """The store URL recorded for a session created from this machine, if any."""
+    try:
+        value = json.loads(_index_path().read_text()).get(session_id)
+    except (OSError, ValueError):
+        return None
+    return str(value) if value else None
