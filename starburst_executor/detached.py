@@ -261,6 +261,12 @@ class DetachedExecutor(StarburstExecutor):
                     entries.append(TaskResult(len(entries), task_id, outcome.value, output=out))
         return entries
 
+    def cancel(self) -> None:
+        """Cancel the session: tasks not started yet will not run (``collect`` reports them
+        as cancelled), and workers exit after their current batch."""
+        self._writer.set_control(state="cancelled")
+        self._state = "cancelled"
+
     def cleanup(self, stop_workers: bool = True, delete_data: bool = False) -> None:
         """End the session: no more work is taken.
 

@@ -1,0 +1,280 @@
+"""The ``starburst`` command line: list, inspect, collect, follow and end sessions.
+
+Exit codes (stable, for scripts):
+
+====  ==========================================================
+0     success
+1     an error (store unreachable, damaged record ...); message on stderr
+2     bad command line
+3     no such session (or its data was deleted)
+4     ``collect``: some tasks failed (results were still written)
+5     ``collect --wait --timeout``: the timeout passed first
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from starburst_executor.config import home_dir, secret_key
+from starburst_executor.errors import SessionError, StarburstError
+from starburst_executor.protocol import Codec
+from starburst_executor.sessions import SessionReader, SessionStatus, remembered_store
+from starburst_executor.stores import Store, open_store
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TASKS_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
+
+_EPILOG = """\
+examples:
+  starburst sessions                         list sessions in the default store
+  starburst sessions --store s3://bkt/runs   ... in another store
+  starburst status 20261121-081500-3fa9c2    counts, workers, progress
+  starburst collect SID -o results.pkl       what is done so far, as a pickled list
+  starburst collect SID --wait -o all.pkl    wait for everything (Ctrl-C to stop waiting)
+  starburst logs SID --follow                worker logs as they grow
+  starburst logs SID --task BATCH/0          one task's output and traceback
+  starburst cancel SID                       drop pending work; workers exit
+  starburst cleanup SID --delete-data        stop workers and delete the session's data
+  starburst worker --store URL --session SID run a worker here, joining the session
+
+exit codes: 0 ok, 1 error, 2 bad usage, 3 no such session, 4 some tasks failed,
+5 timeout.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="starburst", description="Inspect and manage starburst-executor sessions.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, example: str, session: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=f"{help_}\n\nexample:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if session:
+            p.add_argument("session", metavar="SID", help="session id (see `starburst sessions`)")
+        p.add_argument("--store", help="store URL (default: where the session was created from "
+                       "this machine, else $STARBURST_STORE or the embedded default)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    add("sessions", "List the sessions in a store.", "starburst sessions --json", session=False)
+    add("status", "Show a session's counts, workers and progress.", "starburst status SID")
+    p = add("collect", "Write the results of finished tasks to a pickle file.",
+            "starburst collect SID --wait -o results.pkl")
+    p.add_argument("-o", "--output", required=True, help="file to write (a pickled list of TaskResult)")
+    p.add_argument("--wait", action="store_true", help="wait until every task is finished")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while waiting")
+    p = add("logs", "Show worker logs, or one task's output.", "starburst logs SID --follow")
+    p.add_argument("--task", help="a task id (BATCH/INDEX, as in TaskResult.task_id)")
+    p.add_argument("--worker", help="only this worker's log")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing as logs grow")
+    add("cancel", "Cancel a session: pending tasks will not run, workers exit.", "starburst cancel SID")
+    p = add("cleanup", "Close a session and stop its workers; optionally delete its data.",
+            "starburst cleanup SID --delete-data")
+    p.add_argument("--delete-data", action="store_true", help="delete all of the session's objects")
+    p.add_argument("--keep-workers", action="store_true",
+                   help="do not signal workers; they exit within seconds by themselves")
+    p = sub.add_parser(
+        "worker", help="Run a worker in the foreground for a session.",
+        description="Run a worker here for a session (e.g. to add a machine you own to it).\n\n"
+                    "example:\n  starburst worker --store s3://bkt/runs --session SID",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="--store URL --session SID [--worker-id ID]")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "worker":
+        from starburst_executor.worker.__main__ import main as worker_main
+
+        return worker_main(args.args)
+    try:
+        return int(_COMMANDS[args.command](args))
+    except SessionError as exc:
+        print(f"starburst: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except (StarburstError, ValueError, OSError) as exc:
+        print(f"starburst: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _store(args: argparse.Namespace) -> Store:
+    if args.store:
+        return open_store(args.store)
+    session = getattr(args, "session", None)
+    return open_store(remembered_store(session) if session else None)
+
+
+def _reader(args: argparse.Namespace) -> SessionReader:
+    return SessionReader(_store(args), args.session, Codec(secret_key()))
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    from starburst_executor.detached import list_sessions
+
+    rows = list_sessions(_store(args))
+    header = ("SESSION", "NAME", "STATE", "CREATED", "LAST ACTIVITY", "TOTAL", "PENDING",
+              "RUNNING", "DONE", "FAILED")
+    table = [header] + [
+        (s.session_id, s.name or "-", s.state, _fmt(s.created), _fmt(s.last_activity),
+         str(s.total), str(s.pending), str(s.running), str(s.completed), str(s.failed))
+        for s in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    if not rows:
+        text = "no sessions in this store"
+    _emit(args, [s.to_dict() for s in rows], text)
+    return EXIT_OK
+
+
+def _fmt(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    status: SessionStatus = _reader(args).status()
+    _emit(args, status.to_dict(), str(status))
+    return EXIT_OK
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from starburst_executor.detached import DetachedExecutor
+
+    ex = DetachedExecutor.attach(args.session, store=args.store)
+    try:
+        results = ex.collect(wait=args.wait, timeout=args.timeout,
+                             progress=args.wait and not args.no_progress and not args.json)
+    except TimeoutError as exc:
+        print(f"starburst: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    Path(args.output).write_bytes(pickle.dumps(results))
+    failed = [r for r in results if not r.ok]
+    summary = {"session": args.session, "collected": len(results), "failed": len(failed),
+               "output": args.output}
+    text = f"wrote {len(results)} results ({len(failed)} failed) to {args.output}"
+    for r in failed[:5]:
+        text += f"\n  {r.task_id}: {type(r.error).__name__}: {r.error}"
+    _emit(args, summary, text)
+    return EXIT_TASKS_FAILED if failed else EXIT_OK
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    reader = _reader(args)
+    if args.task:
+        return _task_log(reader, args.task)
+    local = home_dir() / "logs" / args.session
+    offsets: dict[Path, int] = {}
+    while True:
+        files = sorted(local.glob("*.log")) if local.is_dir() else []
+        if args.worker:
+            files = [f for f in files if f.stem == args.worker]
+        for path in files:
+            with open(path, "rb") as fh:
+                fh.seek(offsets.get(path, 0))
+                chunk = fh.read()
+                offsets[path] = fh.tell()
+            for line in chunk.decode(errors="replace").splitlines():
+                print(f"[{path.stem}] {line}" if not args.worker else line)
+        if not files and not offsets:
+            _store_logs(reader, args.worker)
+            if not args.follow:
+                return EXIT_OK
+        if not args.follow:
+            return EXIT_OK
+        sys.stdout.flush()
+        status = reader.status()
+        if not status.workers and (status.done or status.state in ("cancelled", "expired", "closed")):
+            return EXIT_OK
+        time.sleep(0.5)
+
+
+def _store_logs(reader: SessionReader, worker: str | None) -> None:
+    """Logs that workers uploaded when they exited (workers on other machines)."""
+    for info in reader.store.list(reader.keys.logs):
+        wid = info.key.rsplit("/", 1)[-1]
+        if worker and wid != worker:
+            continue
+        for line in reader.store.get(info.key).data.decode(errors="replace").splitlines():
+            print(f"[{wid}] {line}")
+
+
+def _task_log(reader: SessionReader, task_id: str) -> int:
+    bid, _, index_text = task_id.partition("/")
+    try:
+        index = int(index_text.split(".")[0])
+    except ValueError:
+        print(f"starburst: task id {task_id!r} is not BATCH/INDEX (see TaskResult.task_id)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    done = reader.done()
+    if bid not in done:
+        if bid not in reader.batch_ids():
+            raise SessionError(f"no task {task_id!r} in session {reader.keys.session_id}")
+        print(f"task {task_id} has not finished yet")
+        return EXIT_OK
+    record = reader.results([bid], done)[bid]
+    output = record.get("outputs", {}).get(index, "")
+    print(f"task {task_id} (worker {record['worker']}, attempt {record['attempt']})")
+    print(output if output else "(no output)")
+    from starburst_executor._session import SessionWriter
+
+    outcomes = SessionWriter.outcomes_of(record)
+    error = outcomes if isinstance(outcomes, BaseException) else outcomes[index].error
+    if error is not None:
+        print(f"failed: {type(error).__name__}: {error}")
+        if error.__cause__ is not None:
+            print(str(error.__cause__))
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from starburst_executor.detached import DetachedExecutor
+
+    ex = DetachedExecutor.attach(args.session, store=args.store)
+    ex.cancel()
+    _emit(args, {"session": args.session, "state": "cancelled"},
+          f"session {args.session} cancelled: pending tasks will not run; workers exit "
+          "after their current batch")
+    return EXIT_OK
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    from starburst_executor.detached import DetachedExecutor
+
+    ex = DetachedExecutor.attach(args.session, store=args.store)
+    ex.cleanup(stop_workers=not args.keep_workers, delete_data=args.delete_data)
+    what = "closed, data deleted" if args.delete_data else "closed, results kept"
+    _emit(args, {"session": args.session, "state": "deleted" if args.delete_data else "closed"},
+          f"session {args.session} {what}")
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "sessions": _cmd_sessions, "status": _cmd_status, "collect": _cmd_collect,
+    "logs": _cmd_logs, "cancel": _cmd_cancel, "cleanup": _cmd_cleanup,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())
