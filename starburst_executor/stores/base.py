@@ -13,6 +13,8 @@ Guarantees every implementation gives (checked by ``tests/stores/test_contract.p
 - ``put_if_match`` succeeds only if the object's current ETag is the one given; a missing key
   fails the same way (AWS answers 404 there and SeaweedFS 412: callers see one error).
 - ``list`` yields keys in ascending byte order, starting strictly after ``start_after``.
+- No key is the "folder" of another (``a`` and ``a/1``): the directory store cannot hold
+  both, and the protocol's key layout never needs it.
 - ETags change on every write of an implementation's own, except that S3 derives them from
   the content: records that are compare-and-swapped must change their body (a version counter).
 """

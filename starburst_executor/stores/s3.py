@@ -74,6 +74,10 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_ERRORS) or _code(exc) in _TRANSIENT_CODES
 
 
+def _drop_expect_header(request: Any, **_: Any) -> None:
+    request.headers.pop("Expect", None)
+
+
 def _endpoint_from_env() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
@@ -128,6 +132,11 @@ class S3Store:
             except botocore.exceptions.BotoCoreError as exc:
                 raise StoreConfigError(f"cannot create an S3 client: {exc}") from exc
         self._client = client
+        # botocore sends "Expect: 100-continue" on every PutObject, even with an empty body;
+        # SeaweedFS answers at once and the kept-alive connection is left unusable, so the
+        # next request stalls until the read timeout (boto/botocore#3755). Expect is not
+        # signed, so dropping it is safe everywhere.
+        client.meta.events.register("before-send.s3", _drop_expect_header)
         self._retry = RetryPolicy(_is_transient, attempts=retry_attempts, sleep=retry_sleep)
         self._clock: tuple[float, float] | None = None  # (server epoch, monotonic) of a response
 
@@ -170,12 +179,11 @@ class S3Store:
         if code in _PRECONDITION_CODES:
             return PreconditionFailedError(f"conditional {action} of {key!r} in {self.url} lost")
         if code == "NoSuchBucket" or (action == "check" and code in _NOT_FOUND_CODES):
-            return StoreConfigError(
-                f"bucket {self._bucket!r} does not exist at {self._endpoint()}. Create it (or "
-                "run `starburst setup`) or check the bucket name and the region/endpoint"
-            )
+            return self._no_bucket()
         if code in _NOT_FOUND_CODES:
             return ObjectNotFoundError(f"no object {key!r} in {self.url}")
+        if code in _AUTH_CODES and action != "check" and self._bucket_missing():
+            return self._no_bucket()  # SeaweedFS answers 403 to a PUT into a missing bucket
         if code in _AUTH_CODES:
             return StoreConfigError(
                 f"access denied to {action} {key!r} in {self.url} ({code}). Check the "
@@ -187,6 +195,21 @@ class S3Store:
                 f"S3 kept failing to {action} {key!r} in {self.url} ({code}) after retries"
             )
         return StoreError(f"S3 {action} of {key!r} in {self.url} failed: {exc}")
+
+    def _no_bucket(self) -> StoreConfigError:
+        return StoreConfigError(
+            f"bucket {self._bucket!r} does not exist at {self._endpoint()}. Create it (or "
+            "run `starburst setup`) or check the bucket name and the region/endpoint"
+        )
+
+    def _bucket_missing(self) -> bool:
+        try:
+            self._client.head_bucket(Bucket=self._bucket)
+        except botocore.exceptions.ClientError as exc:
+            return _code(exc) in _NOT_FOUND_CODES or _code(exc) == "NoSuchBucket"
+        except botocore.exceptions.BotoCoreError:
+            return False
+        return False
 
     def _observe_clock(self, response: dict[str, Any]) -> None:
         date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
