@@ -14,6 +14,12 @@
      ├── ProtocolMismatchError          client and worker disagree on protocol / Python /
      │                                  cloudpickle versions
      ├── SessionError                   a session cannot be used (unknown, expired, deleted)
+     ├── AwsError                       an AWS call failed
+     │    ├── AwsCredentialsError       no, invalid or expired credentials
+     │    ├── AwsPermissionError        access denied: names the missing IAM permission
+     │    ├── AwsNotSetUpError          `starburst setup` has not been run (or not here)
+     │    └── AwsLaunchError            ECS refused to start workers (failures[], quota, image)
+     ├── CostLimitError                 the estimate exceeds ``max_hourly_cost``
      └── WorkerLostError (+BrokenProcessPool)
           a task's worker died more often than ``max_attempts`` allows
     BrokenStarburstExecutor (+BrokenExecutor)  the pool cannot run anything (initializer failed)
@@ -29,7 +35,13 @@ from concurrent.futures import BrokenExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
+    "AwsCredentialsError",
+    "AwsError",
+    "AwsLaunchError",
+    "AwsNotSetUpError",
+    "AwsPermissionError",
     "BrokenStarburstExecutor",
+    "CostLimitError",
     "CorruptRecordError",
     "ObjectNotFoundError",
     "PreconditionFailedError",
@@ -88,6 +100,42 @@ class ProtocolMismatchError(StarburstError):
 
 class SessionError(StarburstError):
     """A session cannot be used: unknown id, expired, cleaned up, or its data deleted."""
+
+
+class AwsError(StarburstError):
+    """An AWS API call failed; the message names the service, the operation and what to do.
+
+    Attributes:
+        code: the AWS error code, when AWS answered with one.
+    """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AwsCredentialsError(AwsError):
+    """No AWS credentials were found, or they are invalid or expired."""
+
+
+class AwsPermissionError(AwsError):
+    """AWS denied a call; ``permission`` is the IAM action that is missing."""
+
+    def __init__(self, message: str, permission: str = "") -> None:
+        super().__init__(message, "AccessDenied")
+        self.permission = permission
+
+
+class AwsNotSetUpError(AwsError):
+    """The AWS resources are missing: run ``starburst setup`` first."""
+
+
+class AwsLaunchError(AwsError):
+    """ECS could not start workers (RunTask failures, capacity, quota, missing image)."""
+
+
+class CostLimitError(StarburstError, ValueError):
+    """The estimated cost exceeds the limit the user set (``max_hourly_cost``)."""
 
 
 class WorkerLostError(StarburstError, BrokenProcessPool):

@@ -8,17 +8,35 @@ overrides to 8,192 characters).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
 import socket
 import sys
+import urllib.request
 
 from starburst_executor.config import secret_key
 from starburst_executor.errors import StarburstError
 from starburst_executor.protocol import Codec
 from starburst_executor.stores import open_store
 from starburst_executor.worker.loop import Worker, WorkerOptions
+
+
+def _ecs_worker_id() -> str | None:
+    """``ecs-{task id}`` when running as an ECS task (from the task metadata endpoint v4), so
+    the launcher, which knows task ARNs, can name the worker of a stopped task."""
+    uri = os.environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if not uri:
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri}/task", timeout=5) as response:
+            arn = json.load(response)["TaskARN"]
+    except (OSError, ValueError, KeyError) as exc:
+        logging.getLogger("starburst_executor.worker").warning(
+            "cannot read the ECS task metadata (%s); using a host-based worker id", exc)
+        return None
+    return f"ecs-{str(arn).rsplit('/', 1)[-1]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s worker %(process)d %(name)s: %(message)s",
     )
-    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    worker_id = args.worker_id or _ecs_worker_id() or (
+        f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
     try:
         worker = Worker(open_store(args.store), args.session, worker_id, Codec(secret_key()),
                         WorkerOptions(poll_max=args.poll_max))

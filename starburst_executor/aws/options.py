@@ -1,0 +1,152 @@
+"""``EcsOptions``: how one session's workers run on ECS, validated before any AWS call.
+
+Resolved from the saved profile (:class:`~starburst_executor.aws.settings.AwsSettings`) and
+the executor's arguments, then stored in the session manifest (``extra["aws"]``) so that a
+reattaching process starts workers exactly like the first one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from starburst_executor.aws.settings import AwsSettings
+
+__all__ = ["FARGATE_PAIRS", "EcsOptions", "parse_memory", "validate_fargate"]
+
+# Fargate task sizes: vCPU -> allowed memory in MiB (AWS ECS developer guide, "Task CPU and
+# memory", checked 2026-11). RunTask rejects any other pair, after the call; we refuse before.
+FARGATE_PAIRS: dict[float, tuple[int, ...]] = {
+    0.25: (512, 1024, 2048),
+    0.5: tuple(range(1024, 4097, 1024)),
+    1.0: tuple(range(2048, 8193, 1024)),
+    2.0: tuple(range(4096, 16385, 1024)),
+    4.0: tuple(range(8192, 30721, 1024)),
+    8.0: tuple(range(16384, 61441, 4096)),
+    16.0: tuple(range(32768, 122881, 8192)),
+}
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(gb|gib|g|mb|mib|m)?\s*$", re.IGNORECASE)
+
+
+def parse_memory(value: str | int | float) -> int:
+    """Memory in MiB from ``"8GB"``, ``"512MB"``, ``"0.5GB"`` or a number of MiB.
+
+    Raises:
+        ValueError: the value is not a size.
+    """
+    if isinstance(value, (int, float)):
+        mib = int(value)
+    else:
+        match = _MEMORY.match(value)
+        if not match:
+            raise ValueError(f"memory {value!r} is not a size: use e.g. '8GB' or '512MB'")
+        number, unit = float(match.group(1)), (match.group(2) or "mb").lower()
+        mib = int(number * 1024) if unit.startswith("g") else int(number)
+    if mib <= 0:
+        raise ValueError(f"memory must be positive, got {value!r}")
+    return mib
+
+
+def validate_fargate(cpu: float, memory_mib: int) -> None:
+    """Refuse a CPU/memory pair Fargate does not offer, listing the ones it does.
+
+    Raises:
+        ValueError: ``cpu`` is not a Fargate size, or ``memory_mib`` is not allowed with it.
+    """
+    if cpu not in FARGATE_PAIRS:
+        sizes = ", ".join(f"{c:g}" for c in FARGATE_PAIRS)
+        raise ValueError(f"Fargate has no {cpu:g}-vCPU tasks: cpu must be one of {sizes}")
+    allowed = FARGATE_PAIRS[cpu]
+    if memory_mib not in allowed:
+        lo, hi = allowed[0] / 1024, allowed[-1] / 1024
+        step = (allowed[1] - allowed[0]) / 1024 if len(allowed) > 1 else 0
+        raise ValueError(
+            f"Fargate does not run {cpu:g} vCPU with {memory_mib / 1024:g} GB: with {cpu:g} vCPU "
+            f"memory must be {lo:g}-{hi:g} GB in steps of {step:g} GB"
+        )
+
+
+@dataclass(frozen=True)
+class EcsOptions:
+    """Everything needed to run one session's workers on ECS.
+
+    Attributes:
+        cpu: vCPUs per worker; ``memory_mib`` its memory.
+        launch_type: "FARGATE" or "EC2"; ``spot``: Fargate Spot, or Spot instances in the
+            EC2 capacity provider; ``instance_type`` the EC2 type (for cost and placement).
+        image: the worker image URI.
+        the rest: copied from :class:`AwsSettings`.
+    """
+
+    region: str
+    cluster: str
+    image: str
+    cpu: float = 1.0
+    memory_mib: int = 2048
+    launch_type: str = "FARGATE"
+    spot: bool = True
+    instance_type: str = ""
+    subnets: tuple[str, ...] = ()
+    security_group: str = ""
+    assign_public_ip: bool = True
+    execution_role_arn: str = ""
+    task_role_arn: str = ""
+    log_group: str = "/starburst/workers"
+    secret_parameter: str = "/starburst/secret-key"
+    task_family: str = "starburst-worker"
+    ec2_capacity_provider: str = ""
+    max_workers_ceiling: int = 500
+
+    @classmethod
+    def resolve(
+        cls, settings: AwsSettings, *, cpu: float | None = None, memory: str | int | None = None,
+        launch_type: str | None = None, spot: bool | None = None, instance_type: str | None = None,
+        image: str | None = None,
+    ) -> EcsOptions:
+        """Profile defaults overridden by executor arguments, validated.
+
+        Raises:
+            ValueError: unknown launch type, an invalid Fargate pair, EC2 without a capacity
+                provider from setup, or no image.
+        """
+        kind = (launch_type or settings.launch_type).upper()
+        if kind not in ("FARGATE", "EC2"):
+            raise ValueError(f"launch_type must be 'FARGATE' or 'EC2', not {launch_type!r}")
+        options = cls(
+            region=settings.region, cluster=settings.cluster,
+            image=image or settings.image, cpu=float(cpu if cpu is not None else settings.cpu),
+            memory_mib=parse_memory(memory if memory is not None else settings.memory),
+            launch_type=kind, spot=settings.spot if spot is None else spot,
+            instance_type=instance_type or "", subnets=settings.subnets,
+            security_group=settings.security_group, assign_public_ip=settings.assign_public_ip,
+            execution_role_arn=settings.execution_role_arn, task_role_arn=settings.task_role_arn,
+            log_group=settings.log_group, secret_parameter=settings.secret_parameter,
+            task_family=settings.task_family, ec2_capacity_provider=settings.ec2_capacity_provider,
+            max_workers_ceiling=settings.max_workers_ceiling,
+        )
+        if kind == "FARGATE":
+            validate_fargate(options.cpu, options.memory_mib)
+        elif not options.ec2_capacity_provider:
+            raise ValueError("launch_type='EC2' needs the EC2 capacity provider that `starburst "
+                             "setup --ec2` creates; run it, or use launch_type='FARGATE'")
+        if not options.image:
+            raise ValueError("no worker image: run `starburst image build` (it pushes one to "
+                             "ECR and records it in the profile), or pass image='URI'")
+        return options
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["subnets"] = list(self.subnets)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EcsOptions:
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["subnets"] = tuple(data.get("subnets", ()))
+        return cls(**data)
+
+    def with_image(self, image: str) -> EcsOptions:
+        return replace(self, image=image)
