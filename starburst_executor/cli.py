@@ -98,11 +98,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = _parser().parse_args(argv)
-    if args.command == "worker":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"] and not {"-h", "--help"} & set(argv[1:]):
+        # Handed over before parsing: argparse's REMAINDER does not take arguments that look
+        # like options ("worker --store URL" was refused as "unrecognized arguments").
         from starburst_executor.worker.__main__ import main as worker_main
 
-        return worker_main(args.args)
+        return worker_main(argv[1:])
+    args = _parser().parse_args(argv)
     try:
         return int(_COMMANDS[args.command](args))
     except SessionError as exc:

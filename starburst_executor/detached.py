@@ -71,6 +71,7 @@ class DetachedExecutor(StarburstExecutor):
         self._restored: list[Future[Any]] | None = []
         self._reader = SessionReader(self._store, self.session_id, self._writer.codec)
         self._state = "open"
+        self._detached_here = False
         remember_session(self.session_id, self._store.url)
 
     @classmethod
@@ -102,8 +103,9 @@ class DetachedExecutor(StarburstExecutor):
         self._submitted = []
         self._restored = None  # built on first use of .futures
         self._reader = reader
+        self._detached_here = False
         remember_session(session_id, store_obj.url)
-        self._state = state = reader.control().state
+        self._state = state = reader.state()
         if state in _TERMINAL:
             logger.info("session %s is %s: it can be inspected and collected, not extended",
                         session_id, state)
@@ -113,15 +115,26 @@ class DetachedExecutor(StarburstExecutor):
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
         self._check_extendable()
-        future = super().submit(fn, *args, **kwargs)
-        self._submitted.append(future)
-        return future
+        return super().submit(fn, *args, **kwargs)
 
     def map(self, fn: Any, *iterables: Any, timeout: float | None = None, chunksize: int = 1) -> Any:
         self._check_extendable()
         return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
 
+    def _enqueue(self, call: Any) -> Future[Any]:
+        future = super()._enqueue(call)
+        self._submitted.append(future)  # submit() and every map() chunk, in order
+        return future
+
     def _check_extendable(self) -> None:
+        if self._detached_here:
+            # The manager thread has stopped: a call queued now would never travel.
+            raise RuntimeError(
+                f"cannot schedule new futures after detach(): reattach with "
+                f"DetachedExecutor.attach({self.session_id!r}) to add work"
+            )
+        if self._state == "open" and self._reader.expired():
+            self._state = "expired"
         state = self._state
         if state in _TERMINAL:
             raise SessionError(
@@ -154,6 +167,7 @@ class DetachedExecutor(StarburstExecutor):
         The session carries on without this process. Reattach with
         ``DetachedExecutor.attach(session_id)``.
         """
+        self._detached_here = True
         self._manager.request_detach()
         if self._started:
             self._manager.thread.join()
@@ -188,6 +202,8 @@ class DetachedExecutor(StarburstExecutor):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = poll_interval or (0.1 if self._store.url.startswith("file:") else 2.0)
+        self._reader.control()  # SessionError if the data was deleted (not an empty list)
+        self._await_uploads(deadline)
         cursor = KeyCursor(self._store, self._reader.keys.done)
         done: dict[str, tuple[int, str, int]] = {}
         bids = self._reader.batch_ids()
@@ -204,11 +220,12 @@ class DetachedExecutor(StarburstExecutor):
                             bar.update(SessionKeys.batch_size(bid))
                 if not wait or all(b in done for b in bids):
                     break
-                state = self._reader.control().state
+                state = self._reader.state()
                 if state in _TERMINAL and not self._reader.status().workers:
                     terminal_state = state
                     break
-                self._keep_workers(bids, done)
+                if state not in _TERMINAL:  # a terminal session gets no new workers
+                    self._keep_workers(bids, done)
                 if deadline is not None and time.monotonic() > deadline:
                     finished = sum(SessionKeys.batch_size(b) for b in bids if b in done)
                     raise TimeoutError(
@@ -220,6 +237,22 @@ class DetachedExecutor(StarburstExecutor):
             if bar is not None:
                 bar.close()
         return self._entries(bids, done, terminal_state)
+
+    def _await_uploads(self, deadline: float | None) -> None:
+        """Wait until the calls this process submitted are in the store, so that ``collect``
+        covers them (they travel a few milliseconds after ``submit``, from the manager
+        thread). Stops waiting when they are all done anyway (a failed upload fails its
+        Future instead), or when the manager thread has stopped."""
+        mine = [f for f in self._submitted if not f.cancelled()]
+        origin = self._writer.origin
+        while mine and self._manager.thread.is_alive() and not all(f.done() for f in mine):
+            stored = sum(SessionKeys.batch_size(b) for b in self._reader.batch_ids()
+                         if b.split("-")[1] == origin)
+            if stored >= len(mine):
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                return  # the caller's loop reports the timeout
+            time.sleep(0.01)
 
     def _keep_workers(self, bids: list[str], done: dict[str, Any]) -> None:
         """While waiting on a reattached session, start workers if none is left."""
@@ -275,10 +308,14 @@ class DetachedExecutor(StarburstExecutor):
                 otherwise they exit once they notice the session is closed (seconds).
             delete_data: delete every object of the session from the store. Without it,
                 results stay and can still be collected.
+
+        Raises:
+            SessionError: the session's data was deleted already.
         """
         if self._started:  # stop polling; the Futures still pending will not complete
             self._manager.request_detach()
             self._manager.thread.join()
+        self._reader.control()  # SessionError if its data was deleted already
         self._writer.set_control(state="closed")
         self._state = "closed"
         if stop_workers:

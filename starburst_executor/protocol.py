@@ -362,6 +362,8 @@ class WorkerRecord:
         state: "running", "exited", or "init-failed".
         host: host name; pid: process id; started: store-clock time.
         tasks: tasks run so far; reason: why it exited; error: initializer failure text.
+        ended: store-clock time it exited (0 while running): with ``started``, the measured
+            runtime the cost report bills.
     """
 
     worker: str
@@ -372,6 +374,7 @@ class WorkerRecord:
     tasks: int = 0
     reason: str = ""
     error: str = ""
+    ended: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

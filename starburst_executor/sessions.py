@@ -192,16 +192,46 @@ class SessionReader:
         try:
             obj = self.store.get(self.keys.control)
         except ObjectNotFoundError:
-            raise SessionError(f"session {self.keys.session_id!r} has no control record: "
-                               "its data was deleted") from None
+            raise SessionError(
+                f"session {self.keys.session_id!r} has no control record: it was cleaned up "
+                f"with its data deleted from {self.store.url}; its results are gone"
+            ) from None
         return ControlRecord.from_dict(self.codec.decode_json(obj.data, self.keys.control))
 
+    def state(self) -> str:
+        """The session's state: its control record's, except "expired" once
+        ``session_timeout`` has passed (workers write that only when one of them notices)."""
+        state = self.control().state
+        return "expired" if state == "open" and self.expired() else state
+
+    def expired(self) -> bool:
+        """Whether the session's ``session_timeout`` has passed (store clock)."""
+        deadline = self.manifest.deadline
+        return deadline is not None and self.store.now() > deadline
+
     def batch_ids(self) -> list[str]:
-        """Every batch of the session, in submission order."""
-        return sorted(
-            SessionKeys.bid_of(i.key) for i in self.store.list(self.keys.batches)
-            if not SessionKeys.is_requeue(i.key)
-        )
+        """Every batch of the session, in submission order.
+
+        A batch id is ``{store-clock ms}-{client tag}-{sequence}-{tasks}``. An S3 store's clock
+        is re-anchored on every response's ``Date`` header (one-second resolution), so one
+        client's stamps can step back by up to a second: sorting ids as strings would put a
+        later submission first. Within one client the sequence number is the order; between
+        clients, the time stamp (made non-decreasing along each client's sequence).
+        """
+        by_client: dict[str, list[tuple[int, str]]] = {}
+        for info in self.store.list(self.keys.batches):
+            if SessionKeys.is_requeue(info.key):
+                continue
+            bid = SessionKeys.bid_of(info.key)
+            _, client, seq_text, _ = bid.split("-")
+            by_client.setdefault(client, []).append((int(seq_text), bid))
+        ordered: list[tuple[tuple[int, str, int], str]] = []
+        for client, items in by_client.items():
+            floor = 0
+            for seq, bid in sorted(items):
+                floor = max(floor, key_time_ms(bid))
+                ordered.append(((floor, client, seq), bid))
+        return [bid for _, bid in sorted(ordered)]
 
     def done(self) -> dict[str, tuple[int, str, int]]:
         """Finished batches: ``{bid: (failed count, event key, event size)}``."""
@@ -245,7 +275,7 @@ class SessionReader:
                 pending += n
         cancelled = 0
         state = control.state
-        if state == "open" and manifest.deadline is not None and self.store.now() > manifest.deadline:
+        if state == "open" and self.expired():
             state = "expired"
         live = [w for w in workers if w.state == "running"]
         if state in ("cancelled", "expired", "closed") and not live:
@@ -283,21 +313,26 @@ class SessionReader:
         """SIGTERM workers of this session that run on this host and have not exited yet
         (they exit by themselves once the session is closed; this only hurries them)."""
         host = socket.gethostname()
-        stopped = 0
+        sid = self.keys.session_id
+        signalled: list[int] = []
         for w in self.workers():
-            if w.state == "running" and w.host == host and _is_worker(w.pid, self.keys.session_id):
+            if w.state == "running" and w.host == host and _is_worker(w.pid, sid):
                 try:
                     os.kill(w.pid, signal.SIGTERM)
-                    stopped += 1
+                    signalled.append(w.pid)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not any(w.state == "running" and _alive(w.pid) and w.host == host
-                       and _is_worker(w.pid, self.keys.session_id) for w in self.workers()):
+            # A worker writes its "exited" record before it ends: wait for the processes
+            # themselves, so that none is left when this returns.
+            if not any(_is_worker(pid, sid) for pid in signalled) and not any(
+                w.state == "running" and w.host == host and _is_worker(w.pid, sid)
+                for w in self.workers()
+            ):
                 break
-            time.sleep(0.1)
-        return stopped
+            time.sleep(0.05)
+        return len(signalled)
 
     def delete_all(self) -> int:
         """Delete every object of the session (the index entry stays, marking it deleted)."""

@@ -139,6 +139,7 @@ class S3Store:
         client.meta.events.register("before-send.s3", _drop_expect_header)
         self._retry = RetryPolicy(_is_transient, attempts=retry_attempts, sleep=retry_sleep)
         self._clock: tuple[float, float] | None = None  # (server epoch, monotonic) of a response
+        self._last_now = 0.0
 
     @property
     def url(self) -> str:
@@ -327,7 +328,11 @@ class S3Store:
         if self._clock is None:  # a server that sends no Date header
             return time.time()
         server, at = self._clock
-        return server + (time.monotonic() - at)
+        # Each response re-anchors the clock to a Date header of one-second resolution, so
+        # the estimate may step back a little: never return less than before, so keys this
+        # process stamps stay in order.
+        self._last_now = max(self._last_now, server + (time.monotonic() - at))
+        return self._last_now
 
     def close(self) -> None:
         self._client.close()

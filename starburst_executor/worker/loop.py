@@ -31,6 +31,7 @@ from starburst_executor.errors import (
     PreconditionFailedError,
     ProtocolMismatchError,
     SerializationError,
+    SessionError,
     StarburstError,
     WorkerLostError,
 )
@@ -203,7 +204,7 @@ class Worker:
             if not self._terminating.is_set():
                 logger.info("worker %s of session %s exits: %s", self.worker_id,
                             self.keys.session_id, reason)
-                self._write_record(state="exited", reason=reason)
+                self._write_record(state="exited", reason=reason, ended=self.store.now())
                 self._upload_log()
         return 0
 
@@ -224,7 +225,8 @@ class Worker:
         except BaseException as exc:  # the initializer is user code: report anything
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             logger.error("worker %s: initializer failed:\n%s", self.worker_id, text)
-            self._write_record(state="init-failed", reason="initializer failed", error=text)
+            self._write_record(state="init-failed", reason="initializer failed", error=text,
+                               ended=self.store.now())
             self._upload_log()
             return False
         return True
@@ -245,7 +247,8 @@ class Worker:
     def _renew_loop(self) -> None:
         """Renews the lease; acts on SIGTERM; enforces ``task_timeout``."""
         interval = self.claims.lease_seconds / 3
-        tick = min(interval, 0.5) if self.manifest.task_timeout else interval
+        watch = self.manifest.task_timeout or self.manifest.deadline
+        tick = min(interval, 0.5) if watch else interval
         next_renewal = time.monotonic() + interval
         while True:
             if self._terminating.is_set():
@@ -275,33 +278,53 @@ class Worker:
                                "over); its result may be discarded", self.worker_id, handle.bid)
 
     def _check_task_timeout(self) -> None:
-        limit = self.manifest.task_timeout
+        """Stop a task past ``task_timeout`` or the session's deadline (``session_timeout``).
+
+        A running task cannot be interrupted from this thread: its error (and one for each
+        task of the batch that did not finish) is delivered, then the process is replaced by
+        a fresh worker (task timeout; exec keeps the pid, so the launcher keeps tracking it)
+        or exits (session expired).
+        """
         with self._lock:
             started, handle = self._task_started, self._handle
             done = list(self._outcomes)
-        if limit is None or started is None or handle is None:
+        if started is None or handle is None:
             return
-        if time.monotonic() - started <= limit:
-            return
-        # The task cannot be interrupted from here: deliver its TimeoutError (and one for
-        # each task of the batch that did not finish), then replace this process with a fresh
-        # worker. exec keeps the pid, so the launcher keeps tracking it.
-        logger.error("worker %s: a task of batch %s exceeded task_timeout=%gs; restarting",
-                     self.worker_id, handle.bid, limit)
-        error = dumps(capture_exception(TimeoutError(
-            f"the task ran longer than task_timeout={limit:g}s on worker {self.worker_id}; "
-            "it was stopped and the worker replaced"
-        )))
+        limit = self.manifest.task_timeout
+        if limit is not None and time.monotonic() - started > limit:
+            logger.error("worker %s: a task of batch %s exceeded task_timeout=%gs; restarting",
+                         self.worker_id, handle.bid, limit)
+            self._abandon(handle, done, TimeoutError(
+                f"the task ran longer than task_timeout={limit:g}s on worker {self.worker_id}; "
+                "it was stopped and the worker replaced"
+            ))
+            os.execv(sys.executable, [sys.executable, "-m", "starburst_executor.worker", *sys.argv[1:]])
+        deadline = self.manifest.deadline
+        if deadline is not None and self.store.now() > deadline:
+            logger.error("worker %s: session %s expired while batch %s ran; exiting",
+                         self.worker_id, self.keys.session_id, handle.bid)
+            self._expired()
+            self._abandon(handle, done, SessionError(
+                f"session {self.keys.session_id} expired (session_timeout="
+                f"{self.manifest.session_timeout:g}s) while the task ran; it was stopped"
+            ), reason="session expired (session_timeout) during a task")
+            os._exit(0)
+
+    def _abandon(self, handle: ClaimHandle, done: list[_Outcome], error: BaseException,
+                 reason: str = "") -> None:
+        """Deliver ``error`` for the batch's unfinished tasks and record the exit."""
+        payload = dumps(capture_exception(error))
         finished = {o[0] for o in done}
         batch = self._current_batch or {"tasks": []}
-        outcomes = done + [(t["i"], "err", error) for t in batch["tasks"] if t["i"] not in finished]
+        outcomes = done + [(t["i"], "err", payload) for t in batch["tasks"] if t["i"] not in finished]
         try:
             self._deliver(handle, outcomes, None)
             self.claims.finish(handle)
+            if reason:
+                self._write_record(state="exited", reason=reason, ended=self.store.now())
             self._upload_log()
         finally:
             logging.shutdown()
-            os.execv(sys.executable, [sys.executable, "-m", "starburst_executor.worker", *sys.argv[1:]])
 
     def _terminate(self) -> None:
         with self._lock:
@@ -310,7 +333,7 @@ class Worker:
             if handle is not None and self.claims.release(handle):
                 logger.info("worker %s: SIGTERM, released batch %s", self.worker_id, handle.bid)
             logger.info("worker %s of session %s exits: SIGTERM", self.worker_id, self.keys.session_id)
-            self._write_record(state="exited", reason="SIGTERM")
+            self._write_record(state="exited", reason="SIGTERM", ended=self.store.now())
             self._upload_log()
         finally:
             logging.shutdown()
