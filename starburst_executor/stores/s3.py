@@ -203,9 +203,15 @@ class S3Store:
             "run `starburst setup`) or check the bucket name and the region/endpoint"
         )
 
+    def _probe(self) -> dict[str, Any]:
+        # A one-key listing under our prefix, not HeadBucket: the workers' IAM policy allows
+        # s3:ListBucket only with an s3:prefix condition, which HeadBucket cannot satisfy.
+        return self._client.list_objects_v2(  # type: ignore[no-any-return]
+            Bucket=self._bucket, Prefix=self._key_prefix, MaxKeys=1)
+
     def _bucket_missing(self) -> bool:
         try:
-            self._client.head_bucket(Bucket=self._bucket)
+            self._probe()
         except botocore.exceptions.ClientError as exc:
             return _code(exc) in _NOT_FOUND_CODES or _code(exc) == "NoSuchBucket"
         except botocore.exceptions.BotoCoreError:
@@ -324,7 +330,7 @@ class S3Store:
 
     def now(self) -> float:
         if self._clock is None:
-            self._call("check", "", lambda: self._client.head_bucket(Bucket=self._bucket))
+            self._call("check", "", self._probe)
         if self._clock is None:  # a server that sends no Date header
             return time.time()
         server, at = self._clock

@@ -45,3 +45,73 @@ def aws_env(moto_aws: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     yield endpoint
+
+
+# Appended: fixtures for the setup and doctor tests.
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starburst_executor.aws.client import Aws
+
+
+@pytest.fixture(scope="session")
+def _shared_boto3_session() -> object:
+    """One boto3 session for the tests' ``Aws`` clients: it caches the service models, so a
+    client costs milliseconds instead of ~0.15 s. Credentials are resolved lazily, inside the
+    first test, after the autouse ``env`` fixture has set the dummy ones."""
+    import boto3
+
+    return boto3.session.Session()
+
+
+@pytest.fixture
+def moto_one_account(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Pin moto (in this process) to its default account, 123456789012.
+
+    Without it, moto finds the account of every first request after a reset by looking the
+    access key up in the IAM backend of each partition, creating six IAM backends that each
+    load the ~1,300 AWS-managed policies (MOTO_IAM_LOAD_MANAGED_POLICIES): ~1 s per test.
+    """
+    monkeypatch.setenv("MOTO_ACCOUNT_ID", "123456789012")
+    return aws_env
+
+
+@pytest.fixture
+def moto_aws_client(moto_one_account: str, _shared_boto3_session: object) -> Aws:
+    """An :class:`~starburst_executor.aws.client.Aws` on moto in us-east-1 that never sleeps
+    between retries."""
+    from starburst_executor.aws.client import Aws
+
+    return Aws("us-east-1", session=_shared_boto3_session, retry_sleep=lambda _: None)
+
+
+@pytest.fixture
+def moto_serves_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let object requests through a bucket whose policy denies plain HTTP.
+
+    moto serves plain HTTP, and it evaluates a bucket-policy statement whose condition it
+    cannot check as a denial (``moto/iam/access_control.py`` returns DENIED when a condition
+    fails, whatever the Effect). So after ``starburst setup`` writes the TLS-only policy,
+    moto refuses every object request on the bucket. Real clients use HTTPS, where that
+    statement does not apply: this evaluates bucket policies without it, as AWS would for a
+    TLS request. Other statements are still enforced by moto as usual.
+    """
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+    from moto.s3.models import FakeBucket
+
+    def is_tls_rule(statement: dict[str, object]) -> bool:
+        return statement.get("Effect") == "Deny" and statement.get("Condition") == {
+            "Bool": {"aws:SecureTransport": "false"}}
+
+    def get_permission(self: FakeBucket, action: str, resource: str) -> PermissionResult:
+        if self.policy is None:
+            return PermissionResult.NEUTRAL
+        document = json.loads(self.policy)
+        statements = document.get("Statement", [])
+        statements = [statements] if isinstance(statements, dict) else statements
+        document["Statement"] = [s for s in statements if not is_tls_rule(s)]
+        if not document["Statement"]:
+            return PermissionResult.NEUTRAL
+        return IAMPolicy(json.dumps(document)).is_action_permitted(action, resource)
+
+    monkeypatch.setattr(FakeBucket, "get_permission", get_permission)

@@ -1,0 +1,545 @@
+"""What a session's workers cost: the estimate before launch, the guardrails, the bill after.
+
+- Rates: :func:`fargate_rates` and :func:`ec2_rate` ask the AWS Pricing API (and, for EC2
+  Spot, the Spot price history) and fall back to the dated built-in table below when it cannot
+  answer (no ``pricing:GetProducts`` permission, no network, moto). Every figure says where it
+  came from.
+- :func:`estimate` -> :class:`CostEstimate`: ``str()`` is one readable line; the fields are data.
+- :func:`check_budget`: ``max_hourly_cost`` refuses to launch (:class:`CostLimitError`),
+  ``cost_alert_threshold`` returns a warning line.
+- :func:`worker_spans` + :func:`report` -> :class:`CostReport`: measured worker runtime times
+  the per-worker rate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any, NamedTuple, Protocol
+
+from starburst_executor.aws.client import Aws
+from starburst_executor.aws.options import EcsOptions
+from starburst_executor.errors import AwsError, CostLimitError
+
+__all__ = [
+    "DEFAULT_EC2_INSTANCE_TYPE",
+    "PRICING_API",
+    "TABLE_DATE",
+    "TABLE_SOURCE",
+    "CostEstimate",
+    "CostReport",
+    "check_budget",
+    "ec2_rate",
+    "estimate",
+    "fargate_rates",
+    "instance_shape",
+    "report",
+    "tasks_per_instance",
+    "worker_spans",
+]
+
+logger = logging.getLogger(__name__)
+
+TABLE_DATE = "2026-11"
+TABLE_SOURCE = f"built-in table, {TABLE_DATE}"
+PRICING_API = "AWS Pricing API"
+SPOT_HISTORY = "EC2 Spot price history"
+
+# The instance type assumed for launch_type="EC2" when none is given; it must match the
+# launch template that `starburst setup --ec2` creates.
+DEFAULT_EC2_INSTANCE_TYPE = "c7a.xlarge"
+
+
+class _FargateRow(NamedTuple):
+    vcpu_hour: float
+    gb_hour: float
+    spot_vcpu_hour: float
+    spot_gb_hour: float
+
+
+# Fargate, Linux/x86, USD per vCPU-hour and per GB-hour, recorded 2026-11 from
+# https://aws.amazon.com/fargate/pricing/ (On-Demand; unchanged since the January 2019 price
+# cut). Fargate Spot has no fixed price and is not in the Pricing API: AWS's page shows the
+# current figure, which moves with spare capacity. The Spot columns are the ~70 %-off level
+# that page has shown through 2025-2026, rounded; refresh them with the On-Demand ones.
+_FARGATE: dict[str, _FargateRow] = {
+    "us-east-1": _FargateRow(0.04048, 0.004445, 0.01214, 0.001334),
+    "us-east-2": _FargateRow(0.04048, 0.004445, 0.01214, 0.001334),
+    "us-west-2": _FargateRow(0.04048, 0.004445, 0.01214, 0.001334),
+    "eu-west-1": _FargateRow(0.04656, 0.00511, 0.01397, 0.001533),
+    "eu-central-1": _FargateRow(0.04656, 0.00511, 0.01397, 0.001533),
+    "ap-southeast-2": _FargateRow(0.04856, 0.00532, 0.01457, 0.001596),
+}
+# Fargate Spot for a region missing above: On-Demand times this (the usual ~70 % discount).
+_FARGATE_SPOT_FRACTION = 0.30
+
+# EC2 On-Demand, Linux, shared tenancy, USD per instance-hour in us-east-1, recorded 2026-11
+# from https://aws.amazon.com/ec2/pricing/on-demand/. us-east-2 and us-west-2 charge the same
+# for these families; the other regions are approximated by _EC2_REGION_FACTOR.
+_EC2_US_EAST_1: dict[str, float] = {
+    "c7a.xlarge": 0.20532, "c7a.2xlarge": 0.41064, "c7a.4xlarge": 0.82128,
+    "c7i.xlarge": 0.1785, "c7i.2xlarge": 0.357, "c7i.4xlarge": 0.714,
+    "m7a.xlarge": 0.23184, "m7a.2xlarge": 0.46368,
+    "m7i.xlarge": 0.2016, "m7i.2xlarge": 0.4032, "m7i.4xlarge": 0.8064,
+    "r7i.xlarge": 0.2646, "r7i.2xlarge": 0.5292,
+    "c8a.xlarge": 0.21558,
+}
+_EC2_REGION_FACTOR: dict[str, float] = {
+    "us-east-1": 1.0, "us-east-2": 1.0, "us-west-2": 1.0,
+    "eu-west-1": 1.12, "eu-central-1": 1.15, "ap-southeast-2": 1.26,
+}
+# EC2 Spot when the Spot price history cannot be read: On-Demand times this. Spot discounts
+# for these families have mostly sat between 55 % and 70 %; 0.40 errs on the expensive side.
+_EC2_SPOT_FRACTION = 0.40
+
+# vCPUs and memory (MiB) of the types above (AWS instance type pages); other types are asked
+# from ec2:DescribeInstanceTypes.
+_SHAPES: dict[str, tuple[int, int]] = {
+    "c7a.xlarge": (4, 8192), "c7a.2xlarge": (8, 16384), "c7a.4xlarge": (16, 32768),
+    "c7i.xlarge": (4, 8192), "c7i.2xlarge": (8, 16384), "c7i.4xlarge": (16, 32768),
+    "m7a.xlarge": (4, 16384), "m7a.2xlarge": (8, 32768),
+    "m7i.xlarge": (4, 16384), "m7i.2xlarge": (8, 32768), "m7i.4xlarge": (16, 65536),
+    "r7i.xlarge": (4, 32768), "r7i.2xlarge": (8, 65536),
+    "c8a.xlarge": (4, 8192),
+}
+# The ECS agent registers less memory than the instance has (kernel and platform overhead: AWS's
+# "Container instance memory management" page shows an 8 GiB m4.large registering 7985 MiB).
+# 94 % leaves room for the agent too, so three 2 GB workers fit on an 8 GiB instance, not four:
+# a fourth would wait for a second instance, and the estimate counts that instance.
+_ECS_MEMORY_FRACTION = 0.94
+
+# Fargate and Linux EC2 both bill per second with a one-minute minimum.
+_MINIMUM_BILLED_SECONDS = 60.0
+
+_FARGATE_VCPU = re.compile(r"^(?:[A-Z0-9]+-)?Fargate-vCPU-Hours:perCPU$")
+_FARGATE_GB = re.compile(r"^(?:[A-Z0-9]+-)?Fargate-GB-Hours$")
+
+
+# --------------------------------------------------------------------------- rates
+
+
+def fargate_rates(aws: Aws, region: str, spot: bool) -> tuple[float, float, str]:
+    """Fargate Linux/x86 rates in ``region``: ``(usd_per_vcpu_hour, usd_per_gb_hour, source)``.
+
+    On-Demand rates come from the Pricing API (``AmazonECS``), else from the built-in table.
+    Fargate Spot prices are not published by any API, so Spot always comes from the table
+    (and the source says so).
+
+    Never raises for an AWS failure: the table answers instead (the reason is logged).
+    """
+    if spot:
+        row = _FARGATE.get(region)
+        if row is not None:
+            return row.spot_vcpu_hour, row.spot_gb_hour, f"{TABLE_SOURCE} (Fargate Spot)"
+        vcpu, gb, source = fargate_rates(aws, region, False)
+        return (vcpu * _FARGATE_SPOT_FRACTION, gb * _FARGATE_SPOT_FRACTION,
+                f"{source} x {_FARGATE_SPOT_FRACTION:g} (typical Fargate Spot discount)")
+    try:
+        found = _fargate_from_api(aws, region)
+    except AwsError as exc:
+        logger.info("the Pricing API did not answer for Fargate in %s (%s): using the %s",
+                    region, exc.code or exc, TABLE_SOURCE)
+        found = None
+    if found is not None:
+        return found[0], found[1], PRICING_API
+    row = _FARGATE.get(region)
+    if row is not None:
+        return row.vcpu_hour, row.gb_hour, TABLE_SOURCE
+    row = _FARGATE["us-east-1"]
+    return row.vcpu_hour, row.gb_hour, f"{TABLE_SOURCE}, us-east-1 figures: none for {region}"
+
+
+def ec2_rate(aws: Aws, region: str, instance_type: str, spot: bool) -> tuple[float, str]:
+    """The hourly price of one Linux ``instance_type`` in ``region``: ``(usd_per_hour, source)``.
+
+    On-Demand: the Pricing API (``AmazonEC2``), else the built-in table. Spot: the median over
+    Availability Zones of the latest ``ec2:DescribeSpotPriceHistory`` price (read in the
+    client's region), else On-Demand times a typical Spot fraction (stated in the source).
+
+    Raises:
+        ValueError: neither the Pricing API nor the table knows ``instance_type``.
+    """
+    try:
+        price = _ec2_from_api(aws, region, instance_type)
+    except AwsError as exc:
+        logger.info("the Pricing API did not answer for %s in %s (%s): using the %s",
+                    instance_type, region, exc.code or exc, TABLE_SOURCE)
+        price = None
+    if price is not None:
+        on_demand, source = price, PRICING_API
+    elif instance_type in _EC2_US_EAST_1:
+        factor = _EC2_REGION_FACTOR.get(region)
+        on_demand = _EC2_US_EAST_1[instance_type] * (factor or max(_EC2_REGION_FACTOR.values()))
+        source = TABLE_SOURCE if factor == 1.0 else f"{TABLE_SOURCE}, regional estimate"
+    else:
+        known = ", ".join(sorted(_EC2_US_EAST_1))
+        raise ValueError(
+            f"cannot price {instance_type}: the AWS Pricing API did not answer (allow "
+            f"pricing:GetProducts to your credentials) and the built-in table only knows {known}"
+        )
+    if not spot:
+        return on_demand, source
+    if region == aws.region:
+        try:
+            spot_price = _spot_median(aws, instance_type)
+        except AwsError as exc:
+            logger.info("no Spot price history for %s in %s (%s)", instance_type, region,
+                        exc.code or exc)
+            spot_price = None
+        if spot_price is not None:
+            return spot_price, f"{SPOT_HISTORY}, median of Availability Zones"
+    return (on_demand * _EC2_SPOT_FRACTION,
+            f"{source} x {_EC2_SPOT_FRACTION:g} (typical Spot discount)")
+
+
+def instance_shape(aws: Aws, instance_type: str) -> tuple[int, int]:
+    """``(vcpus, memory_mib)`` of an EC2 instance type: the table, else DescribeInstanceTypes.
+
+    Raises:
+        ValueError: EC2 does not know ``instance_type``.
+    """
+    if instance_type in _SHAPES:
+        return _SHAPES[instance_type]
+    try:
+        types = aws.call("ec2", "describe_instance_types",
+                         InstanceTypes=[instance_type])["InstanceTypes"]
+    except AwsError as exc:
+        if exc.code in ("InvalidInstanceType", "InvalidParameterValue"):
+            raise ValueError(f"EC2 has no instance type {instance_type!r}") from exc
+        raise
+    if not types:
+        raise ValueError(f"EC2 has no instance type {instance_type!r}")
+    return int(types[0]["VCpuInfo"]["DefaultVCpus"]), int(types[0]["MemoryInfo"]["SizeInMiB"])
+
+
+def tasks_per_instance(instance_vcpus: int, instance_mib: int, cpu: float, memory_mib: int) -> int:
+    """How many workers of ``cpu`` vCPUs and ``memory_mib`` fit on one container instance.
+
+    ECS places by registered CPU units (1,024 per vCPU) and registered memory, which is less
+    than the instance's (see ``_ECS_MEMORY_FRACTION``).
+    """
+    by_cpu = int(instance_vcpus * 1024 // round(cpu * 1024))
+    by_memory = int(instance_mib * _ECS_MEMORY_FRACTION) // memory_mib
+    return min(by_cpu, by_memory)
+
+
+def _price_list(aws: Aws, service: str, filters: dict[str, str],
+                contains: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    spec = [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()]
+    spec += [{"Type": "CONTAINS", "Field": k, "Value": v} for k, v in (contains or {}).items()]
+    items = aws.paginate("pricing", "get_products", "PriceList", ServiceCode=service,
+                         Filters=spec, FormatVersion="aws_v1")
+    # Each item is a JSON document as a string (older SDKs: already decoded).
+    return [json.loads(item) if isinstance(item, str) else item for item in items]
+
+
+def _on_demand_hourly(product: dict[str, Any]) -> float | None:
+    """The USD price per hour of a price-list product's On-Demand term (``None`` if none)."""
+    for term in product.get("terms", {}).get("OnDemand", {}).values():
+        for dimension in term.get("priceDimensions", {}).values():
+            unit = str(dimension.get("unit", "")).lower()
+            usd = dimension.get("pricePerUnit", {}).get("USD")
+            if usd is None or not ("hr" in unit or "hour" in unit):
+                continue
+            price = float(usd)
+            if price > 0:
+                return price
+    return None
+
+
+def _fargate_from_api(aws: Aws, region: str) -> tuple[float, float] | None:
+    # One query for every Fargate usage type of the region; the usage type carries a region
+    # prefix ("USE1-", "EU-", ...), so it is matched by pattern rather than spelled out.
+    products = _price_list(aws, "AmazonECS", {"regionCode": region},
+                           contains={"usagetype": "Fargate-"})
+    vcpu: list[float] = []
+    gb: list[float] = []
+    for product in products:
+        usage = str(product.get("product", {}).get("attributes", {}).get("usagetype", ""))
+        price = _on_demand_hourly(product)
+        if price is None:
+            continue
+        if _FARGATE_VCPU.match(usage):
+            vcpu.append(price)
+        elif _FARGATE_GB.match(usage):
+            gb.append(price)
+    if not vcpu or not gb:
+        logger.info("the Pricing API has no Fargate Linux/x86 rates for %s", region)
+        return None
+    # Should there ever be several, the highest keeps the budget guard on the safe side.
+    return max(vcpu), max(gb)
+
+
+def _ec2_from_api(aws: Aws, region: str, instance_type: str) -> float | None:
+    products = _price_list(aws, "AmazonEC2", {
+        "regionCode": region, "instanceType": instance_type, "tenancy": "Shared",
+        "operatingSystem": "Linux", "preInstalledSw": "NA", "capacitystatus": "Used",
+    })
+    prices = [p for p in map(_on_demand_hourly, products) if p is not None]
+    if not prices:
+        logger.info("the Pricing API has no Linux On-Demand price for %s in %s",
+                    instance_type, region)
+        return None
+    return max(prices)
+
+
+def _spot_median(aws: Aws, instance_type: str) -> float | None:
+    # With a StartTime of now, AWS returns the price in effect per Availability Zone (and
+    # product description); older records can still come back, so keep the latest per zone.
+    history = aws.call(
+        "ec2", "describe_spot_price_history", InstanceTypes=[instance_type],
+        ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
+        StartTime=datetime.now(timezone.utc),
+    ).get("SpotPriceHistory", [])
+    latest: dict[str, tuple[Any, float]] = {}
+    for record in history:
+        zone, when, price = record["AvailabilityZone"], record["Timestamp"], float(record["SpotPrice"])
+        if zone not in latest or when > latest[zone][0]:
+            latest[zone] = (when, price)
+    prices = [price for _, price in latest.values() if price > 0]
+    return float(statistics.median(prices)) if prices else None
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def _usd(amount: float) -> str:
+    if amount == 0 or amount >= 0.01:
+        return f"${amount:,.2f}"
+    if amount >= 0.0001:
+        return f"${amount:.4f}"
+    return "under $0.0001"
+
+
+def _rate(amount: float) -> str:
+    """A per-hour rate: three decimals so small per-worker rates stay readable."""
+    return f"${amount:,.3f}" if amount >= 0.001 else _usd(amount)
+
+
+def _hours(hours: float) -> str:
+    if hours >= 10:
+        return f"{hours:,.0f}"
+    return f"{hours:.1f}" if hours >= 0.1 else f"{hours:.2f}"
+
+
+def _duration(hours: float) -> str:
+    if hours < 1:
+        minutes = max(1, round(hours * 60))
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return "1 hour" if hours == 1 else f"{_hours(hours)} hours"
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What a session's workers are expected to cost.
+
+    Attributes:
+        workers: how many workers the estimate is for.
+        per_worker_hour: USD per worker-hour (EC2: the instance price shared by the workers
+            one instance holds).
+        hourly: USD per hour for all of them (EC2: whole instances).
+        expected_hours: how long the run is expected to take, if known; ``total`` is then
+            ``hourly * expected_hours``.
+        source: where the rates came from ("AWS Pricing API", "built-in table, 2026-11" ...).
+        launch_type: "FARGATE" or "EC2"; ``spot``: Spot capacity.
+        region, cpu, memory_mib: the worker size and where it runs.
+        instance_type, instances: EC2 only: the instance type and how many are needed.
+    """
+
+    workers: int
+    per_worker_hour: float
+    hourly: float
+    expected_hours: float | None
+    total: float | None
+    source: str
+    launch_type: str
+    spot: bool
+    region: str = ""
+    cpu: float = 1.0
+    memory_mib: int = 2048
+    instance_type: str = ""
+    instances: int = 0
+
+    def __str__(self) -> str:
+        kind = "Fargate" if self.launch_type == "FARGATE" else "EC2"
+        plural = "s" if self.workers != 1 else ""
+        line = (f"Estimated cost: {_usd(self.hourly)}/hour for {self.workers} "
+                f"{kind}{' Spot' if self.spot else ''} worker{plural} "
+                f"({self.cpu:g} vCPU, {self.memory_mib / 1024:g} GB)")
+        if self.instance_type:
+            line += (f" on {self.instances} {self.instance_type} "
+                     f"instance{'s' if self.instances != 1 else ''}")
+        if self.total is not None and self.expected_hours is not None:
+            line += f", ~{_usd(self.total)} for {_duration(self.expected_hours)}"
+        return f"{line} (rates: {self.source}, {self.region})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate(aws: Aws, options: EcsOptions, workers: int,
+             expected_hours: float | None = None) -> CostEstimate:
+    """Estimate the cost of ``workers`` workers sized and placed as ``options`` says.
+
+    Fargate: ``cpu * vcpu_rate + memory_gb * gb_rate`` per worker. EC2: whole instances of
+    ``options.instance_type`` (default :data:`DEFAULT_EC2_INSTANCE_TYPE`), as many as the
+    workers need given how many fit on one (:func:`tasks_per_instance`).
+
+    Raises:
+        ValueError: ``workers < 1``, ``expected_hours <= 0``, a worker larger than the
+            instance type, or an instance type that cannot be priced.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if expected_hours is not None and expected_hours <= 0:
+        raise ValueError(f"expected_hours must be positive, got {expected_hours}")
+    instance_type = ""
+    instances = 0
+    if options.launch_type == "FARGATE":
+        vcpu_rate, gb_rate, source = fargate_rates(aws, options.region, options.spot)
+        per_worker = options.cpu * vcpu_rate + options.memory_mib / 1024 * gb_rate
+        hourly = workers * per_worker
+    else:
+        instance_type = options.instance_type or DEFAULT_EC2_INSTANCE_TYPE
+        vcpus, mib = instance_shape(aws, instance_type)
+        fit = tasks_per_instance(vcpus, mib, options.cpu, options.memory_mib)
+        if fit < 1:
+            raise ValueError(
+                f"a worker of {options.cpu:g} vCPU and {options.memory_mib / 1024:g} GB does "
+                f"not fit on {instance_type} ({vcpus} vCPU, {mib / 1024:g} GB, about "
+                f"{_ECS_MEMORY_FRACTION:.0%} of it usable by tasks): use a larger instance_type "
+                "or smaller workers"
+            )
+        rate, source = ec2_rate(aws, options.region, instance_type, options.spot)
+        instances = math.ceil(workers / fit)
+        per_worker = rate / fit
+        hourly = instances * rate
+    total = hourly * expected_hours if expected_hours is not None else None
+    return CostEstimate(
+        workers=workers, per_worker_hour=per_worker, hourly=hourly,
+        expected_hours=expected_hours, total=total, source=source,
+        launch_type=options.launch_type, spot=options.spot, region=options.region,
+        cpu=options.cpu, memory_mib=options.memory_mib, instance_type=instance_type,
+        instances=instances,
+    )
+
+
+def check_budget(cost: CostEstimate, max_hourly_cost: float | None,
+                 cost_alert_threshold: float | None) -> str | None:
+    """Apply the user's cost guardrails to an estimate.
+
+    Returns:
+        A warning line when the hourly estimate is above ``cost_alert_threshold``, else None.
+
+    Raises:
+        CostLimitError: the hourly estimate is above ``max_hourly_cost``; nothing may launch.
+        ValueError: a limit that is not positive.
+    """
+    for name, value in (("max_hourly_cost", max_hourly_cost),
+                        ("cost_alert_threshold", cost_alert_threshold)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be a positive number of dollars per hour, got {value!r}")
+    if max_hourly_cost is not None and cost.hourly > max_hourly_cost:
+        remedies = "lower max_workers, cpu or memory, "
+        remedies += "use spot=True, or raise the limit" if not cost.spot else "or raise the limit"
+        raise CostLimitError(
+            f"refusing to launch: estimated {_usd(cost.hourly)}/hour exceeds "
+            f"max_hourly_cost={_usd(max_hourly_cost)}; {remedies}"
+        )
+    if cost_alert_threshold is not None and cost.hourly > cost_alert_threshold:
+        return (f"Cost alert: estimated {_usd(cost.hourly)}/hour is above "
+                f"cost_alert_threshold={_usd(cost_alert_threshold)}")
+    return None
+
+
+# --------------------------------------------------------------------------- after the run
+
+
+class _WorkerLike(Protocol):
+    @property
+    def worker(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def started(self) -> float: ...
+
+
+def worker_spans(workers: Iterable[_WorkerLike],
+                 last_modified: Mapping[str, float] | None = None) -> list[tuple[float, float | None]]:
+    """``(started, ended or None)`` per worker record, for :func:`report`.
+
+    ``ended`` is the record's ``ended`` time when set (``WorkerRecord.ended``, 0 while running);
+    for a worker that is no longer "running" without it (a record written before the field
+    existed), ``last_modified[worker]``: the record's store time, written when it exited. A
+    worker with neither counts as still running: the report errs high.
+    """
+    stamps = last_modified or {}
+    spans: list[tuple[float, float | None]] = []
+    for record in workers:
+        ended = getattr(record, "ended", None) or None
+        if ended is None and record.state != "running":
+            ended = stamps.get(record.worker)
+        spans.append((float(record.started), None if ended is None else float(ended)))
+    return spans
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """The cost of measured worker runtime.
+
+    Attributes:
+        cost: USD so far.
+        worker_seconds: summed runtime, each worker billed at least a minute.
+        per_worker_hour: the rate applied (from the :class:`CostEstimate`).
+        workers: how many workers ran; ``running``: how many still run (their time counts
+            until the report's ``now``).
+    """
+
+    cost: float
+    worker_seconds: float
+    per_worker_hour: float
+    workers: int
+    running: int
+
+    @property
+    def worker_hours(self) -> float:
+        return self.worker_seconds / 3600
+
+    def __str__(self) -> str:
+        head = "Actual cost so far" if self.running else "Actual cost"
+        return (f"{head}: {_usd(self.cost)} ({_hours(self.worker_hours)} worker-hours at "
+                f"{_rate(self.per_worker_hour)}/hour)")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["worker_hours"] = self.worker_hours
+        return data
+
+
+def report(per_worker_hour: float, spans: Iterable[tuple[float, float | None]],
+           now: float) -> CostReport:
+    """What the workers cost: summed runtime times ``per_worker_hour``.
+
+    Args:
+        per_worker_hour: USD per worker-hour (``CostEstimate.per_worker_hour``).
+        spans: ``(started, ended or None)`` per worker, on the same clock as ``now`` (the
+            store's); ``None``: still running, counted until ``now``.
+        now: the time of the report.
+    """
+    seconds = 0.0
+    count = running = 0
+    for started, ended in spans:
+        count += 1
+        if ended is None:
+            running += 1
+            ended = now
+        # Clock skew between hosts can put an end before its start: bill the minimum.
+        seconds += max(_MINIMUM_BILLED_SECONDS, ended - started)
+    return CostReport(cost=seconds / 3600 * per_worker_hour, worker_seconds=seconds,
+                      per_worker_hour=per_worker_hour, workers=count, running=running)
