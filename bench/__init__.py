@@ -1,0 +1,1 @@
+"""Benchmarks for starburst-executor: ``python bench/run.py --help``."""
