@@ -25,7 +25,7 @@ from typing import Any
 
 from starburst_executor._claims import Claims
 from starburst_executor._cursor import KeyCursor
-from starburst_executor._session import BATCH_BYTES_MAX, Call, Outcome, SessionWriter
+from starburst_executor._session import BATCH_BYTES_MAX, BatchResult, Call, SessionWriter
 from starburst_executor.errors import BrokenStarburstExecutor, StarburstError
 from starburst_executor.launchers.base import Launcher, WorkerExit
 from starburst_executor.protocol import SessionKeys
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH_TASKS = 1000
 _EXIT_CANNOT_START = 2
+_START_FAILURES_MAX = 3
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Pacing:
         poll_min: shortest wait between polls while results arrive.
         poll_max: longest wait between polls while results are awaited.
         maintain_every: how often the worker pool is checked.
+        batch_seconds: how much work (at the measured task duration) one batch may hold.
         watermark_every: how often the low watermark (where late workers start) may be
             rewritten (one compare-and-swap of the control record).
         rewind_after: after this long without a result, re-list completions from the start
@@ -80,6 +82,7 @@ class Pacing:
     poll_max: float = 0.5
     maintain_every: float = 0.5
     watermark_every: float = 10.0
+    batch_seconds: float = 1.0
     rewind_after: float = 60.0
 
 
@@ -102,7 +105,10 @@ class Manager:
         self._claims = claims
         self._outstanding: dict[str, list[Future[Any]]] = {}
         self._io = ThreadPoolExecutor(8, thread_name_prefix="starburst-io")
-        self._inflight: set[Future[Any]] = set()
+        self._inflight: dict[Future[Any], tuple[str, str]] = {}  # I/O job -> (kind, batch)
+        self._fetching: set[str] = set()  # batches whose results are being read
+        self._start_failures = 0  # workers in a row that died before registering
+        self._task_seconds: float | None = None  # measured run time per task (moving average)
         self._cursor = KeyCursor(writer.store, writer.keys.done)
         self._last_watermark: str | None = None
         self._next_watermark = 0.0
@@ -161,14 +167,14 @@ class Manager:
             with self._shared.lock:
                 adopted, self._shared.adopt = self._shared.adopt, []
             self._outstanding.update(adopted)
-            self._collect_io()
+            io_done = self._collect_io()
             self._form_batches()
             got = self._poll_results() if self._outstanding else 0
             now = time.monotonic()
             if now >= next_maintain:
                 self._maintain_workers()
                 next_maintain = now + self._pacing.maintain_every
-            if got:
+            if got or io_done:  # things move: look again soon
                 interval = self._pacing.poll_min
                 last_result, rewind_after = now, self._pacing.rewind_after
             elif self._outstanding and now - last_result > rewind_after:
@@ -180,7 +186,7 @@ class Manager:
                 detaching = self._shared.detach or (gone and self._writer.manifest.detached)
                 stopping = self._shared.shutdown or gone
             busy = bool(self._outstanding or self._inflight)
-            if detaching and not queued and not any(j.kind == "upload" for j in self._inflight):  # type: ignore[attr-defined]
+            if detaching and not queued and not any(k == "upload" for k, _ in self._inflight.values()):
                 self._maintain_workers()
                 self._detached = True
                 return
@@ -208,9 +214,7 @@ class Manager:
                 pending = len(self._shared.queue)
                 if not pending:
                     return
-                # Spread the queue over the workers (twice over, so an uneven batch does not
-                # leave a worker idle at the end), within the per-batch limits.
-                size = max(1, min(self._batch_limit, math.ceil(pending / (2 * self._max_workers))))
+                size = self._batch_size(pending)
                 items: list[WorkItem] = []
                 nbytes = 0
                 while self._shared.queue and len(items) < size:
@@ -227,29 +231,53 @@ class Manager:
                 continue
             bid = self._writer.next_bid(len(items))
             self._outstanding[bid] = [it.future for it in items]
-            job = self._io.submit(self._writer.write_batch, bid, [it.call for it in items])
-            job.add_done_callback(lambda _: self._shared.wake.set())
-            self._inflight.add(job)
-            job.bid = bid  # type: ignore[attr-defined]
-            job.kind = "upload"  # type: ignore[attr-defined]
+            self._start_io("upload", bid, self._writer.write_batch, bid, [it.call for it in items])
 
-    def _collect_io(self) -> None:
+    def _batch_size(self, pending: int) -> int:
+        """How many queued calls the next batch takes.
+
+        A detached session uploads everything now, spread over twice the workers. Otherwise
+        the queue is spread over the free places of the upload window, but a batch holds at
+        most about ``Pacing.batch_seconds`` of work at the task duration measured so far (one
+        task until the first results tell): long tasks travel alone and stay cancellable in
+        the queue, as with the stdlib; short ones travel in hundreds, one request for all.
+        """
+        if self._window is None:
+            size = math.ceil(pending / (2 * self._max_workers))
+        else:
+            free = max(1, self._window - len(self._outstanding))
+            size = math.ceil(pending / free)
+            est = self._task_seconds
+            by_time = 1 if est is None else int(self._pacing.batch_seconds / max(est, 1e-6))
+            size = min(size, max(1, by_time))
+        return max(1, min(self._batch_limit, size))
+
+    def _start_io(self, kind: str, bid: str, fn: Any, *args: Any) -> None:
+        job = self._io.submit(fn, *args)
+        self._inflight[job] = (kind, bid)
+        job.add_done_callback(lambda _: self._shared.wake.set())
+
+    def _collect_io(self) -> int:
+        """Handle finished I/O jobs; returns how many finished."""
+        finished = 0
         for job in [j for j in self._inflight if j.done()]:
-            self._inflight.discard(job)
-            bid: str = job.bid  # type: ignore[attr-defined]
+            kind, bid = self._inflight.pop(job)
+            finished += 1
             exc = job.exception()
-            if job.kind == "upload":  # type: ignore[attr-defined]
+            if kind == "upload":
                 if exc is not None:
                     logger.error("session %s: upload of batch %s failed: %s", self.session_id, bid, exc)
                     self._fail_batch(bid, exc)
-            elif job.kind == "result":  # type: ignore[attr-defined]
+            elif kind == "result":
+                self._fetching.discard(bid)
                 if exc is not None:
                     logger.error("session %s: reading results of %s failed: %s", self.session_id, bid, exc)
                     self._fail_batch(bid, exc)
                 else:
                     self._resolve(bid, job.result())
             elif exc is not None:
-                logger.warning("session %s: %s failed: %s", self.session_id, job.kind, exc)  # type: ignore[attr-defined]
+                logger.warning("session %s: %s failed: %s", self.session_id, kind, exc)
+        return finished
 
     def _fail_batch(self, bid: str, exc: BaseException) -> None:
         for fut in self._outstanding.pop(bid, ()):
@@ -262,29 +290,29 @@ class Manager:
         got = 0
         for info in self._cursor.poll():
             bid = SessionKeys.bid_of(info.key)
-            if bid not in self._outstanding or any(
-                getattr(j, "bid", None) == bid and j.kind == "result"  # type: ignore[attr-defined]
-                for j in self._inflight
-            ):
+            if bid not in self._outstanding or bid in self._fetching:
                 continue
             got += 1
+            self._fetching.add(bid)
             if info.size:  # small results ride inside the event
-                job = self._io.submit(self._read_event, info.key, bid)
+                self._start_io("result", bid, self._read_event, info.key, bid)
             else:
-                job = self._io.submit(self._writer.read_result, bid, None)
-            job.add_done_callback(lambda _: self._shared.wake.set())
-            job.bid = bid  # type: ignore[attr-defined]
-            job.kind = "result"  # type: ignore[attr-defined]
-            self._inflight.add(job)
+                self._start_io("result", bid, self._writer.read_result, bid, None)
         return got
 
-    def _read_event(self, key: str, bid: str) -> list[Outcome] | BaseException:
+    def _read_event(self, key: str, bid: str) -> BatchResult:
         return self._writer.read_result(bid, self._writer.store.get(key).data)
 
-    def _resolve(self, bid: str, outcomes: list[Outcome] | BaseException) -> None:
+    def _resolve(self, bid: str, result: BatchResult) -> None:
+        self._start_failures = 0
         futures = self._outstanding.pop(bid, None)
         if futures is None:
             return
+        outcomes = result.outcomes
+        if futures and result.seconds > 0:
+            per_task = result.seconds / len(futures)
+            est = self._task_seconds
+            self._task_seconds = per_task if est is None else 0.7 * est + 0.3 * per_task
         if isinstance(outcomes, BaseException):
             for fut in futures:
                 fut.set_exception(outcomes)
@@ -311,12 +339,30 @@ class Manager:
         need = min(self._max_workers, len(self._outstanding) + (1 if queued else 0))
         running = self._launcher.running()
         if need > running:
-            self._launcher.start(need - running)
+            try:
+                self._launcher.start(need - running)
+            except StarburstError as exc:  # e.g. ECS refused every task: nothing can run
+                if not running:
+                    self._break(exc)
+                    return
+                logger.warning("session %s: could not start more workers: %s", self.session_id, exc)
         self._update_watermark()
 
     def _worker_ended(self, ended: WorkerExit) -> None:
+        record = self._writer.worker_record(ended.worker) if ended.code else {}
+        if record is None:
+            # It died before registering: it cannot even start (no module, bad interpreter,
+            # image that does not run). Replacing it forever would hide that; give up after
+            # a few in a row.
+            self._start_failures += 1
+            if self._start_failures >= _START_FAILURES_MAX:
+                self._break(BrokenStarburstExecutor(
+                    f"{self._start_failures} workers in a row exited before starting "
+                    f"(last: {ended.worker}, {ended.reason}). Its log:\n{ended.log_tail}"
+                ))
+                return
         if ended.code == EXIT_INIT_FAILED:
-            error = self._writer.worker_error(ended.worker) or ended.log_tail
+            error = str((record or {}).get("error", "")) or ended.log_tail
             self._break(BrokenStarburstExecutor(
                 f"the initializer failed on worker {ended.worker}, so the pool cannot run "
                 f"tasks (as ProcessPoolExecutor's BrokenProcessPool). Its traceback:\n{error}"
@@ -325,13 +371,10 @@ class Manager:
             self._break(BrokenStarburstExecutor(
                 f"worker {ended.worker} could not start ({ended.reason}). Its log:\n{ended.log_tail}"
             ))
-        elif ended.code not in (0, None) and self._outstanding:
+        elif ended.code != 0 and self._outstanding:  # None: gone, exit code unknown
             logger.warning("session %s: worker %s ended (%s); its work will be retried",
                            self.session_id, ended.worker, ended.reason)
-            job = self._io.submit(self._claims.release_worker, ended.worker)
-            job.kind = "release"  # type: ignore[attr-defined]
-            job.bid = ""  # type: ignore[attr-defined]
-            self._inflight.add(job)
+            self._start_io("release", "", self._claims.release_worker, ended.worker)
 
     def _update_watermark(self) -> None:
         if not self._outstanding or time.monotonic() < self._next_watermark:

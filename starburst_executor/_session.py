@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from starburst_executor.protocol import (
 from starburst_executor.serialization import ChunkResult, RemoteException, loads
 from starburst_executor.stores.base import Store
 
-__all__ = ["Call", "Outcome", "SessionWriter", "new_session_id"]
+__all__ = ["BatchResult", "Call", "Outcome", "SessionWriter", "new_session_id"]
 
 INLINE_PART_MAX = 256 * 1024  # larger parts become content-addressed blobs, uploaded once
 BATCH_BYTES_MAX = 16 * 1024 * 1024  # inline bytes per batch object
@@ -46,8 +47,10 @@ class Call:
 
     @property
     def size(self) -> int:
+        """Bytes this call adds to a batch object (large parts travel as blobs instead)."""
         p = self.parts
-        return len(p["fn"]) + sum(map(len, p["args"])) + sum(map(len, p["kwargs"].values()))
+        parts = [p["fn"], *p["args"], *p["kwargs"].values()]
+        return sum(len(part) for part in parts if len(part) <= INLINE_PART_MAX)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,14 @@ class Outcome:
     value: Any = None
     error: BaseException | None = None
     chunk: bool = False  # a map chunk: value is (values, error of the item that stopped it)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A batch's outcomes (or its batch-wide error) and how long its worker ran it."""
+
+    outcomes: list[Outcome] | BaseException
+    seconds: float
 
 
 class SessionWriter:
@@ -76,6 +87,8 @@ class SessionWriter:
         self._origin = secrets.token_hex(4)
         self._seq = 0
         self._blobs_uploaded: set[str] = set()
+        self._blob_locks: dict[str, threading.Lock] = {}
+        self._blob_guard = threading.Lock()
         self._control: tuple[ControlRecord, str] | None = None
 
     def create(self) -> None:
@@ -90,12 +103,19 @@ class SessionWriter:
     def upload_blob(self, data: bytes) -> str:
         """Store a large part once per session; returns its digest."""
         ref = digest(data)
-        if ref not in self._blobs_uploaded:
-            try:
-                self.store.put_if_absent(self.keys.blob(ref), self.codec.encode_blob(data))
-            except PreconditionFailedError:
-                pass  # same content, uploaded by another client of this session
-            self._blobs_uploaded.add(ref)
+        if ref in self._blobs_uploaded:
+            return ref
+        # Batches are uploaded by several I/O threads: one uploads a shared blob while the
+        # others wait for it, instead of all sending the same bytes.
+        with self._blob_guard:
+            lock = self._blob_locks.setdefault(ref, threading.Lock())
+        with lock:
+            if ref not in self._blobs_uploaded:
+                try:
+                    self.store.put_if_absent(self.keys.blob(ref), self.codec.encode_blob(data))
+                except PreconditionFailedError:
+                    pass  # same content, uploaded by another client of this session
+                self._blobs_uploaded.add(ref)
         return ref
 
     @property
@@ -131,11 +151,12 @@ class SessionWriter:
         record = {"bid": bid, "versions": self.manifest.versions, "tasks": tasks, "inline": inline}
         self.store.put(self.keys.batch(bid), self.codec.encode_pickle(record))
 
-    def read_result(self, bid: str, inline: bytes | None) -> list[Outcome] | BaseException:
-        """Decode a batch's results: one ``Outcome`` per task, or the batch-wide error."""
+    def read_result(self, bid: str, inline: bytes | None) -> BatchResult:
+        """Read and decode a batch's results (from its done event's bytes when given)."""
         key = self.keys.result(bid)
         data = inline or self.store.get(key).data
-        return self.outcomes_of(self.codec.decode_pickle(data, key))
+        record = self.codec.decode_pickle(data, key)
+        return BatchResult(self.outcomes_of(record), float(record.get("seconds", 0.0)))
 
     @staticmethod
     def outcomes_of(record: dict[str, Any]) -> list[Outcome] | BaseException:
@@ -169,14 +190,13 @@ class SessionWriter:
             return
         raise StarburstError(f"session {self.keys.session_id}: control record kept changing")
 
-    def worker_error(self, worker: str) -> str:
-        """The error a worker recorded (its initializer's traceback), or ""."""
+    def worker_record(self, worker: str) -> dict[str, Any] | None:
+        """A worker's registration record, or ``None`` if it never registered."""
         key = self.keys.worker(worker)
         try:
-            data = self.codec.decode_json(self.store.get(key).data, key)
+            return self.codec.decode_json(self.store.get(key).data, key)
         except ObjectNotFoundError:
-            return ""
-        return str(data.get("error", ""))
+            return None
 
     def delete(self, keys: Iterable[str]) -> None:
         self.store.delete_many(keys)

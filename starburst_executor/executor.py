@@ -22,8 +22,7 @@ from starburst_executor._claims import Claims
 from starburst_executor._manager import Manager, Pacing, Shared, WorkItem
 from starburst_executor._session import Call, SessionWriter, new_session_id
 from starburst_executor.config import secret_key
-from starburst_executor.launchers.base import Launcher
-from starburst_executor.launchers.local import LocalLauncher
+from starburst_executor.launchers import Launcher, make_launcher
 from starburst_executor.protocol import Codec, SessionManifest, runtime_versions
 from starburst_executor.serialization import call_parts, dumps_part
 from starburst_executor.stores import Store, open_store
@@ -76,7 +75,9 @@ class StarburstExecutor(Executor):
         store: where tasks and results live: ``None`` (a directory under the per-user cache,
             or ``STARBURST_STORE``), ``"file:///path"``, ``"s3://bucket/prefix"``, or a
             ``Store`` object.
-        backend: what runs the workers: ``"local"`` (processes on this machine; the default).
+        backend: what runs the workers: ``"local"`` (processes on this machine; the default)
+            or ``"aws"`` (ECS tasks; needs ``starburst setup`` once; the store defaults to the
+            profile's bucket).
         max_attempts: how many times a task is started when its worker dies before its Future
             fails with ``WorkerLostError`` (a ``BrokenProcessPool``).
         lease_seconds: how long a worker's claim on a batch lasts without renewal; a worker
@@ -87,6 +88,13 @@ class StarburstExecutor(Executor):
             not yet run fail. ``None``: no limit.
         task_timeout: a task running longer than this many seconds fails with
             ``TimeoutError`` and its worker is replaced by a fresh one. ``None``: no limit.
+        cpu, memory, launch_type, instance_type, spot, region, image: ``backend="aws"``
+            only: worker size (``cpu=2, memory="8GB"``, Fargate pairs are checked before any
+            call), ``"FARGATE"`` or ``"EC2"``, Spot capacity (default on), the region (must
+            match the profile's), and the worker image (default: the profile's).
+        max_hourly_cost: ``backend="aws"``: refuse to launch (``CostLimitError``) when the
+            estimate is above this many dollars per hour.
+        cost_alert_threshold: ``backend="aws"``: warn when the estimate is above it.
         pacing: polling pace of the client (advanced).
 
     Raises:
@@ -115,11 +123,18 @@ class StarburstExecutor(Executor):
         name: str = "",
         session_timeout: float | None = None,
         task_timeout: float | None = None,
+        cpu: float | None = None,
+        memory: str | int | None = None,
+        launch_type: str | None = None,
+        instance_type: str | None = None,
+        spot: bool | None = None,
+        region: str | None = None,
+        image: str | None = None,
+        max_hourly_cost: float | None = None,
+        cost_alert_threshold: float | None = None,
         pacing: Pacing | None = None,
     ) -> None:
-        if max_workers is None:
-            max_workers = os.cpu_count() or 1
-        elif max_workers <= 0:
+        if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if max_tasks_per_child is not None and max_tasks_per_child <= 0:
             raise ValueError("max_tasks_per_child must be >= 1")
@@ -130,23 +145,44 @@ class StarburstExecutor(Executor):
         if lease_seconds < 1:
             raise ValueError("lease_seconds must be >= 1 (workers renew every third of it)")
         backend = backend or "local"
-        if backend != "local":
-            raise ValueError(
-                f"backend {backend!r} is not available in this version; use backend='local' "
-                "(workers on this machine, with any store, including s3://)"
-            )
+        aws_args = {
+            "cpu": cpu, "memory": memory, "launch_type": launch_type, "instance_type": instance_type,
+            "spot": spot, "region": region, "image": image, "max_hourly_cost": max_hourly_cost,
+            "cost_alert_threshold": cost_alert_threshold,
+        }
+        if backend not in ("local", "aws"):
+            raise ValueError(f"backend must be 'local' or 'aws', not {backend!r}")
+        if backend == "local" and any(v is not None for v in aws_args.values()):
+            given = ", ".join(k for k, v in aws_args.items() if v is not None)
+            raise ValueError(f"{given}: only for backend='aws' (local workers use this machine)")
         if session_timeout is not None and session_timeout <= 0:
             raise ValueError("session_timeout must be > 0 seconds (or None)")
         if task_timeout is not None and task_timeout <= 0:
             raise ValueError("task_timeout must be > 0 seconds (or None)")
-        store_obj = open_store(store)
-        codec = Codec(secret_key())
+        extra: dict[str, Any] = {}
+        if backend == "aws":
+            from starburst_executor.aws.backend import prepare
+
+            plan = prepare(
+                max_workers=max_workers, cpu=cpu, memory=memory, launch_type=launch_type,
+                instance_type=instance_type, spot=spot, region=region, image=image,
+                max_hourly_cost=max_hourly_cost, cost_alert_threshold=cost_alert_threshold,
+            )
+            max_workers = plan.max_workers
+            store_obj = open_store(store if store is not None else plan.store_url)
+            codec = Codec(plan.secret_key)
+            extra["aws"] = plan.options.to_dict()
+            extra["rate"] = plan.estimate.per_worker_hour
+        else:
+            max_workers = max_workers or os.cpu_count() or 1
+            store_obj = open_store(store)
+            codec = Codec(secret_key())
         manifest = SessionManifest(
             session_id=new_session_id(), created=store_obj.now(), versions=runtime_versions(),
             max_attempts=max_attempts, lease_seconds=lease_seconds, idle_timeout=idle_timeout,
             max_tasks_per_child=max_tasks_per_child, name=name, store_url=store_obj.url,
             backend=backend, detached=self._detached, session_timeout=session_timeout,
-            task_timeout=task_timeout, max_workers=max_workers,
+            task_timeout=task_timeout, max_workers=max_workers, extra=extra,
         )
         writer = SessionWriter(store_obj, manifest, codec)
         if initializer is not None:
@@ -164,14 +200,14 @@ class StarburstExecutor(Executor):
         self._store = writer.store
         self._writer = writer
         pacing = pacing or _default_pacing(self._store)
-        self._launcher: Launcher = LocalLauncher(self._store.url, manifest.session_id,
-                                                 poll_max=pacing.poll_max)
+        self._launcher: Launcher = make_launcher(manifest, poll_max=pacing.poll_max)
         self._shared = Shared()
         claims = Claims(self._store, writer.keys, writer.codec,
                         lease_seconds=manifest.lease_seconds, max_attempts=manifest.max_attempts)
-        # task_timeout replaces the worker of a task that overran: one task per batch, so
-        # no other task shares its fate.
-        batch_limit = 1 if manifest.task_timeout else manifest.max_tasks_per_child
+        # One task per batch when a worker may end between two tasks: task_timeout replaces
+        # the worker of a task that overran (no other task should share its fate), and
+        # max_tasks_per_child must be exact whatever the batch a worker claims next.
+        batch_limit = 1 if manifest.task_timeout or manifest.max_tasks_per_child else None
         self._manager = Manager(
             self, self._shared, writer, self._launcher, max_workers=max_workers, pacing=pacing,
             window=None if self._detached else max(4, 2 * max_workers),

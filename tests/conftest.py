@@ -6,6 +6,9 @@
 - ``env`` (autouse): dummy AWS credentials, ``us-east-1``, no profile, endpoint or config file
   from the developer's machine, and ``STARBURST_HOME`` in the test's temporary directory.
 - ``store``: a fresh, empty store per test, once per backend: ``local``, ``seaweed``, ``moto``.
+- ``executor_store`` / ``make_executor``: a store URL for executors, once per backend
+  (``local``, ``seaweed``), with the environment their worker processes inherit; and a
+  factory of executors on it that shuts each one down at teardown.
 """
 
 from __future__ import annotations
@@ -125,7 +128,9 @@ _REPO_DIR = _TESTS_DIR.parent
 
 
 @pytest.fixture(params=EXECUTOR_BACKENDS)
-def executor_store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def executor_store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
     """A store URL for a ``StarburstExecutor``: a fresh directory, or a fresh prefix in the
     SeaweedFS test bucket.
 

@@ -35,6 +35,20 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def _worker_pythonpath(current: str) -> str:
+    """The client's own additions to ``sys.path`` (a script's folder, ``sys.path.insert``),
+    so local workers import what the client imports, as spawn-mode ProcessPoolExecutor
+    children do. The interpreter's own paths are left to the worker's interpreter."""
+    own = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    extra = [
+        os.path.abspath(p or os.curdir) for p in sys.path
+        if os.path.isdir(p or os.curdir) and "site-packages" not in p
+        and not any(os.path.abspath(p or os.curdir).startswith(root) for root in own)
+    ]
+    parts = [p for p in current.split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(extra + parts))
+
+
 class LocalLauncher:
     """Runs workers as local processes.
 
@@ -58,6 +72,7 @@ class LocalLauncher:
         env = dict(os.environ)
         env[SECRET_ENV] = secret_key().hex()  # never via the store; see DESIGN.md "Security"
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env["PYTHONPATH"] = _worker_pythonpath(env.get("PYTHONPATH", ""))
         started = []
         for _ in range(count):
             worker = f"local-{os.getpid()}-{secrets.token_hex(3)}"

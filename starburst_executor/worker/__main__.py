@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
     try:
         worker = Worker(open_store(args.store), args.session, worker_id, Codec(secret_key()),
-                        WorkerOptions(poll_max=args.poll_max))
+                        WorkerOptions(poll_max=args.poll_max,
+                                      control_every=max(2.0, 2 * args.poll_max)))
     except (StarburstError, ValueError) as exc:
         logging.getLogger("starburst_executor.worker").error("cannot start: %s", exc)
         return 2

@@ -167,6 +167,7 @@ class Worker:
         self._outputs: dict[int, str] = {}
         self._chunk_failures = 0  # map chunks of the running batch that stopped on an error
         self._current_batch: dict[str, Any] | None = None
+        self._batch_started = time.monotonic()
         self._ring = _RingHandler()
         logging.getLogger("starburst_executor").addHandler(self._ring)
         self._started = store.now()
@@ -436,6 +437,7 @@ class Worker:
             self._outcomes, self._outputs = [], {}
         self._chunk_failures = 0
         self._current_batch = None
+        self._batch_started = time.monotonic()
         try:
             outcomes, batch_error = self._execute(handle)
             with self._lock:
@@ -552,6 +554,7 @@ class Worker:
         record = {
             "bid": handle.bid, "worker": self.worker_id, "attempt": handle.claim.attempt,
             "outcomes": outcomes, "batch_error": batch_error, "outputs": dict(self._outputs),
+            "seconds": time.monotonic() - self._batch_started,  # lets the client size batches
         }
         failed = SessionKeys.batch_size(handle.bid) if batch_error else (
             sum(1 for o in outcomes if o[1] == "err") + self._chunk_failures)
