@@ -8,6 +8,12 @@ object store (a local directory by default, any S3 endpoint, or AWS with ECS wor
 """
 
 from starburst_executor.errors import (
+    AwsCredentialsError,
+    AwsError,
+    AwsLaunchError,
+    AwsNotSetUpError,
+    AwsPermissionError,
+    CostLimitError,
     BrokenStarburstExecutor,
     CorruptRecordError,
     ObjectNotFoundError,
@@ -30,6 +36,12 @@ from starburst_executor.stores import open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    "AwsCredentialsError",
+    "AwsError",
+    "AwsLaunchError",
+    "AwsNotSetUpError",
+    "AwsPermissionError",
+    "CostLimitError",
     "BrokenStarburstExecutor",
     "CorruptRecordError",
     "DetachedExecutor",
