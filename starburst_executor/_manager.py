@@ -364,8 +364,9 @@ class Manager:
         if ended.code == EXIT_INIT_FAILED:
             error = str((record or {}).get("error", "")) or ended.log_tail
             self._break(BrokenStarburstExecutor(
-                f"the initializer failed on worker {ended.worker}, so the pool cannot run "
-                f"tasks (as ProcessPoolExecutor's BrokenProcessPool). Its traceback:\n{error}"
+                f"the initializer (or installing code_files) failed on worker {ended.worker}, "
+                "so the pool cannot run tasks (as ProcessPoolExecutor's BrokenProcessPool). "
+                f"Its traceback:\n{error}"
             ))
         elif ended.code == _EXIT_CANNOT_START:
             self._break(BrokenStarburstExecutor(

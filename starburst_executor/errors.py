@@ -20,6 +20,7 @@
      │    ├── AwsNotSetUpError          `starburst setup` has not been run (or not here)
      │    └── AwsLaunchError            ECS refused to start workers (failures[], quota, image)
      ├── CostLimitError                 the estimate exceeds ``max_hourly_cost``
+     ├── ImageBuildError                the worker image could not be built or pushed
      └── WorkerLostError (+BrokenProcessPool)
           a task's worker died more often than ``max_attempts`` allows
     BrokenStarburstExecutor (+BrokenExecutor)  the pool cannot run anything (initializer failed)
@@ -42,6 +43,7 @@ __all__ = [
     "AwsPermissionError",
     "BrokenStarburstExecutor",
     "CostLimitError",
+    "ImageBuildError",
     "CorruptRecordError",
     "ObjectNotFoundError",
     "PreconditionFailedError",
@@ -136,6 +138,11 @@ class AwsLaunchError(AwsError):
 
 class CostLimitError(StarburstError, ValueError):
     """The estimated cost exceeds the limit the user set (``max_hourly_cost``)."""
+
+
+class ImageBuildError(StarburstError):
+    """The worker image could not be built or pushed (no docker, a failed docker command, no
+    source tree to build from). The message names the command and shows its stderr."""
 
 
 class WorkerLostError(StarburstError, BrokenProcessPool):

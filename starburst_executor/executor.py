@@ -14,13 +14,15 @@ import threading
 import time
 import weakref
 from dataclasses import replace
-from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from starburst_executor._claims import Claims
 from starburst_executor._manager import Manager, Pacing, Shared, WorkItem
 from starburst_executor._session import Call, SessionWriter, new_session_id
+from starburst_executor.code_files import pack_code
 from starburst_executor.config import secret_key
 from starburst_executor.launchers import Launcher, make_launcher
 from starburst_executor.protocol import Codec, SessionManifest, runtime_versions
@@ -95,6 +97,9 @@ class StarburstExecutor(Executor):
         max_hourly_cost: ``backend="aws"``: refuse to launch (``CostLimitError``) when the
             estimate is above this many dollars per hour.
         cost_alert_threshold: ``backend="aws"``: warn when the estimate is above it.
+        code_files: local modules (``.py`` files) and package directories to ship with the
+            session: each worker puts them first on its ``sys.path`` before the initializer,
+            so tasks can import code that is not installed in the worker image.
         pacing: polling pace of the client (advanced).
 
     Raises:
@@ -132,6 +137,7 @@ class StarburstExecutor(Executor):
         image: str | None = None,
         max_hourly_cost: float | None = None,
         cost_alert_threshold: float | None = None,
+        code_files: Sequence[str | os.PathLike[str]] = (),
         pacing: Pacing | None = None,
     ) -> None:
         if max_workers is not None and max_workers <= 0:
@@ -184,10 +190,13 @@ class StarburstExecutor(Executor):
             backend=backend, detached=self._detached, session_timeout=session_timeout,
             task_timeout=task_timeout, max_workers=max_workers, extra=extra,
         )
+        code = pack_code([Path(p) for p in code_files]) if code_files else None
         writer = SessionWriter(store_obj, manifest, codec)
         if initializer is not None:
             ref = writer.upload_blob(dumps_part((initializer, initargs), "the initializer"))
-            writer.manifest = replace(manifest, initializer=ref)
+            writer.manifest = replace(writer.manifest, initializer=ref)
+        if code is not None:
+            writer.manifest = replace(writer.manifest, code=writer.upload_blob(code))
         writer.create()
         self._wire(writer, max_workers, pacing)
         logger.info("session %s: %d worker(s) max, store %s", self.session_id, max_workers,

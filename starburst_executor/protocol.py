@@ -265,6 +265,8 @@ class SessionManifest:
         task_timeout: a task running longer fails with ``TimeoutError`` and its worker is
             replaced (batches then hold one task each).
         max_workers: the most workers the session runs at once.
+        code: blob digest of the zip of local modules shipped with the session (see
+            :mod:`starburst_executor.code_files`), installed by each worker before anything.
     """
 
     session_id: str
@@ -282,6 +284,7 @@ class SessionManifest:
     session_timeout: float | None = None
     task_timeout: float | None = None
     max_workers: int = 1
+    code: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

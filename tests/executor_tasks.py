@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-GATE_TIMEOUT = 30.0  # a gated task gives up after this long, so a failed test cannot hang
+GATE_TIMEOUT = 30.0  # a gated task gives up after this long if its test never opens the gate
 
 _initialized: str | None = None
 

@@ -1,5 +1,6 @@
 """The worker image: the client's environment captured, rendered into a Dockerfile, built and
-pushed to ECR once per distinct environment; and local code shipped with a session.
+pushed to ECR once per distinct environment. (Local modules shipped with one session,
+Banyan's ``code_files``, are :mod:`starburst_executor.code_files`.)
 
 - :func:`capture_environment` -> :class:`Environment`: the Python version and the
   requirements (a requirements file, or every installed distribution), with a digest that
@@ -9,8 +10,6 @@ pushed to ECR once per distinct environment; and local code shipped with a sessi
 - :func:`build_and_push`: reuse the ECR image if the tag exists, else ``docker login``,
   ``docker build``, ``docker push``; each failure says which command failed and shows its
   stderr.
-- :func:`pack_code` / :func:`install_code`: a session's local modules as one zip, and its
-  installation on a worker (Banyan's ``code_files``).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import base64
 import hashlib
 import importlib
 import importlib.metadata
-import io
 import json
 import logging
 import re
@@ -29,25 +27,20 @@ import site
 import subprocess
 import sys
 import sysconfig
-import tempfile
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import starburst_executor
 from starburst_executor.aws.client import Aws
-from starburst_executor.errors import AwsError, AwsNotSetUpError, StarburstError
+from starburst_executor.errors import AwsError, AwsNotSetUpError, ImageBuildError
 
 __all__ = [
-    "MAX_CODE_BYTES",
     "Environment",
     "ImageBuildError",
     "build_and_push",
     "capture_environment",
-    "install_code",
-    "pack_code",
     "render_dockerfile",
     "source_tree",
     "write_context",
@@ -56,15 +49,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DIST_NAME = "starburst-executor"
-MAX_CODE_BYTES = 50 * 1024 * 1024
-"""The largest code zip :func:`pack_code` makes: code, not data, travels this way."""
 
 _STDERR_TAIL_LINES = 25
-
-
-class ImageBuildError(StarburstError):
-    """The worker image could not be built or pushed (no docker, a failed docker command, no
-    source tree to build from). The message names the command and shows its stderr."""
 
 
 def _canonical_name(name: str) -> str:
@@ -430,92 +416,3 @@ def build_and_push(aws: Aws, repository_uri: str, env: Environment, *, context_d
         say(f"pushing {uri}")
         _run(runner, [exe, "push", uri], "pushing the worker image")
     return uri
-
-
-# --------------------------------------------------------------------------- session code
-
-
-def _code_files(path: Path) -> Iterable[tuple[Path, str]]:
-    """``(file, name in the zip)`` for one module file or package directory."""
-    if path.is_file():
-        if path.suffix != ".py":
-            raise ValueError(f"{path} is not a Python module: ship .py files or package "
-                             "directories")
-        yield path, path.name
-        return
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist")
-    for file in sorted(path.rglob("*")):
-        rel = file.relative_to(path.parent)
-        hidden = any(part.startswith(".") or part == "__pycache__" for part in rel.parts)
-        if file.is_file() and not hidden and file.suffix not in (".pyc", ".pyo"):
-            yield file, rel.as_posix()
-
-
-def pack_code(paths: list[Path]) -> bytes:
-    """Zip local modules and packages for the workers of a session.
-
-    A file ``util.py`` becomes ``util.py`` in the zip; a directory ``mypkg/`` becomes
-    ``mypkg/...`` (its files, without ``__pycache__`` or hidden entries), so
-    ``import util`` and ``import mypkg`` work once :func:`install_code` has put the zip on a
-    worker's path. The bytes are deterministic (sorted, fixed timestamps): the same code gives
-    the same zip, and the same blob key.
-
-    Raises:
-        ValueError: a file that is not ``.py``, two paths with the same name, or a zip larger
-            than :data:`MAX_CODE_BYTES`.
-        FileNotFoundError: a path does not exist.
-    """
-    buffer = io.BytesIO()
-    names: dict[str, Path] = {}
-    sizes: list[tuple[int, str]] = []
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in paths:
-            for file, name in _code_files(Path(path)):
-                if name in names:
-                    raise ValueError(f"{file} and {names[name]} would both be {name!r} on the "
-                                     "workers: rename one")
-                names[name] = file
-                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                data = file.read_bytes()
-                archive.writestr(info, data)
-                sizes.append((len(data), name))
-                if buffer.tell() > MAX_CODE_BYTES:
-                    largest = ", ".join(f"{n} ({s / 1e6:.1f} MB)" for s, n in sorted(sizes)[-3:])
-                    raise ValueError(
-                        f"the session's code is over {MAX_CODE_BYTES / 2**20:g} MB "
-                        f"zipped (largest: {largest}): ship data through the store (arguments "
-                        "or S3), not with the code"
-                    )
-    return buffer.getvalue()
-
-
-def install_code(zip_bytes: bytes, target_dir: Path | None = None) -> str:
-    """Extract a :func:`pack_code` zip into a new directory and put it first on ``sys.path``.
-
-    Args:
-        zip_bytes: the zip.
-        target_dir: where to create the directory (default: the system temp dir).
-
-    Returns:
-        The directory now at ``sys.path[0]``.
-
-    Raises:
-        ValueError: not a zip, or a member that would land outside the directory.
-    """
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(zip_bytes))
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"the session's code is not a zip: {exc}") from exc
-    with archive:
-        for name in archive.namelist():
-            parts = PurePosixPath(name).parts
-            if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
-                raise ValueError(f"the session's code zip has an unsafe entry {name!r}")
-        directory = tempfile.mkdtemp(prefix="starburst-code-", dir=target_dir)
-        archive.extractall(directory)
-    sys.path.insert(0, directory)
-    importlib.invalidate_caches()
-    return directory

@@ -26,6 +26,7 @@ from typing import Any
 
 from starburst_executor._claims import ClaimHandle, Claims
 from starburst_executor._cursor import KeyCursor
+from starburst_executor.code_files import install_code
 from starburst_executor.errors import (
     ObjectNotFoundError,
     PreconditionFailedError,
@@ -217,12 +218,15 @@ class Worker:
             logger.warning("worker %s: could not upload its log: %s", self.worker_id, exc)
 
     def _run_initializer(self) -> bool:
-        digest = self.manifest.initializer
-        if digest is None:
+        """Install the session's shipped code, then run its initializer; report failures."""
+        if self.manifest.code is None and self.manifest.initializer is None:
             return True
         try:
-            initializer, initargs = loads(self._part(digest, {}))
-            initializer(*initargs)
+            if self.manifest.code is not None:
+                install_code(self._part(self.manifest.code, {}))
+            if self.manifest.initializer is not None:
+                initializer, initargs = loads(self._part(self.manifest.initializer, {}))
+                initializer(*initargs)
         except BaseException as exc:  # the initializer is user code: report anything
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             logger.error("worker %s: initializer failed:\n%s", self.worker_id, text)

@@ -16,18 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from starburst_executor import code_files
 from starburst_executor.aws import image
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.image import (
     Environment,
-    ImageBuildError,
     build_and_push,
     capture_environment,
-    install_code,
-    pack_code,
     render_dockerfile,
 )
-from starburst_executor.errors import AwsNotSetUpError
+from starburst_executor.code_files import install_code, pack_code
+from starburst_executor.errors import AwsNotSetUpError, ImageBuildError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/starburst-worker"
@@ -328,7 +327,7 @@ def test_pack_code_refuses_what_it_cannot_ship(tmp_path: Path,
     with pytest.raises(ValueError, match="would both be 'm.py'"):
         pack_code([tmp_path / "a" / "m.py", tmp_path / "b" / "m.py"])
     (tmp_path / "big.py").write_bytes(os.urandom(4096))
-    monkeypatch.setattr(image, "MAX_CODE_BYTES", 1024)
+    monkeypatch.setattr(code_files, "MAX_CODE_BYTES", 1024)
     with pytest.raises(ValueError, match=r"over 0\.000976562 MB zipped \(largest: big\.py"):
         pack_code([tmp_path / "big.py"])
 
