@@ -46,6 +46,11 @@ examples:
   starburst cleanup SID --delete-data        stop workers and delete the session's data
   starburst worker --store URL --session SID run a worker here, joining the session
 
+  starburst setup --region us-east-1         create the AWS resources (once; idempotent)
+  starburst image build                      build and push the worker image to ECR
+  starburst doctor                           check the AWS set-up; prints each fix
+  starburst teardown                         remove what setup created
+
 exit codes: 0 ok, 1 error, 2 bad usage, 3 no such session, 4 some tasks failed,
 5 timeout.
 """
@@ -93,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("args", nargs=argparse.REMAINDER, help="--store URL --session SID [--worker-id ID]")
+    from starburst_executor.cli_aws import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -107,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        return int(_COMMANDS[args.command](args))
+        from starburst_executor.cli_aws import COMMANDS as AWS_COMMANDS
+
+        return int({**_COMMANDS, **AWS_COMMANDS}[args.command](args))
     except SessionError as exc:
         print(f"starburst: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND
@@ -187,6 +197,10 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     reader = _reader(args)
     if args.task:
         return _task_log(reader, args.task)
+    if reader.manifest.backend == "aws":  # workers log to CloudWatch
+        from starburst_executor.cli_aws import ecs_logs
+
+        return ecs_logs(reader, args.worker, args.follow)
     local = home_dir() / "logs" / args.session
     offsets: dict[Path, int] = {}
     while True:

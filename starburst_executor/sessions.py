@@ -92,6 +92,7 @@ class SessionStatus:
     last_activity: float
     store_url: str
     worker_states: dict[str, int] = field(default_factory=dict)
+    cost: dict[str, Any] | None = None  # AWS sessions: measured worker runtime and its cost
 
     @property
     def finished(self) -> int:
@@ -129,6 +130,8 @@ class SessionStatus:
             ("Workers running", str(self.workers)),
             ("Progress", f"{self.progress:.1f}%"),
         ]
+        if self.cost is not None:
+            rows.append(("Cost", str(self.cost.get("text", ""))))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)
 
@@ -292,8 +295,18 @@ class SessionReader:
             pending=pending, running=running, completed=completed, failed=failed,
             cancelled=cancelled, workers=len(live), created=manifest.created,
             last_activity=max(activity, last_done / 1000), store_url=self.store.url,
-            worker_states=states,
+            worker_states=states, cost=self._cost(workers),
         )
+
+    def _cost(self, workers: list[WorkerRecord]) -> dict[str, Any] | None:
+        """The cost so far of an AWS session, from its workers' measured runtime."""
+        rate = self.manifest.extra.get("rate")
+        if self.manifest.backend != "aws" or not rate:
+            return None
+        from starburst_executor.aws.cost import report, worker_spans
+
+        cost = report(float(rate), worker_spans(workers), self.store.now())
+        return {**cost.to_dict(), "text": str(cost)}
 
     def results(self, bids: Iterable[str], done: dict[str, tuple[int, str, int]]) -> dict[str, dict[str, Any]]:
         """Read the result records of finished batches (in parallel)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import executor_tasks
 import pytest
 from ecs_agent import LocalEcsAgent
 
-from starburst_executor import CostLimitError, DetachedExecutor, StarburstExecutor
+from starburst_executor import CostLimitError, DetachedExecutor, StarburstExecutor, cli
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.settings import AwsSettings
 from starburst_executor.aws.setup import setup
@@ -87,8 +88,8 @@ def test_executor_runs_on_ecs_after_setup(profile: AwsSettings, agent: LocalEcsA
     assert agent.errors == []
 
 
-def test_detached_session_on_ecs_reattaches_and_collects(profile: AwsSettings,
-                                                         agent: LocalEcsAgent) -> None:
+def test_detached_session_on_ecs_reattaches_and_collects(
+        profile: AwsSettings, agent: LocalEcsAgent, capsys: pytest.CaptureFixture[str]) -> None:
     ex = DetachedExecutor(backend="aws", max_workers=2, name="ecs-run")
     for i in range(6):
         ex.submit(executor_tasks.square, i)
@@ -102,6 +103,19 @@ def test_detached_session_on_ecs_reattaches_and_collects(profile: AwsSettings,
     assert not results[6].ok
     status = again.status()
     assert (status.completed, status.failed, status.state) == (6, 1, "finished")
+    assert status.cost is not None and status.cost["cost"] > 0  # measured runtime, priced
+    assert "$" in str(status)
+
+    # `starburst logs SID` reads the workers' CloudWatch streams (awslogs driver names them
+    # starburst/worker/{task id}; the local agent does not, so write one line the way it would).
+    worker = again._reader.workers()[0].worker
+    logs = boto3.session.Session().client("logs", region_name=profile.region)
+    stream = f"starburst/worker/{worker.removeprefix('ecs-')}"
+    logs.create_log_stream(logGroupName=profile.log_group, logStreamName=stream)
+    logs.put_log_events(logGroupName=profile.log_group, logStreamName=stream,
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "hello"}])
+    assert cli.main(["logs", sid]) == 0
+    assert f"[{worker}]" in capsys.readouterr().out
     again.cleanup()
     agent.wait_idle(timeout=30)
     assert {t["lastStatus"] for t in _tasks(profile)} == {"STOPPED"}

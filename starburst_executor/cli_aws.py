@@ -1,0 +1,150 @@
+"""The AWS commands of the ``starburst`` command line: ``setup``, ``teardown``, ``doctor``,
+``image build``, and CloudWatch logs for sessions that ran on ECS.
+
+Kept apart from :mod:`starburst_executor.cli` so that the local commands never import the
+AWS modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COMMANDS", "add_commands", "ecs_logs"]
+
+EXIT_OK, EXIT_ERROR = 0, 1
+
+
+def add_commands(sub: Any) -> None:
+    """Register the AWS subcommands on the main parser's subparsers."""
+
+    def add(name: str, help_: str, example: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, help=help_, description=f"{help_}\n\nexample:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--profile", help="profile name (default: $STARBURST_AWS_PROFILE or "
+                       "'default'); one profile per region/account")
+        return p
+
+    p = add("setup", "Create or adopt every AWS resource starburst needs (idempotent).",
+            "starburst setup --region us-east-1")
+    p.add_argument("--region", help="AWS region (default: your AWS configuration's)")
+    p.add_argument("--bucket", help="S3 bucket (default: starburst-ACCOUNT-REGION)")
+    p.add_argument("--prefix", default="starburst", help="key prefix of sessions in the bucket")
+    p.add_argument("--cluster", default="starburst", help="ECS cluster name")
+    p.add_argument("--ec2", action="store_true",
+                   help="also an EC2 (Spot) capacity provider, for launch_type='EC2'")
+    p.add_argument("--instance-types", default="c7a.xlarge",
+                   help="comma-separated EC2 instance types for --ec2")
+    p.add_argument("--lifecycle-days", type=int, default=30,
+                   help="session data expires from the bucket after this many days")
+    p.add_argument("--log-retention-days", type=int, default=14, help="CloudWatch log retention")
+    p = add("teardown", "Remove what `starburst setup` created.", "starburst teardown")
+    p.add_argument("--delete-bucket", action="store_true",
+                   help="also empty and delete the bucket (default: keep it and its results)")
+    add("doctor", "Check credentials, region, bucket, roles, cluster, image and quota; print "
+        "the fix for each problem.", "starburst doctor")
+    p = add("image", "Build the worker image from this environment and push it to ECR.",
+            "starburst image build --requirements requirements.txt")
+    p.add_argument("action", choices=["build"], help="build (and push) the image")
+    p.add_argument("--requirements", type=Path,
+                   help="requirements or lock file for the image (default: every installed "
+                   "distribution)")
+    p.add_argument("--no-push", action="store_true", help="build locally only")
+    p.add_argument("--docker", default="docker", help="the docker executable (docker, podman)")
+
+
+def _aws(region: str | None = None) -> Any:
+    from starburst_executor.aws.client import Aws
+
+    return Aws(region)
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from starburst_executor.aws.setup import setup
+
+    report = setup(
+        _aws(args.region), bucket=args.bucket, prefix=args.prefix, cluster=args.cluster,
+        ec2=args.ec2, instance_types=tuple(t for t in args.instance_types.split(",") if t),
+        lifecycle_days=args.lifecycle_days, log_retention_days=args.log_retention_days,
+        profile=args.profile,
+    )
+    print(report)
+    return EXIT_OK
+
+
+def _teardown(args: argparse.Namespace) -> int:
+    from starburst_executor.aws.settings import AwsSettings
+    from starburst_executor.aws.setup import teardown
+
+    settings = AwsSettings.load(args.profile)
+    print(teardown(_aws(settings.region), settings, delete_bucket=args.delete_bucket))
+    return EXIT_OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from starburst_executor.aws.doctor import doctor, format_checks
+    from starburst_executor.aws.settings import AwsSettings
+    from starburst_executor.errors import AwsNotSetUpError
+
+    try:
+        settings: Any = AwsSettings.load(args.profile)
+    except AwsNotSetUpError:
+        settings = None
+    checks = doctor(_aws(settings.region if settings else None), settings)
+    print(format_checks(checks))
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_ERROR
+
+
+def _image(args: argparse.Namespace) -> int:
+    from starburst_executor.aws.image import build_and_push, capture_environment
+    from starburst_executor.aws.settings import AwsSettings
+
+    settings = AwsSettings.load(args.profile)
+    aws = _aws(settings.region)
+    account = aws.call("sts", "get_caller_identity")["Account"]
+    repository = f"{account}.dkr.ecr.{settings.region}.amazonaws.com/{settings.ecr_repository}"
+    env = capture_environment(args.requirements)
+    if env.skipped:
+        print(f"not in the image (editable or local installs): {', '.join(env.skipped)}; ship "
+              "such code with code_files=[...]", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="starburst-image-") as context:
+        uri = build_and_push(aws, repository, env, context_dir=Path(context),
+                             docker=args.docker, push=not args.no_push, notify=print)
+    if not args.no_push:
+        dataclasses.replace(settings, image=uri).save(args.profile)
+        print(f"the profile now uses {uri}")
+    return EXIT_OK
+
+
+def ecs_logs(reader: Any, worker: str | None, follow: bool) -> int:
+    """Print the CloudWatch logs of an ECS session's workers (``starburst logs``)."""
+    from starburst_executor.aws.logs import follow_logs, read_logs
+    from starburst_executor.aws.options import EcsOptions
+
+    options = EcsOptions.from_dict(reader.manifest.extra["aws"])
+    aws = _aws(options.region)
+
+    def workers() -> list[str]:
+        ids = [w.worker for w in reader.workers()]
+        return [w for w in ids if worker is None or w == worker]
+
+    def finished() -> bool:
+        status = reader.status()
+        terminal = status.done or status.state in ("cancelled", "expired", "closed")
+        return bool(terminal and not status.workers)
+
+    lines = (follow_logs(aws, options.log_group, workers, finished) if follow
+             else read_logs(aws, options.log_group, workers()))
+    for line in lines:
+        stamp = time.strftime("%H:%M:%S", time.localtime(line.timestamp))
+        print(f"[{line.worker}] {stamp} {line.message}")
+    return EXIT_OK
+
+
+COMMANDS = {"setup": _setup, "teardown": _teardown, "doctor": _doctor, "image": _image}
