@@ -7,15 +7,16 @@ object store (a local directory by default, any S3 endpoint, or AWS with ECS wor
     [1, 2, 3]
 """
 
+from starburst_executor.detached import DetachedExecutor, list_sessions
 from starburst_executor.errors import (
     AwsCredentialsError,
     AwsError,
     AwsLaunchError,
     AwsNotSetUpError,
     AwsPermissionError,
-    CostLimitError,
     BrokenStarburstExecutor,
     CorruptRecordError,
+    CostLimitError,
     ObjectNotFoundError,
     PreconditionFailedError,
     ProtocolMismatchError,
@@ -28,7 +29,6 @@ from starburst_executor.errors import (
     StoreUnavailableError,
     WorkerLostError,
 )
-from starburst_executor.detached import DetachedExecutor, list_sessions
 from starburst_executor.executor import StarburstExecutor
 from starburst_executor.sessions import SessionStatus, TaskResult
 from starburst_executor.stores import open_store
@@ -41,9 +41,9 @@ __all__ = [
     "AwsLaunchError",
     "AwsNotSetUpError",
     "AwsPermissionError",
-    "CostLimitError",
     "BrokenStarburstExecutor",
     "CorruptRecordError",
+    "CostLimitError",
     "DetachedExecutor",
     "ObjectNotFoundError",
     "PreconditionFailedError",

@@ -46,7 +46,12 @@ class Claims:
     """
 
     def __init__(
-        self, store: Store, keys: SessionKeys, codec: Codec, *, lease_seconds: float,
+        self,
+        store: Store,
+        keys: SessionKeys,
+        codec: Codec,
+        *,
+        lease_seconds: float,
         max_attempts: int,
     ) -> None:
         self._store = store
@@ -82,8 +87,9 @@ class Claims:
 
     def renew(self, handle: ClaimHandle) -> ClaimHandle | None:
         """Extend the lease; ``None`` if the claim was taken over meanwhile."""
-        claim = replace(handle.claim, expires=self._store.now() + self.lease_seconds,
-                        n=handle.claim.n + 1)
+        claim = replace(
+            handle.claim, expires=self._store.now() + self.lease_seconds, n=handle.claim.n + 1
+        )
         try:
             return replace(handle, claim=claim, etag=self._write(handle.bid, claim, handle.etag))
         except PreconditionFailedError:
@@ -95,7 +101,9 @@ class Claims:
         try:
             self._write(handle.bid, claim, handle.etag)
         except PreconditionFailedError:
-            logger.info("batch %s: claim changed before it was marked done (taken over)", handle.bid)
+            logger.info(
+                "batch %s: claim changed before it was marked done (taken over)", handle.bid
+            )
 
     def release(self, handle: ClaimHandle) -> bool:
         """Give a claim back so another worker runs the batch now (not after the lease)."""
@@ -126,13 +134,21 @@ class Claims:
         if claim.state == "running" and claim.expires > self._store.now():
             return None
         attempt = claim.attempt + 1
-        new = Claim(worker, attempt, "running", self._store.now() + self.lease_seconds,
-                    claim.n + 1, (*claim.history, claim.worker))
+        new = Claim(
+            worker,
+            attempt,
+            "running",
+            self._store.now() + self.lease_seconds,
+            claim.n + 1,
+            (*claim.history, claim.worker),
+        )
         try:
             etag = self._write(bid, new, etag)
         except PreconditionFailedError:
             return None
-        logger.info("batch %s: %s took over from %s (attempt %d)", bid, worker, claim.worker, attempt)
+        logger.info(
+            "batch %s: %s took over from %s (attempt %d)", bid, worker, claim.worker, attempt
+        )
         return ClaimHandle(bid, new, etag, exhausted=attempt > self.max_attempts)
 
     def scan(self) -> list[str]:
@@ -169,7 +185,7 @@ class Claims:
             if current is None:
                 continue
             claim, etag = current
-            if claim.worker == worker and claim.state == "running":
-                if self.release(ClaimHandle(bid, claim, etag)):
-                    released.append(bid)
+            running = claim.worker == worker and claim.state == "running"
+            if running and self.release(ClaimHandle(bid, claim, etag)):
+                released.append(bid)
         return released

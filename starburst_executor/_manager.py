@@ -90,8 +90,16 @@ class Manager:
     """Drives one session from the client side. See the module docstring."""
 
     def __init__(
-        self, executor: object, shared: Shared, writer: SessionWriter, launcher: Launcher | None,
-        *, max_workers: int, pacing: Pacing, window: int | None, batch_limit: int | None,
+        self,
+        executor: object,
+        shared: Shared,
+        writer: SessionWriter,
+        launcher: Launcher | None,
+        *,
+        max_workers: int,
+        pacing: Pacing,
+        window: int | None,
+        batch_limit: int | None,
         claims: Claims,
     ) -> None:
         self._executor_ref = weakref.ref(executor, lambda _: self._wake_for_gc())
@@ -186,7 +194,11 @@ class Manager:
                 detaching = self._shared.detach or (gone and self._writer.manifest.detached)
                 stopping = self._shared.shutdown or gone
             busy = bool(self._outstanding or self._inflight)
-            if detaching and not queued and not any(k == "upload" for k, _ in self._inflight.values()):
+            if (
+                detaching
+                and not queued
+                and not any(k == "upload" for k, _ in self._inflight.values())
+            ):
                 self._maintain_workers()
                 self._detached = True
                 return
@@ -204,7 +216,11 @@ class Manager:
             interval = min(interval * 1.5, self._pacing.poll_max)
 
     def _window_full(self) -> bool:
-        return self._window is not None and len(self._outstanding) >= self._window and not self._shared.flush
+        return (
+            self._window is not None
+            and len(self._outstanding) >= self._window
+            and not self._shared.flush
+        )
 
     # -- batches -----------------------------------------------------------------------------
 
@@ -266,12 +282,16 @@ class Manager:
             exc = job.exception()
             if kind == "upload":
                 if exc is not None:
-                    logger.error("session %s: upload of batch %s failed: %s", self.session_id, bid, exc)
+                    logger.error(
+                        "session %s: upload of batch %s failed: %s", self.session_id, bid, exc
+                    )
                     self._fail_batch(bid, exc)
             elif kind == "result":
                 self._fetching.discard(bid)
                 if exc is not None:
-                    logger.error("session %s: reading results of %s failed: %s", self.session_id, bid, exc)
+                    logger.error(
+                        "session %s: reading results of %s failed: %s", self.session_id, bid, exc
+                    )
                     self._fail_batch(bid, exc)
                 else:
                     self._resolve(bid, job.result())
@@ -319,7 +339,9 @@ class Manager:
             return
         for i, fut in enumerate(futures):
             if i >= len(outcomes):
-                fut.set_exception(StarburstError(f"batch {bid}: the worker returned no result for task {i}"))
+                fut.set_exception(
+                    StarburstError(f"batch {bid}: the worker returned no result for task {i}")
+                )
             elif outcomes[i].error is not None:
                 fut.set_exception(outcomes[i].error)
             else:
@@ -356,25 +378,36 @@ class Manager:
             # a few in a row.
             self._start_failures += 1
             if self._start_failures >= _START_FAILURES_MAX:
-                self._break(BrokenStarburstExecutor(
-                    f"{self._start_failures} workers in a row exited before starting "
-                    f"(last: {ended.worker}, {ended.reason}). Its log:\n{ended.log_tail}"
-                ))
+                self._break(
+                    BrokenStarburstExecutor(
+                        f"{self._start_failures} workers in a row exited before starting "
+                        f"(last: {ended.worker}, {ended.reason}). Its log:\n{ended.log_tail}"
+                    )
+                )
                 return
         if ended.code == EXIT_INIT_FAILED:
             error = str((record or {}).get("error", "")) or ended.log_tail
-            self._break(BrokenStarburstExecutor(
-                f"the initializer (or installing code_files) failed on worker {ended.worker}, "
-                "so the pool cannot run tasks (as ProcessPoolExecutor's BrokenProcessPool). "
-                f"Its traceback:\n{error}"
-            ))
+            self._break(
+                BrokenStarburstExecutor(
+                    f"the initializer (or installing code_files) failed on worker {ended.worker}, "
+                    "so the pool cannot run tasks (as ProcessPoolExecutor's BrokenProcessPool). "
+                    f"Its traceback:\n{error}"
+                )
+            )
         elif ended.code == _EXIT_CANNOT_START:
-            self._break(BrokenStarburstExecutor(
-                f"worker {ended.worker} could not start ({ended.reason}). Its log:\n{ended.log_tail}"
-            ))
+            self._break(
+                BrokenStarburstExecutor(
+                    f"worker {ended.worker} could not start ({ended.reason}). "
+                    f"Its log:\n{ended.log_tail}"
+                )
+            )
         elif ended.code != 0 and self._outstanding:  # None: gone, exit code unknown
-            logger.warning("session %s: worker %s ended (%s); its work will be retried",
-                           self.session_id, ended.worker, ended.reason)
+            logger.warning(
+                "session %s: worker %s ended (%s); its work will be retried",
+                self.session_id,
+                ended.worker,
+                ended.reason,
+            )
             self._start_io("release", "", self._claims.release_worker, ended.worker)
 
     def _update_watermark(self) -> None:
@@ -383,11 +416,15 @@ class Manager:
         self._next_watermark = time.monotonic() + self._pacing.watermark_every
         first = min(self._outstanding)
         mark = self._writer.keys.batch(first)[:-1]  # just before the oldest unfinished batch
-        if mark != self._last_watermark and (self._last_watermark is None or mark > self._last_watermark):
+        if mark != self._last_watermark and (
+            self._last_watermark is None or mark > self._last_watermark
+        ):
             try:
                 self._writer.set_control(low_watermark=mark)
             except StarburstError as exc:  # only an optimisation for workers that start late
-                logger.warning("session %s: could not update the watermark: %s", self.session_id, exc)
+                logger.warning(
+                    "session %s: could not update the watermark: %s", self.session_id, exc
+                )
                 return
             self._last_watermark = mark
 
@@ -411,8 +448,9 @@ class Manager:
                 try:
                     self._writer.set_control(state="closed")
                 except StarburstError as exc:
-                    logger.warning("session %s: could not mark the session closed: %s",
-                                   self.session_id, exc)
+                    logger.warning(
+                        "session %s: could not mark the session closed: %s", self.session_id, exc
+                    )
                 if self._launcher is not None:
                     self._launcher.stop()
         finally:

@@ -142,7 +142,9 @@ class SessionWriter:
 
         tasks = [
             {
-                "i": i, "kind": call.kind, "fn": ref(call.parts["fn"]),
+                "i": i,
+                "kind": call.kind,
+                "fn": ref(call.parts["fn"]),
                 "args": [ref(a) for a in call.parts["args"]],
                 "kwargs": {k: ref(v) for k, v in call.parts["kwargs"].items()},
             }

@@ -23,10 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from starburst_executor.config import home_dir, secret_key
+from starburst_executor.config import home_dir
 from starburst_executor.errors import SessionError, StarburstError
-from starburst_executor.protocol import Codec
-from starburst_executor.sessions import SessionReader, SessionStatus, remembered_store
+from starburst_executor.sessions import SessionReader, SessionStatus, codec_for, remembered_store
 from starburst_executor.stores import Store, open_store
 
 __all__ = ["main"]
@@ -58,26 +57,40 @@ exit codes: 0 ok, 1 error, 2 bad usage, 3 no such session, 4 some tasks failed,
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="starburst", description="Inspect and manage starburst-executor sessions.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="starburst",
+        description="Inspect and manage starburst-executor sessions.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str, example: str, session: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=f"{help_}\n\nexample:\n  {example}",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=f"{help_}\n\nexample:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if session:
             p.add_argument("session", metavar="SID", help="session id (see `starburst sessions`)")
-        p.add_argument("--store", help="store URL (default: where the session was created from "
-                       "this machine, else $STARBURST_STORE or the embedded default)")
+        p.add_argument(
+            "--store",
+            help="store URL (default: where the session was created from "
+            "this machine, else $STARBURST_STORE or the embedded default)",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
     add("sessions", "List the sessions in a store.", "starburst sessions --json", session=False)
     add("status", "Show a session's counts, workers and progress.", "starburst status SID")
-    p = add("collect", "Write the results of finished tasks to a pickle file.",
-            "starburst collect SID --wait -o results.pkl")
-    p.add_argument("-o", "--output", required=True, help="file to write (a pickled list of TaskResult)")
+    p = add(
+        "collect",
+        "Write the results of finished tasks to a pickle file.",
+        "starburst collect SID --wait -o results.pkl",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="file to write (a pickled list of TaskResult)"
+    )
     p.add_argument("--wait", action="store_true", help="wait until every task is finished")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while waiting")
@@ -85,19 +98,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="a task id (BATCH/INDEX, as in TaskResult.task_id)")
     p.add_argument("--worker", help="only this worker's log")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing as logs grow")
-    add("cancel", "Cancel a session: pending tasks will not run, workers exit.", "starburst cancel SID")
-    p = add("cleanup", "Close a session and stop its workers; optionally delete its data.",
-            "starburst cleanup SID --delete-data")
+    add(
+        "cancel",
+        "Cancel a session: pending tasks will not run, workers exit.",
+        "starburst cancel SID",
+    )
+    p = add(
+        "cleanup",
+        "Close a session and stop its workers; optionally delete its data.",
+        "starburst cleanup SID --delete-data",
+    )
     p.add_argument("--delete-data", action="store_true", help="delete all of the session's objects")
-    p.add_argument("--keep-workers", action="store_true",
-                   help="do not signal workers; they exit within seconds by themselves")
+    p.add_argument(
+        "--keep-workers",
+        action="store_true",
+        help="do not signal workers; they exit within seconds by themselves",
+    )
     p = sub.add_parser(
-        "worker", help="Run a worker in the foreground for a session.",
+        "worker",
+        help="Run a worker in the foreground for a session.",
         description="Run a worker here for a session (e.g. to add a machine you own to it).\n\n"
-                    "example:\n  starburst worker --store s3://bkt/runs --session SID",
+        "example:\n  starburst worker --store s3://bkt/runs --session SID",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("args", nargs=argparse.REMAINDER, help="--store URL --session SID [--worker-id ID]")
+    p.add_argument(
+        "args", nargs=argparse.REMAINDER, help="--store URL --session SID [--worker-id ID]"
+    )
     from starburst_executor.cli_aws import add_commands
 
     add_commands(sub)
@@ -136,7 +162,8 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def _reader(args: argparse.Namespace) -> SessionReader:
-    return SessionReader(_store(args), args.session, Codec(secret_key()))
+    store = _store(args)
+    return SessionReader(store, args.session, codec_for(store))
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -147,11 +174,31 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
     from starburst_executor.detached import list_sessions
 
     rows = list_sessions(_store(args))
-    header = ("SESSION", "NAME", "STATE", "CREATED", "LAST ACTIVITY", "TOTAL", "PENDING",
-              "RUNNING", "DONE", "FAILED")
+    header = (
+        "SESSION",
+        "NAME",
+        "STATE",
+        "CREATED",
+        "LAST ACTIVITY",
+        "TOTAL",
+        "PENDING",
+        "RUNNING",
+        "DONE",
+        "FAILED",
+    )
     table = [header] + [
-        (s.session_id, s.name or "-", s.state, _fmt(s.created), _fmt(s.last_activity),
-         str(s.total), str(s.pending), str(s.running), str(s.completed), str(s.failed))
+        (
+            s.session_id,
+            s.name or "-",
+            s.state,
+            _fmt(s.created),
+            _fmt(s.last_activity),
+            str(s.total),
+            str(s.pending),
+            str(s.running),
+            str(s.completed),
+            str(s.failed),
+        )
         for s in rows
     ]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -177,15 +224,22 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     ex = DetachedExecutor.attach(args.session, store=args.store)
     try:
-        results = ex.collect(wait=args.wait, timeout=args.timeout,
-                             progress=args.wait and not args.no_progress and not args.json)
+        results = ex.collect(
+            wait=args.wait,
+            timeout=args.timeout,
+            progress=args.wait and not args.no_progress and not args.json,
+        )
     except TimeoutError as exc:
         print(f"starburst: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
     Path(args.output).write_bytes(pickle.dumps(results))
     failed = [r for r in results if not r.ok]
-    summary = {"session": args.session, "collected": len(results), "failed": len(failed),
-               "output": args.output}
+    summary = {
+        "session": args.session,
+        "collected": len(results),
+        "failed": len(failed),
+        "output": args.output,
+    }
     text = f"wrote {len(results)} results ({len(failed)} failed) to {args.output}"
     for r in failed[:5]:
         text += f"\n  {r.task_id}: {type(r.error).__name__}: {r.error}"
@@ -222,7 +276,9 @@ def _cmd_logs(args: argparse.Namespace) -> int:
             return EXIT_OK
         sys.stdout.flush()
         status = reader.status()
-        if not status.workers and (status.done or status.state in ("cancelled", "expired", "closed")):
+        if not status.workers and (
+            status.done or status.state in ("cancelled", "expired", "closed")
+        ):
             return EXIT_OK
         time.sleep(0.5)
 
@@ -242,8 +298,10 @@ def _task_log(reader: SessionReader, task_id: str) -> int:
     try:
         index = int(index_text.split(".")[0])
     except ValueError:
-        print(f"starburst: task id {task_id!r} is not BATCH/INDEX (see TaskResult.task_id)",
-              file=sys.stderr)
+        print(
+            f"starburst: task id {task_id!r} is not BATCH/INDEX (see TaskResult.task_id)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     done = reader.done()
     if bid not in done:
@@ -271,9 +329,12 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
     ex = DetachedExecutor.attach(args.session, store=args.store)
     ex.cancel()
-    _emit(args, {"session": args.session, "state": "cancelled"},
-          f"session {args.session} cancelled: pending tasks will not run; workers exit "
-          "after their current batch")
+    _emit(
+        args,
+        {"session": args.session, "state": "cancelled"},
+        f"session {args.session} cancelled: pending tasks will not run; workers exit "
+        "after their current batch",
+    )
     return EXIT_OK
 
 
@@ -283,14 +344,21 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     ex = DetachedExecutor.attach(args.session, store=args.store)
     ex.cleanup(stop_workers=not args.keep_workers, delete_data=args.delete_data)
     what = "closed, data deleted" if args.delete_data else "closed, results kept"
-    _emit(args, {"session": args.session, "state": "deleted" if args.delete_data else "closed"},
-          f"session {args.session} {what}")
+    _emit(
+        args,
+        {"session": args.session, "state": "deleted" if args.delete_data else "closed"},
+        f"session {args.session} {what}",
+    )
     return EXIT_OK
 
 
 _COMMANDS = {
-    "sessions": _cmd_sessions, "status": _cmd_status, "collect": _cmd_collect,
-    "logs": _cmd_logs, "cancel": _cmd_cancel, "cleanup": _cmd_cleanup,
+    "sessions": _cmd_sessions,
+    "status": _cmd_status,
+    "collect": _cmd_collect,
+    "logs": _cmd_logs,
+    "cancel": _cmd_cancel,
+    "cleanup": _cmd_cleanup,
 }
 
 if __name__ == "__main__":

@@ -25,36 +25,67 @@ def add_commands(sub: Any) -> None:
 
     def add(name: str, help_: str, example: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(
-            name, help=help_, description=f"{help_}\n\nexample:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--profile", help="profile name (default: $STARBURST_AWS_PROFILE or "
-                       "'default'); one profile per region/account")
+            name,
+            help=help_,
+            description=f"{help_}\n\nexample:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument(
+            "--profile",
+            help="profile name (default: $STARBURST_AWS_PROFILE or "
+            "'default'); one profile per region/account",
+        )
         return p
 
-    p = add("setup", "Create or adopt every AWS resource starburst needs (idempotent).",
-            "starburst setup --region us-east-1")
+    p = add(
+        "setup",
+        "Create or adopt every AWS resource starburst needs (idempotent).",
+        "starburst setup --region us-east-1",
+    )
     p.add_argument("--region", help="AWS region (default: your AWS configuration's)")
     p.add_argument("--bucket", help="S3 bucket (default: starburst-ACCOUNT-REGION)")
     p.add_argument("--prefix", default="starburst", help="key prefix of sessions in the bucket")
     p.add_argument("--cluster", default="starburst", help="ECS cluster name")
-    p.add_argument("--ec2", action="store_true",
-                   help="also an EC2 (Spot) capacity provider, for launch_type='EC2'")
-    p.add_argument("--instance-types", default="c7a.xlarge",
-                   help="comma-separated EC2 instance types for --ec2")
-    p.add_argument("--lifecycle-days", type=int, default=30,
-                   help="session data expires from the bucket after this many days")
+    p.add_argument(
+        "--ec2",
+        action="store_true",
+        help="also an EC2 (Spot) capacity provider, for launch_type='EC2'",
+    )
+    p.add_argument(
+        "--instance-types",
+        default="c7a.xlarge",
+        help="comma-separated EC2 instance types for --ec2",
+    )
+    p.add_argument(
+        "--lifecycle-days",
+        type=int,
+        default=30,
+        help="session data expires from the bucket after this many days",
+    )
     p.add_argument("--log-retention-days", type=int, default=14, help="CloudWatch log retention")
     p = add("teardown", "Remove what `starburst setup` created.", "starburst teardown")
-    p.add_argument("--delete-bucket", action="store_true",
-                   help="also empty and delete the bucket (default: keep it and its results)")
-    add("doctor", "Check credentials, region, bucket, roles, cluster, image and quota; print "
-        "the fix for each problem.", "starburst doctor")
-    p = add("image", "Build the worker image from this environment and push it to ECR.",
-            "starburst image build --requirements requirements.txt")
+    p.add_argument(
+        "--delete-bucket",
+        action="store_true",
+        help="also empty and delete the bucket (default: keep it and its results)",
+    )
+    add(
+        "doctor",
+        "Check credentials, region, bucket, roles, cluster, image and quota; print "
+        "the fix for each problem.",
+        "starburst doctor",
+    )
+    p = add(
+        "image",
+        "Build the worker image from this environment and push it to ECR.",
+        "starburst image build --requirements requirements.txt",
+    )
     p.add_argument("action", choices=["build"], help="build (and push) the image")
-    p.add_argument("--requirements", type=Path,
-                   help="requirements or lock file for the image (default: every installed "
-                   "distribution)")
+    p.add_argument(
+        "--requirements",
+        type=Path,
+        help="requirements or lock file for the image (default: every installed distribution)",
+    )
     p.add_argument("--no-push", action="store_true", help="build locally only")
     p.add_argument("--docker", default="docker", help="the docker executable (docker, podman)")
 
@@ -69,9 +100,14 @@ def _setup(args: argparse.Namespace) -> int:
     from starburst_executor.aws.setup import setup
 
     report = setup(
-        _aws(args.region), bucket=args.bucket, prefix=args.prefix, cluster=args.cluster,
-        ec2=args.ec2, instance_types=tuple(t for t in args.instance_types.split(",") if t),
-        lifecycle_days=args.lifecycle_days, log_retention_days=args.log_retention_days,
+        _aws(args.region),
+        bucket=args.bucket,
+        prefix=args.prefix,
+        cluster=args.cluster,
+        ec2=args.ec2,
+        instance_types=tuple(t for t in args.instance_types.split(",") if t),
+        lifecycle_days=args.lifecycle_days,
+        log_retention_days=args.log_retention_days,
         profile=args.profile,
     )
     print(report)
@@ -111,11 +147,21 @@ def _image(args: argparse.Namespace) -> int:
     repository = f"{account}.dkr.ecr.{settings.region}.amazonaws.com/{settings.ecr_repository}"
     env = capture_environment(args.requirements)
     if env.skipped:
-        print(f"not in the image (editable or local installs): {', '.join(env.skipped)}; ship "
-              "such code with code_files=[...]", file=sys.stderr)
+        print(
+            f"not in the image (editable or local installs): {', '.join(env.skipped)}; ship "
+            "such code with code_files=[...]",
+            file=sys.stderr,
+        )
     with tempfile.TemporaryDirectory(prefix="starburst-image-") as context:
-        uri = build_and_push(aws, repository, env, context_dir=Path(context),
-                             docker=args.docker, push=not args.no_push, notify=print)
+        uri = build_and_push(
+            aws,
+            repository,
+            env,
+            context_dir=Path(context),
+            docker=args.docker,
+            push=not args.no_push,
+            notify=print,
+        )
     if not args.no_push:
         dataclasses.replace(settings, image=uri).save(args.profile)
         print(f"the profile now uses {uri}")
@@ -139,8 +185,11 @@ def ecs_logs(reader: Any, worker: str | None, follow: bool) -> int:
         terminal = status.done or status.state in ("cancelled", "expired", "closed")
         return bool(terminal and not status.workers)
 
-    lines = (follow_logs(aws, options.log_group, workers, finished) if follow
-             else read_logs(aws, options.log_group, workers()))
+    lines = (
+        follow_logs(aws, options.log_group, workers, finished)
+        if follow
+        else read_logs(aws, options.log_group, workers())
+    )
     for line in lines:
         stamp = time.strftime("%H:%M:%S", time.localtime(line.timestamp))
         print(f"[{line.worker}] {stamp} {line.message}")

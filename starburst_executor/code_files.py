@@ -21,14 +21,13 @@ MAX_CODE_BYTES = 50 * 1024 * 1024
 """The largest code zip :func:`pack_code` makes: code, not data, travels this way."""
 
 
-
-
 def _code_files(path: Path) -> Iterable[tuple[Path, str]]:
     """``(file, name in the zip)`` for one module file or package directory."""
     if path.is_file():
         if path.suffix != ".py":
-            raise ValueError(f"{path} is not a Python module: ship .py files or package "
-                             "directories")
+            raise ValueError(
+                f"{path} is not a Python module: ship .py files or package directories"
+            )
         yield path, path.name
         return
     if not path.is_dir():
@@ -61,8 +60,10 @@ def pack_code(paths: list[Path]) -> bytes:
         for path in paths:
             for file, name in _code_files(Path(path)):
                 if name in names:
-                    raise ValueError(f"{file} and {names[name]} would both be {name!r} on the "
-                                     "workers: rename one")
+                    raise ValueError(
+                        f"{file} and {names[name]} would both be {name!r} on the "
+                        "workers: rename one"
+                    )
                 names[name] = file
                 info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
                 info.compress_type = zipfile.ZIP_DEFLATED

@@ -46,7 +46,9 @@ def secret_key() -> bytes:
         try:
             key = bytes.fromhex(value)
         except ValueError:
-            raise ValueError(f"{SECRET_ENV} must be a hex string (e.g. from secrets.token_hex(32))") from None
+            raise ValueError(
+                f"{SECRET_ENV} must be a hex string (e.g. from secrets.token_hex(32))"
+            ) from None
         if len(key) < 16:
             raise ValueError(f"{SECRET_ENV} must hold at least 16 bytes (32 hex characters)")
         return key

@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 from starburst_executor._cursor import KeyCursor
 from starburst_executor._manager import Pacing
 from starburst_executor._session import SessionWriter
-from starburst_executor.config import secret_key
 from starburst_executor.errors import SessionError
 from starburst_executor.executor import StarburstExecutor
-from starburst_executor.protocol import Codec, SessionKeys
+from starburst_executor.protocol import SessionKeys
 from starburst_executor.sessions import (
     SessionReader,
     SessionStatus,
     TaskResult,
+    codec_for,
     remember_session,
     remembered_store,
 )
@@ -65,8 +65,15 @@ class DetachedExecutor(StarburstExecutor):
         session_timeout: float | None = 24 * 3600.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(max_workers, mp_context, initializer, initargs,
-                         idle_timeout=idle_timeout, session_timeout=session_timeout, **kwargs)
+        super().__init__(
+            max_workers,
+            mp_context,
+            initializer,
+            initargs,
+            idle_timeout=idle_timeout,
+            session_timeout=session_timeout,
+            **kwargs,
+        )
         self._submitted: list[Future[Any]] = []
         self._restored: list[Future[Any]] | None = []
         self._reader = SessionReader(self._store, self.session_id, self._writer.codec)
@@ -76,8 +83,12 @@ class DetachedExecutor(StarburstExecutor):
 
     @classmethod
     def attach(
-        cls, session_id: str, *, store: str | Store | None = None,
-        max_workers: int | None = None, pacing: Pacing | None = None,
+        cls,
+        session_id: str,
+        *,
+        store: str | Store | None = None,
+        max_workers: int | None = None,
+        pacing: Pacing | None = None,
     ) -> DetachedExecutor:
         """Reconnect to a session by id, from any process.
 
@@ -95,11 +106,14 @@ class DetachedExecutor(StarburstExecutor):
             ProtocolMismatchError: the session was written by an incompatible version.
         """
         store_obj = open_store(store if store is not None else remembered_store(session_id))
-        codec = Codec(secret_key())
+        codec = codec_for(store_obj)
         reader = SessionReader(store_obj, session_id, codec)
         self = cls.__new__(cls)
-        self._wire(SessionWriter(store_obj, reader.manifest, codec),
-                   max_workers or reader.manifest.max_workers, pacing)
+        self._wire(
+            SessionWriter(store_obj, reader.manifest, codec),
+            max_workers or reader.manifest.max_workers,
+            pacing,
+        )
         self._submitted = []
         self._restored = None  # built on first use of .futures
         self._reader = reader
@@ -107,8 +121,11 @@ class DetachedExecutor(StarburstExecutor):
         remember_session(session_id, store_obj.url)
         self._state = state = reader.state()
         if state in _TERMINAL:
-            logger.info("session %s is %s: it can be inspected and collected, not extended",
-                        session_id, state)
+            logger.info(
+                "session %s is %s: it can be inspected and collected, not extended",
+                session_id,
+                state,
+            )
         return self
 
     # -- work --------------------------------------------------------------------------------
@@ -117,7 +134,9 @@ class DetachedExecutor(StarburstExecutor):
         self._check_extendable()
         return super().submit(fn, *args, **kwargs)
 
-    def map(self, fn: Any, *iterables: Any, timeout: float | None = None, chunksize: int = 1) -> Any:
+    def map(
+        self, fn: Any, *iterables: Any, timeout: float | None = None, chunksize: int = 1
+    ) -> Any:
         self._check_extendable()
         return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
 
@@ -180,7 +199,10 @@ class DetachedExecutor(StarburstExecutor):
         return self._reader.status()
 
     def collect(
-        self, wait: bool = False, timeout: float | None = None, progress: bool = False,
+        self,
+        wait: bool = False,
+        timeout: float | None = None,
+        progress: bool = False,
         poll_interval: float | None = None,
     ) -> list[TaskResult]:
         """The results of finished tasks, in submission order.
@@ -246,8 +268,11 @@ class DetachedExecutor(StarburstExecutor):
         mine = [f for f in self._submitted if not f.cancelled()]
         origin = self._writer.origin
         while mine and self._manager.thread.is_alive() and not all(f.done() for f in mine):
-            stored = sum(SessionKeys.batch_size(b) for b in self._reader.batch_ids()
-                         if b.split("-")[1] == origin)
+            stored = sum(
+                SessionKeys.batch_size(b)
+                for b in self._reader.batch_ids()
+                if b.split("-")[1] == origin
+            )
             if stored >= len(mine):
                 return
             if deadline is not None and time.monotonic() > deadline:
@@ -257,12 +282,15 @@ class DetachedExecutor(StarburstExecutor):
     def _keep_workers(self, bids: list[str], done: dict[str, Any]) -> None:
         """While waiting on a reattached session, start workers if none is left."""
         pending = sum(1 for b in bids if b not in done)
-        if pending and not self._started and self._launcher.running() == 0:
-            if self._reader.status().workers == 0:
-                self._launcher.start(min(self._max_workers, pending))
+        idle = pending and not self._started and self._launcher.running() == 0
+        if idle and self._reader.status().workers == 0:
+            self._launcher.start(min(self._max_workers, pending))
 
     def _entries(
-        self, bids: list[str], done: dict[str, tuple[int, str, int]], terminal: str | None,
+        self,
+        bids: list[str],
+        done: dict[str, tuple[int, str, int]],
+        terminal: str | None,
     ) -> list[TaskResult]:
         records = self._reader.results([b for b in bids if b in done], done)
         entries: list[TaskResult] = []
@@ -270,8 +298,12 @@ class DetachedExecutor(StarburstExecutor):
             n = SessionKeys.batch_size(bid)
             if bid not in records:
                 if terminal is not None:
-                    error = SessionError(f"the task did not run: session {self.session_id} was {terminal}")
-                    entries.extend(TaskResult(len(entries) + i, f"{bid}/{i}", error=error) for i in range(n))
+                    error = SessionError(
+                        f"the task did not run: session {self.session_id} was {terminal}"
+                    )
+                    entries.extend(
+                        TaskResult(len(entries) + i, f"{bid}/{i}", error=error) for i in range(n)
+                    )
                 continue
             outcomes = self._writer.outcomes_of(records[bid])
             outputs = records[bid].get("outputs", {})
@@ -283,13 +315,19 @@ class DetachedExecutor(StarburstExecutor):
                 outcome = outcomes[i]
                 out = outputs.get(i, "")
                 if outcome.error is not None:
-                    entries.append(TaskResult(len(entries), task_id, error=outcome.error, output=out))
+                    entries.append(
+                        TaskResult(len(entries), task_id, error=outcome.error, output=out)
+                    )
                 elif outcome.chunk:
                     values, error = outcome.value
                     for j, v in enumerate(values):
                         entries.append(TaskResult(len(entries), f"{task_id}.{j}", v, output=out))
                     if error is not None:
-                        entries.append(TaskResult(len(entries), f"{task_id}.{len(values)}", error=error, output=out))
+                        entries.append(
+                            TaskResult(
+                                len(entries), f"{task_id}.{len(values)}", error=error, output=out
+                            )
+                        )
                 else:
                     entries.append(TaskResult(len(entries), task_id, outcome.value, output=out))
         return entries
@@ -340,14 +378,16 @@ def list_sessions(store: str | Store | None = None) -> list[SessionStatus]:
     Sessions whose data was deleted are listed with state "deleted" and zero counts.
     """
     store_obj = open_store(store)
-    codec = Codec(secret_key())
+    codec = codec_for(store_obj)
     out = []
     for info in store_obj.list("index/"):
         sid = info.key.split("/", 1)[1]
         try:
             out.append(SessionReader(store_obj, sid, codec).status())
         except SessionError:
-            out.append(SessionStatus(sid, "", "deleted", 0, 0, 0, 0, 0, 0, 0, 0.0,
-                                     info.last_modified, store_obj.url))
+            out.append(
+                SessionStatus(
+                    sid, "", "deleted", 0, 0, 0, 0, 0, 0, 0, 0.0, info.last_modified, store_obj.url
+                )
+            )
     return out
-

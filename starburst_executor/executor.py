@@ -13,10 +13,10 @@ import os
 import threading
 import time
 import weakref
-from dataclasses import replace
-from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from starburst_executor._claims import Claims
@@ -152,8 +152,14 @@ class StarburstExecutor(Executor):
             raise ValueError("lease_seconds must be >= 1 (workers renew every third of it)")
         backend = backend or "local"
         aws_args = {
-            "cpu": cpu, "memory": memory, "launch_type": launch_type, "instance_type": instance_type,
-            "spot": spot, "region": region, "image": image, "max_hourly_cost": max_hourly_cost,
+            "cpu": cpu,
+            "memory": memory,
+            "launch_type": launch_type,
+            "instance_type": instance_type,
+            "spot": spot,
+            "region": region,
+            "image": image,
+            "max_hourly_cost": max_hourly_cost,
             "cost_alert_threshold": cost_alert_threshold,
         }
         if backend not in ("local", "aws"):
@@ -170,9 +176,16 @@ class StarburstExecutor(Executor):
             from starburst_executor.aws.backend import prepare
 
             plan = prepare(
-                max_workers=max_workers, cpu=cpu, memory=memory, launch_type=launch_type,
-                instance_type=instance_type, spot=spot, region=region, image=image,
-                max_hourly_cost=max_hourly_cost, cost_alert_threshold=cost_alert_threshold,
+                max_workers=max_workers,
+                cpu=cpu,
+                memory=memory,
+                launch_type=launch_type,
+                instance_type=instance_type,
+                spot=spot,
+                region=region,
+                image=image,
+                max_hourly_cost=max_hourly_cost,
+                cost_alert_threshold=cost_alert_threshold,
             )
             max_workers = plan.max_workers
             store_obj = open_store(store if store is not None else plan.store_url)
@@ -184,11 +197,21 @@ class StarburstExecutor(Executor):
             store_obj = open_store(store)
             codec = Codec(secret_key())
         manifest = SessionManifest(
-            session_id=new_session_id(), created=store_obj.now(), versions=runtime_versions(),
-            max_attempts=max_attempts, lease_seconds=lease_seconds, idle_timeout=idle_timeout,
-            max_tasks_per_child=max_tasks_per_child, name=name, store_url=store_obj.url,
-            backend=backend, detached=self._detached, session_timeout=session_timeout,
-            task_timeout=task_timeout, max_workers=max_workers, extra=extra,
+            session_id=new_session_id(),
+            created=store_obj.now(),
+            versions=runtime_versions(),
+            max_attempts=max_attempts,
+            lease_seconds=lease_seconds,
+            idle_timeout=idle_timeout,
+            max_tasks_per_child=max_tasks_per_child,
+            name=name,
+            store_url=store_obj.url,
+            backend=backend,
+            detached=self._detached,
+            session_timeout=session_timeout,
+            task_timeout=task_timeout,
+            max_workers=max_workers,
+            extra=extra,
         )
         code = pack_code([Path(p) for p in code_files]) if code_files else None
         writer = SessionWriter(store_obj, manifest, codec)
@@ -199,8 +222,9 @@ class StarburstExecutor(Executor):
             writer.manifest = replace(writer.manifest, code=writer.upload_blob(code))
         writer.create()
         self._wire(writer, max_workers, pacing)
-        logger.info("session %s: %d worker(s) max, store %s", self.session_id, max_workers,
-                    store_obj.url)
+        logger.info(
+            "session %s: %d worker(s) max, store %s", self.session_id, max_workers, store_obj.url
+        )
 
     def _wire(self, writer: SessionWriter, max_workers: int, pacing: Pacing | None) -> None:
         """Connect this executor to a session (new, or existing for ``attach``)."""
@@ -211,16 +235,27 @@ class StarburstExecutor(Executor):
         pacing = pacing or _default_pacing(self._store)
         self._launcher: Launcher = make_launcher(manifest, poll_max=pacing.poll_max)
         self._shared = Shared()
-        claims = Claims(self._store, writer.keys, writer.codec,
-                        lease_seconds=manifest.lease_seconds, max_attempts=manifest.max_attempts)
+        claims = Claims(
+            self._store,
+            writer.keys,
+            writer.codec,
+            lease_seconds=manifest.lease_seconds,
+            max_attempts=manifest.max_attempts,
+        )
         # One task per batch when a worker may end between two tasks: task_timeout replaces
         # the worker of a task that overran (no other task should share its fate), and
         # max_tasks_per_child must be exact whatever the batch a worker claims next.
         batch_limit = 1 if manifest.task_timeout or manifest.max_tasks_per_child else None
         self._manager = Manager(
-            self, self._shared, writer, self._launcher, max_workers=max_workers, pacing=pacing,
+            self,
+            self._shared,
+            writer,
+            self._launcher,
+            max_workers=max_workers,
+            pacing=pacing,
             window=None if self._detached else max(4, 2 * max_workers),
-            batch_limit=batch_limit, claims=claims,
+            batch_limit=batch_limit,
+            claims=claims,
         )
         self._started = False
         self._start_lock = threading.Lock()
@@ -238,8 +273,10 @@ class StarburstExecutor(Executor):
         return self._store
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(session={self.session_id!r}, max_workers="
-                f"{self._max_workers}, store={self._store.url!r})")
+        return (
+            f"{type(self).__name__}(session={self.session_id!r}, max_workers="
+            f"{self._max_workers}, store={self._store.url!r})"
+        )
 
     # -- Executor API ------------------------------------------------------------------------
 
@@ -253,7 +290,9 @@ class StarburstExecutor(Executor):
             BrokenStarburstExecutor: the pool is broken (see ``initializer``).
         """
         if not callable(fn):
-            raise TypeError(f"submit() needs a callable as its first argument, not {type(fn).__name__}")
+            raise TypeError(
+                f"submit() needs a callable as its first argument, not {type(fn).__name__}"
+            )
         self._check_open()
         return self._enqueue(Call("call", call_parts(fn, args, kwargs)))
 
@@ -284,7 +323,10 @@ class StarburstExecutor(Executor):
                 self._started = True
 
     def map(
-        self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
         chunksize: int = 1,
     ) -> Iterator[T]:
         """Like ``ProcessPoolExecutor.map``: results in order, ``chunksize`` items per task.
@@ -300,7 +342,9 @@ class StarburstExecutor(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if not callable(fn):
-            raise TypeError(f"map() needs a callable as its first argument, not {type(fn).__name__}")
+            raise TypeError(
+                f"map() needs a callable as its first argument, not {type(fn).__name__}"
+            )
         self._check_open()
         end_time = None if timeout is None else timeout + time.monotonic()
         name = getattr(fn, "__qualname__", None) or repr(fn)
@@ -312,7 +356,9 @@ class StarburstExecutor(Executor):
             if not chunk:
                 break
             what = f"the items {start + 1}..{start + len(chunk)} given to map({name})"
-            calls.append(Call("chunk", {"fn": fn_bytes, "args": [dumps_part(chunk, what)], "kwargs": {}}))
+            calls.append(
+                Call("chunk", {"fn": fn_bytes, "args": [dumps_part(chunk, what)], "kwargs": {}})
+            )
         futures = [self._enqueue(call) for call in calls]
         return _chain_results(futures, end_time)
 
@@ -366,4 +412,3 @@ def _default_pacing(store: Store) -> Pacing:
         return Pacing()
     # Each S3 request costs money and tens of milliseconds: poll less eagerly.
     return Pacing(linger=0.01, poll_min=0.05, poll_max=2.0)
-

@@ -48,11 +48,11 @@ from starburst_executor.errors import CorruptRecordError, ProtocolMismatchError
 __all__ = [
     "PROTOCOL_VERSION",
     "Claim",
+    "Codec",
     "ControlRecord",
     "SessionKeys",
     "SessionManifest",
     "WorkerRecord",
-    "Codec",
     "runtime_versions",
 ]
 
@@ -76,7 +76,9 @@ def runtime_versions() -> dict[str, str]:
 def version_mismatch(theirs: dict[str, str]) -> str | None:
     """Describe how ``theirs`` differs from this process's versions, or ``None``."""
     ours = runtime_versions()
-    diffs = [f"{k} {theirs.get(k, '?')} vs {ours[k]} here" for k in ours if theirs.get(k) != ours[k]]
+    diffs = [
+        f"{k} {theirs.get(k, '?')} vs {ours[k]} here" for k in ours if theirs.get(k) != ours[k]
+    ]
     if not diffs:
         return None
     return (

@@ -118,13 +118,17 @@ def capture_exception(exc: BaseException) -> RemoteException:
     return RemoteException(payload, f"{kind.__module__}.{kind.__qualname__}", message, tb)
 
 
-def call_parts(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def call_parts(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """Pickle a call into its parts: ``{"fn": bytes, "args": [bytes], "kwargs": {k: bytes}}``."""
     name = getattr(fn, "__qualname__", None) or repr(fn)
     return {
         "fn": dumps_part(fn, f"the callable {name}"),
         "args": [dumps_part(a, f"argument {i + 1} of {name}") for i, a in enumerate(args)],
-        "kwargs": {k: dumps_part(v, f"keyword argument {k!r} of {name}") for k, v in kwargs.items()},
+        "kwargs": {
+            k: dumps_part(v, f"keyword argument {k!r} of {name}") for k, v in kwargs.items()
+        },
     }
 
 

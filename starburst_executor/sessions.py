@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from starburst_executor.config import home_dir
+from starburst_executor.config import home_dir, secret_key
 from starburst_executor.errors import (
     CorruptRecordError,
     ObjectNotFoundError,
@@ -37,7 +37,14 @@ from starburst_executor.protocol import (
 )
 from starburst_executor.stores.base import Store
 
-__all__ = ["SessionReader", "SessionStatus", "TaskResult", "remember_session", "remembered_store"]
+__all__ = [
+    "SessionReader",
+    "SessionStatus",
+    "TaskResult",
+    "codec_for",
+    "remember_session",
+    "remembered_store",
+]
 
 
 @dataclass(frozen=True)
@@ -263,7 +270,9 @@ class SessionReader:
         control = self.control()
         bids = self.batch_ids()
         done = self.done()
-        claimed = {i.key.rsplit("/", 1)[-1]: i.last_modified for i in self.store.list(self.keys.claims)}
+        claimed = {
+            i.key.rsplit("/", 1)[-1]: i.last_modified for i in self.store.list(self.keys.claims)
+        }
         workers = self.workers()
         total = completed = failed = running = pending = 0
         for bid in bids:
@@ -291,11 +300,21 @@ class SessionReader:
         if state == "open" and total and completed + failed == total:
             state = "finished"
         return SessionStatus(
-            session_id=self.keys.session_id, name=manifest.name, state=state, total=total,
-            pending=pending, running=running, completed=completed, failed=failed,
-            cancelled=cancelled, workers=len(live), created=manifest.created,
-            last_activity=max(activity, last_done / 1000), store_url=self.store.url,
-            worker_states=states, cost=self._cost(workers),
+            session_id=self.keys.session_id,
+            name=manifest.name,
+            state=state,
+            total=total,
+            pending=pending,
+            running=running,
+            completed=completed,
+            failed=failed,
+            cancelled=cancelled,
+            workers=len(live),
+            created=manifest.created,
+            last_activity=max(activity, last_done / 1000),
+            store_url=self.store.url,
+            worker_states=states,
+            cost=self._cost(workers),
         )
 
     def _cost(self, workers: list[WorkerRecord]) -> dict[str, Any] | None:
@@ -308,7 +327,9 @@ class SessionReader:
         cost = report(float(rate), worker_spans(workers), self.store.now())
         return {**cost.to_dict(), "text": str(cost)}
 
-    def results(self, bids: Iterable[str], done: dict[str, tuple[int, str, int]]) -> dict[str, dict[str, Any]]:
+    def results(
+        self, bids: Iterable[str], done: dict[str, tuple[int, str, int]]
+    ) -> dict[str, dict[str, Any]]:
         """Read the result records of finished batches (in parallel)."""
 
         def read(bid: str) -> tuple[str, dict[str, Any]]:
@@ -373,7 +394,36 @@ def _is_worker(pid: int, session_id: str) -> bool:
     return b"starburst_executor.worker" in cmdline and session_id.encode() in cmdline
 
 
+def codec_for(store: Store) -> Codec:
+    """The codec that verifies sessions in ``store``.
+
+    The local key (``STARBURST_SECRET_KEY`` or the per-user key file), except for the bucket
+    of the saved AWS profile, whose sessions are signed with the key ``starburst setup``
+    stored in SSM (the same as the local key on the machine that ran setup; on any other
+    machine, the only way to read those sessions without copying keys around).
+    """
+    if store.url.startswith("s3://"):
+        from starburst_executor.aws.settings import AwsSettings
+        from starburst_executor.errors import AwsError
+
+        try:
+            settings = AwsSettings.load()
+        except AwsError:
+            settings = None
+        bucket = store.url[len("s3://") :].split("/", 1)[0]
+        if settings is not None and settings.bucket == bucket:
+            from starburst_executor.aws.backend import secret_key_from_ssm
+            from starburst_executor.aws.client import Aws
+
+            try:
+                return Codec(secret_key_from_ssm(Aws(settings.region), settings))
+            except AwsError:
+                pass  # no access to the parameter: the local key may still be the one
+    return Codec(secret_key())
+
+
 # -- a per-user index of where sessions live, so attach(session_id) needs no store ----------
+
 
 def _index_path() -> Path:
     return home_dir() / "sessions.json"

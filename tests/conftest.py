@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from servers import MotoServer, SeaweedServer, WeedNotFoundError, find_weed
+
 from starburst_executor.stores.base import Store
 
 TEST_BUCKET = "starburst-test"

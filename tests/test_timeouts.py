@@ -166,7 +166,9 @@ def test_task_timeout_fails_the_task_and_replaces_the_worker(
     assert "task_timeout=1s" in str(error)
     assert time.monotonic() - start < 6
     # The next task ran in the same process id: the worker replaced itself with exec.
-    (started,) = [p.name for p in marks.iterdir()]
+    names = [p.name for p in marks.glob("started-*")]
+    assert len(names) == 1, names
+    (started,) = names
     assert after.result(timeout=30) == int(started.removeprefix("started-"))
     assert not (marks / f"finished-{after.result()}").exists()  # the sleep never finished
     results = ex.collect(wait=True, timeout=10, poll_interval=POLL)

@@ -39,10 +39,19 @@ class AwsPlan:
 
 
 def prepare(
-    *, max_workers: int | None, cpu: float | None = None, memory: str | int | None = None,
-    launch_type: str | None = None, instance_type: str | None = None, spot: bool | None = None,
-    region: str | None = None, image: str | None = None, max_hourly_cost: float | None = None,
-    cost_alert_threshold: float | None = None, aws: Aws | None = None, quiet: bool = False,
+    *,
+    max_workers: int | None,
+    cpu: float | None = None,
+    memory: str | int | None = None,
+    launch_type: str | None = None,
+    instance_type: str | None = None,
+    spot: bool | None = None,
+    region: str | None = None,
+    image: str | None = None,
+    max_hourly_cost: float | None = None,
+    cost_alert_threshold: float | None = None,
+    aws: Aws | None = None,
+    quiet: bool = False,
 ) -> AwsPlan:
     """Check and plan an AWS session (see the module docstring).
 
@@ -61,8 +70,15 @@ def prepare(
             f"that region too (with STARBURST_AWS_PROFILE naming a second profile), or drop "
             "the region argument"
         )
-    options = EcsOptions.resolve(settings, cpu=cpu, memory=memory, launch_type=launch_type,
-                                 spot=spot, instance_type=instance_type, image=image)
+    options = EcsOptions.resolve(
+        settings,
+        cpu=cpu,
+        memory=memory,
+        launch_type=launch_type,
+        spot=spot,
+        instance_type=instance_type,
+        image=image,
+    )
     workers = max_workers or min(DEFAULT_WORKERS, options.max_workers_ceiling)
     if workers > options.max_workers_ceiling:
         raise ValueError(
@@ -94,8 +110,15 @@ def prepare(
     if not quiet:
         for line in notices:
             print(line, file=sys.stderr)
-    return AwsPlan(settings, options, settings.store_url, workers,
-                   secret_key_from_ssm(aws, settings), cost, tuple(notices))
+    return AwsPlan(
+        settings,
+        options,
+        settings.store_url,
+        workers,
+        secret_key_from_ssm(aws, settings),
+        cost,
+        tuple(notices),
+    )
 
 
 def _check_image(aws: Aws, image: str) -> None:
@@ -105,8 +128,12 @@ def _check_image(aws: Aws, image: str) -> None:
         return  # a public or other registry: ECS will tell
     repository, _, tag = rest.partition(":")
     try:
-        aws.call("ecr", "describe_images", repositoryName=repository,
-                 imageIds=[{"imageTag": tag or "latest"}])
+        aws.call(
+            "ecr",
+            "describe_images",
+            repositoryName=repository,
+            imageIds=[{"imageTag": tag or "latest"}],
+        )
     except AwsError as exc:
         if exc.code in ("ImageNotFoundException", "RepositoryNotFoundException"):
             raise AwsNotSetUpError(
@@ -119,8 +146,9 @@ def _check_image(aws: Aws, image: str) -> None:
 def secret_key_from_ssm(aws: Aws, settings: AwsSettings) -> bytes:
     """The HMAC key shared with the workers (setup stored it as an SSM SecureString)."""
     try:
-        value = aws.call("ssm", "get_parameter", Name=settings.secret_parameter,
-                         WithDecryption=True)["Parameter"]["Value"]
+        value = aws.call(
+            "ssm", "get_parameter", Name=settings.secret_parameter, WithDecryption=True
+        )["Parameter"]["Value"]
     except AwsError as exc:
         if exc.code == "ParameterNotFound":
             raise AwsNotSetUpError(

@@ -31,24 +31,57 @@ __all__ = ["Aws", "error_code"]
 
 logger = logging.getLogger(__name__)
 
-_TRANSIENT = frozenset({
-    "Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded",
-    "ServiceUnavailable", "ServiceUnavailableException", "InternalError", "InternalFailure",
-    "ServerException", "RequestTimeout", "RequestTimeoutException", "SlowDown",
-    "ProvisionedThroughputExceededException", "EC2ThrottledException", "PriorRequestNotComplete",
-})
-_CREDENTIALS = frozenset({
-    "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException",
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthFailure", "RequestExpired",
-    "InvalidToken", "TokenRefreshRequired",
-})
-_DENIED = frozenset({
-    "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError",
-    "AccessDeniedFault", "Forbidden",
-})
+_TRANSIENT = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalError",
+        "InternalFailure",
+        "ServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "SlowDown",
+        "ProvisionedThroughputExceededException",
+        "EC2ThrottledException",
+        "PriorRequestNotComplete",
+    }
+)
+_CREDENTIALS = frozenset(
+    {
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AuthFailure",
+        "RequestExpired",
+        "InvalidToken",
+        "TokenRefreshRequired",
+    }
+)
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "AuthorizationError",
+        "AccessDeniedFault",
+        "Forbidden",
+    }
+)
 # boto3 service names whose IAM prefix differs
-_IAM_PREFIX = {"service-quotas": "servicequotas", "autoscaling": "autoscaling", "s3": "s3",
-               "logs": "logs", "pricing": "pricing"}
+_IAM_PREFIX = {
+    "service-quotas": "servicequotas",
+    "autoscaling": "autoscaling",
+    "s3": "s3",
+    "logs": "logs",
+    "pricing": "pricing",
+}
 _CONNECTION = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectionClosedError,
@@ -82,8 +115,13 @@ class Aws:
         retry_sleep: sleep between retries (tests pass a no-op).
     """
 
-    def __init__(self, region: str | None = None, *, session: Any = None,
-                 retry_sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        region: str | None = None,
+        *,
+        session: Any = None,
+        retry_sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         import boto3
 
         self._session: Any = session or boto3.session.Session(region_name=region)
@@ -95,15 +133,18 @@ class Aws:
             )
         self._clients: dict[str, Any] = {}
         self._retry = RetryPolicy(_transient, attempts=6, sleep=retry_sleep)
-        self._config = Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
+        self._config = Config(
+            retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=60
+        )
 
     def client(self, service: str) -> Any:
         """A boto3 client for ``service`` in this region (cached)."""
         if service not in self._clients:
             # The Pricing API only lives in a few regions; us-east-1 serves every region.
             region = "us-east-1" if service == "pricing" else self.region
-            self._clients[service] = self._session.client(service, region_name=region,
-                                                          config=self._config)
+            self._clients[service] = self._session.client(
+                service, region_name=region, config=self._config
+            )
         return self._clients[service]
 
     def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
@@ -117,8 +158,10 @@ class Aws:
             return self._retry.call(lambda: method(**params))
         except botocore.exceptions.ClientError as exc:
             raise self.translate(exc, service, operation) from exc
-        except (botocore.exceptions.NoCredentialsError,
-                botocore.exceptions.PartialCredentialsError) as exc:
+        except (
+            botocore.exceptions.NoCredentialsError,
+            botocore.exceptions.PartialCredentialsError,
+        ) as exc:
             raise AwsCredentialsError(
                 f"no AWS credentials found for {self.action(service, operation)}. Set "
                 "AWS_PROFILE (after `aws configure` or `aws sso login`), or AWS_ACCESS_KEY_ID "
@@ -149,7 +192,9 @@ class Aws:
         prefix = _IAM_PREFIX.get(service, service)
         return f"{prefix}:{''.join(w.capitalize() for w in operation.split('_'))}"
 
-    def translate(self, exc: botocore.exceptions.ClientError, service: str, operation: str) -> AwsError:
+    def translate(
+        self, exc: botocore.exceptions.ClientError, service: str, operation: str
+    ) -> AwsError:
         code = error_code(exc)
         action = self.action(service, operation)
         message = exc.response.get("Error", {}).get("Message", "")
@@ -162,7 +207,8 @@ class Aws:
             return AwsPermissionError(
                 f"access denied: your credentials lack the IAM permission {action} (in "
                 f"{self.region}). Ask an administrator to allow it, or run `starburst doctor` "
-                f"to see every missing permission. AWS said: {message}", permission=action,
+                f"to see every missing permission. AWS said: {message}",
+                permission=action,
             )
         if _transient(exc):
             return AwsError(f"{action} kept failing after retries ({code}): {message}", code)

@@ -83,16 +83,28 @@ _FARGATE_SPOT_FRACTION = 0.30
 # from https://aws.amazon.com/ec2/pricing/on-demand/. us-east-2 and us-west-2 charge the same
 # for these families; the other regions are approximated by _EC2_REGION_FACTOR.
 _EC2_US_EAST_1: dict[str, float] = {
-    "c7a.xlarge": 0.20532, "c7a.2xlarge": 0.41064, "c7a.4xlarge": 0.82128,
-    "c7i.xlarge": 0.1785, "c7i.2xlarge": 0.357, "c7i.4xlarge": 0.714,
-    "m7a.xlarge": 0.23184, "m7a.2xlarge": 0.46368,
-    "m7i.xlarge": 0.2016, "m7i.2xlarge": 0.4032, "m7i.4xlarge": 0.8064,
-    "r7i.xlarge": 0.2646, "r7i.2xlarge": 0.5292,
+    "c7a.xlarge": 0.20532,
+    "c7a.2xlarge": 0.41064,
+    "c7a.4xlarge": 0.82128,
+    "c7i.xlarge": 0.1785,
+    "c7i.2xlarge": 0.357,
+    "c7i.4xlarge": 0.714,
+    "m7a.xlarge": 0.23184,
+    "m7a.2xlarge": 0.46368,
+    "m7i.xlarge": 0.2016,
+    "m7i.2xlarge": 0.4032,
+    "m7i.4xlarge": 0.8064,
+    "r7i.xlarge": 0.2646,
+    "r7i.2xlarge": 0.5292,
     "c8a.xlarge": 0.21558,
 }
 _EC2_REGION_FACTOR: dict[str, float] = {
-    "us-east-1": 1.0, "us-east-2": 1.0, "us-west-2": 1.0,
-    "eu-west-1": 1.12, "eu-central-1": 1.15, "ap-southeast-2": 1.26,
+    "us-east-1": 1.0,
+    "us-east-2": 1.0,
+    "us-west-2": 1.0,
+    "eu-west-1": 1.12,
+    "eu-central-1": 1.15,
+    "ap-southeast-2": 1.26,
 }
 # EC2 Spot when the Spot price history cannot be read: On-Demand times this. Spot discounts
 # for these families have mostly sat between 55 % and 70 %; 0.40 errs on the expensive side.
@@ -101,11 +113,19 @@ _EC2_SPOT_FRACTION = 0.40
 # vCPUs and memory (MiB) of the types above (AWS instance type pages); other types are asked
 # from ec2:DescribeInstanceTypes.
 _SHAPES: dict[str, tuple[int, int]] = {
-    "c7a.xlarge": (4, 8192), "c7a.2xlarge": (8, 16384), "c7a.4xlarge": (16, 32768),
-    "c7i.xlarge": (4, 8192), "c7i.2xlarge": (8, 16384), "c7i.4xlarge": (16, 32768),
-    "m7a.xlarge": (4, 16384), "m7a.2xlarge": (8, 32768),
-    "m7i.xlarge": (4, 16384), "m7i.2xlarge": (8, 32768), "m7i.4xlarge": (16, 65536),
-    "r7i.xlarge": (4, 32768), "r7i.2xlarge": (8, 65536),
+    "c7a.xlarge": (4, 8192),
+    "c7a.2xlarge": (8, 16384),
+    "c7a.4xlarge": (16, 32768),
+    "c7i.xlarge": (4, 8192),
+    "c7i.2xlarge": (8, 16384),
+    "c7i.4xlarge": (16, 32768),
+    "m7a.xlarge": (4, 16384),
+    "m7a.2xlarge": (8, 32768),
+    "m7i.xlarge": (4, 16384),
+    "m7i.2xlarge": (8, 32768),
+    "m7i.4xlarge": (16, 65536),
+    "r7i.xlarge": (4, 32768),
+    "r7i.2xlarge": (8, 65536),
     "c8a.xlarge": (4, 8192),
 }
 # The ECS agent registers less memory than the instance has (kernel and platform overhead: AWS's
@@ -138,13 +158,20 @@ def fargate_rates(aws: Aws, region: str, spot: bool) -> tuple[float, float, str]
         if row is not None:
             return row.spot_vcpu_hour, row.spot_gb_hour, f"{TABLE_SOURCE} (Fargate Spot)"
         vcpu, gb, source = fargate_rates(aws, region, False)
-        return (vcpu * _FARGATE_SPOT_FRACTION, gb * _FARGATE_SPOT_FRACTION,
-                f"{source} x {_FARGATE_SPOT_FRACTION:g} (typical Fargate Spot discount)")
+        return (
+            vcpu * _FARGATE_SPOT_FRACTION,
+            gb * _FARGATE_SPOT_FRACTION,
+            f"{source} x {_FARGATE_SPOT_FRACTION:g} (typical Fargate Spot discount)",
+        )
     try:
         found = _fargate_from_api(aws, region)
     except AwsError as exc:
-        logger.info("the Pricing API did not answer for Fargate in %s (%s): using the %s",
-                    region, exc.code or exc, TABLE_SOURCE)
+        logger.info(
+            "the Pricing API did not answer for Fargate in %s (%s): using the %s",
+            region,
+            exc.code or exc,
+            TABLE_SOURCE,
+        )
         found = None
     if found is not None:
         return found[0], found[1], PRICING_API
@@ -168,8 +195,13 @@ def ec2_rate(aws: Aws, region: str, instance_type: str, spot: bool) -> tuple[flo
     try:
         price = _ec2_from_api(aws, region, instance_type)
     except AwsError as exc:
-        logger.info("the Pricing API did not answer for %s in %s (%s): using the %s",
-                    instance_type, region, exc.code or exc, TABLE_SOURCE)
+        logger.info(
+            "the Pricing API did not answer for %s in %s (%s): using the %s",
+            instance_type,
+            region,
+            exc.code or exc,
+            TABLE_SOURCE,
+        )
         price = None
     if price is not None:
         on_demand, source = price, PRICING_API
@@ -189,13 +221,16 @@ def ec2_rate(aws: Aws, region: str, instance_type: str, spot: bool) -> tuple[flo
         try:
             spot_price = _spot_median(aws, instance_type)
         except AwsError as exc:
-            logger.info("no Spot price history for %s in %s (%s)", instance_type, region,
-                        exc.code or exc)
+            logger.info(
+                "no Spot price history for %s in %s (%s)", instance_type, region, exc.code or exc
+            )
             spot_price = None
         if spot_price is not None:
             return spot_price, f"{SPOT_HISTORY}, median of Availability Zones"
-    return (on_demand * _EC2_SPOT_FRACTION,
-            f"{source} x {_EC2_SPOT_FRACTION:g} (typical Spot discount)")
+    return (
+        on_demand * _EC2_SPOT_FRACTION,
+        f"{source} x {_EC2_SPOT_FRACTION:g} (typical Spot discount)",
+    )
 
 
 def instance_shape(aws: Aws, instance_type: str) -> tuple[int, int]:
@@ -207,8 +242,9 @@ def instance_shape(aws: Aws, instance_type: str) -> tuple[int, int]:
     if instance_type in _SHAPES:
         return _SHAPES[instance_type]
     try:
-        types = aws.call("ec2", "describe_instance_types",
-                         InstanceTypes=[instance_type])["InstanceTypes"]
+        types = aws.call("ec2", "describe_instance_types", InstanceTypes=[instance_type])[
+            "InstanceTypes"
+        ]
     except AwsError as exc:
         if exc.code in ("InvalidInstanceType", "InvalidParameterValue"):
             raise ValueError(f"EC2 has no instance type {instance_type!r}") from exc
@@ -229,12 +265,19 @@ def tasks_per_instance(instance_vcpus: int, instance_mib: int, cpu: float, memor
     return min(by_cpu, by_memory)
 
 
-def _price_list(aws: Aws, service: str, filters: dict[str, str],
-                contains: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def _price_list(
+    aws: Aws, service: str, filters: dict[str, str], contains: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     spec = [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in filters.items()]
     spec += [{"Type": "CONTAINS", "Field": k, "Value": v} for k, v in (contains or {}).items()]
-    items = aws.paginate("pricing", "get_products", "PriceList", ServiceCode=service,
-                         Filters=spec, FormatVersion="aws_v1")
+    items = aws.paginate(
+        "pricing",
+        "get_products",
+        "PriceList",
+        ServiceCode=service,
+        Filters=spec,
+        FormatVersion="aws_v1",
+    )
     # Each item is a JSON document as a string (older SDKs: already decoded).
     return [json.loads(item) if isinstance(item, str) else item for item in items]
 
@@ -256,8 +299,9 @@ def _on_demand_hourly(product: dict[str, Any]) -> float | None:
 def _fargate_from_api(aws: Aws, region: str) -> tuple[float, float] | None:
     # One query for every Fargate usage type of the region; the usage type carries a region
     # prefix ("USE1-", "EU-", ...), so it is matched by pattern rather than spelled out.
-    products = _price_list(aws, "AmazonECS", {"regionCode": region},
-                           contains={"usagetype": "Fargate-"})
+    products = _price_list(
+        aws, "AmazonECS", {"regionCode": region}, contains={"usagetype": "Fargate-"}
+    )
     vcpu: list[float] = []
     gb: list[float] = []
     for product in products:
@@ -277,14 +321,23 @@ def _fargate_from_api(aws: Aws, region: str) -> tuple[float, float] | None:
 
 
 def _ec2_from_api(aws: Aws, region: str, instance_type: str) -> float | None:
-    products = _price_list(aws, "AmazonEC2", {
-        "regionCode": region, "instanceType": instance_type, "tenancy": "Shared",
-        "operatingSystem": "Linux", "preInstalledSw": "NA", "capacitystatus": "Used",
-    })
+    products = _price_list(
+        aws,
+        "AmazonEC2",
+        {
+            "regionCode": region,
+            "instanceType": instance_type,
+            "tenancy": "Shared",
+            "operatingSystem": "Linux",
+            "preInstalledSw": "NA",
+            "capacitystatus": "Used",
+        },
+    )
     prices = [p for p in map(_on_demand_hourly, products) if p is not None]
     if not prices:
-        logger.info("the Pricing API has no Linux On-Demand price for %s in %s",
-                    instance_type, region)
+        logger.info(
+            "the Pricing API has no Linux On-Demand price for %s in %s", instance_type, region
+        )
         return None
     return max(prices)
 
@@ -293,13 +346,19 @@ def _spot_median(aws: Aws, instance_type: str) -> float | None:
     # With a StartTime of now, AWS returns the price in effect per Availability Zone (and
     # product description); older records can still come back, so keep the latest per zone.
     history = aws.call(
-        "ec2", "describe_spot_price_history", InstanceTypes=[instance_type],
+        "ec2",
+        "describe_spot_price_history",
+        InstanceTypes=[instance_type],
         ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
         StartTime=datetime.now(timezone.utc),
     ).get("SpotPriceHistory", [])
     latest: dict[str, tuple[Any, float]] = {}
     for record in history:
-        zone, when, price = record["AvailabilityZone"], record["Timestamp"], float(record["SpotPrice"])
+        zone, when, price = (
+            record["AvailabilityZone"],
+            record["Timestamp"],
+            float(record["SpotPrice"]),
+        )
         if zone not in latest or when > latest[zone][0]:
             latest[zone] = (when, price)
     prices = [price for _, price in latest.values() if price > 0]
@@ -369,12 +428,16 @@ class CostEstimate:
     def __str__(self) -> str:
         kind = "Fargate" if self.launch_type == "FARGATE" else "EC2"
         plural = "s" if self.workers != 1 else ""
-        line = (f"Estimated cost: {_usd(self.hourly)}/hour for {self.workers} "
-                f"{kind}{' Spot' if self.spot else ''} worker{plural} "
-                f"({self.cpu:g} vCPU, {self.memory_mib / 1024:g} GB)")
+        line = (
+            f"Estimated cost: {_usd(self.hourly)}/hour for {self.workers} "
+            f"{kind}{' Spot' if self.spot else ''} worker{plural} "
+            f"({self.cpu:g} vCPU, {self.memory_mib / 1024:g} GB)"
+        )
         if self.instance_type:
-            line += (f" on {self.instances} {self.instance_type} "
-                     f"instance{'s' if self.instances != 1 else ''}")
+            line += (
+                f" on {self.instances} {self.instance_type} "
+                f"instance{'s' if self.instances != 1 else ''}"
+            )
         if self.total is not None and self.expected_hours is not None:
             line += f", ~{_usd(self.total)} for {_duration(self.expected_hours)}"
         return f"{line} (rates: {self.source}, {self.region})"
@@ -383,8 +446,9 @@ class CostEstimate:
         return asdict(self)
 
 
-def estimate(aws: Aws, options: EcsOptions, workers: int,
-             expected_hours: float | None = None) -> CostEstimate:
+def estimate(
+    aws: Aws, options: EcsOptions, workers: int, expected_hours: float | None = None
+) -> CostEstimate:
     """Estimate the cost of ``workers`` workers sized and placed as ``options`` says.
 
     Fargate: ``cpu * vcpu_rate + memory_gb * gb_rate`` per worker. EC2: whole instances of
@@ -422,16 +486,25 @@ def estimate(aws: Aws, options: EcsOptions, workers: int,
         hourly = instances * rate
     total = hourly * expected_hours if expected_hours is not None else None
     return CostEstimate(
-        workers=workers, per_worker_hour=per_worker, hourly=hourly,
-        expected_hours=expected_hours, total=total, source=source,
-        launch_type=options.launch_type, spot=options.spot, region=options.region,
-        cpu=options.cpu, memory_mib=options.memory_mib, instance_type=instance_type,
+        workers=workers,
+        per_worker_hour=per_worker,
+        hourly=hourly,
+        expected_hours=expected_hours,
+        total=total,
+        source=source,
+        launch_type=options.launch_type,
+        spot=options.spot,
+        region=options.region,
+        cpu=options.cpu,
+        memory_mib=options.memory_mib,
+        instance_type=instance_type,
         instances=instances,
     )
 
 
-def check_budget(cost: CostEstimate, max_hourly_cost: float | None,
-                 cost_alert_threshold: float | None) -> str | None:
+def check_budget(
+    cost: CostEstimate, max_hourly_cost: float | None, cost_alert_threshold: float | None
+) -> str | None:
     """Apply the user's cost guardrails to an estimate.
 
     Returns:
@@ -441,8 +514,10 @@ def check_budget(cost: CostEstimate, max_hourly_cost: float | None,
         CostLimitError: the hourly estimate is above ``max_hourly_cost``; nothing may launch.
         ValueError: a limit that is not positive.
     """
-    for name, value in (("max_hourly_cost", max_hourly_cost),
-                        ("cost_alert_threshold", cost_alert_threshold)):
+    for name, value in (
+        ("max_hourly_cost", max_hourly_cost),
+        ("cost_alert_threshold", cost_alert_threshold),
+    ):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be a positive number of dollars per hour, got {value!r}")
     if max_hourly_cost is not None and cost.hourly > max_hourly_cost:
@@ -453,8 +528,10 @@ def check_budget(cost: CostEstimate, max_hourly_cost: float | None,
             f"max_hourly_cost={_usd(max_hourly_cost)}; {remedies}"
         )
     if cost_alert_threshold is not None and cost.hourly > cost_alert_threshold:
-        return (f"Cost alert: estimated {_usd(cost.hourly)}/hour is above "
-                f"cost_alert_threshold={_usd(cost_alert_threshold)}")
+        return (
+            f"Cost alert: estimated {_usd(cost.hourly)}/hour is above "
+            f"cost_alert_threshold={_usd(cost_alert_threshold)}"
+        )
     return None
 
 
@@ -470,8 +547,9 @@ class _WorkerLike(Protocol):
     def started(self) -> float: ...
 
 
-def worker_spans(workers: Iterable[_WorkerLike],
-                 last_modified: Mapping[str, float] | None = None) -> list[tuple[float, float | None]]:
+def worker_spans(
+    workers: Iterable[_WorkerLike], last_modified: Mapping[str, float] | None = None
+) -> list[tuple[float, float | None]]:
     """``(started, ended or None)`` per worker record, for :func:`report`.
 
     ``ended`` is the record's ``ended`` time when set (``WorkerRecord.ended``, 0 while running);
@@ -513,8 +591,10 @@ class CostReport:
 
     def __str__(self) -> str:
         head = "Actual cost so far" if self.running else "Actual cost"
-        return (f"{head}: {_usd(self.cost)} ({_hours(self.worker_hours)} worker-hours at "
-                f"{_rate(self.per_worker_hour)}/hour)")
+        return (
+            f"{head}: {_usd(self.cost)} ({_hours(self.worker_hours)} worker-hours at "
+            f"{_rate(self.per_worker_hour)}/hour)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -522,8 +602,9 @@ class CostReport:
         return data
 
 
-def report(per_worker_hour: float, spans: Iterable[tuple[float, float | None]],
-           now: float) -> CostReport:
+def report(
+    per_worker_hour: float, spans: Iterable[tuple[float, float | None]], now: float
+) -> CostReport:
     """What the workers cost: summed runtime times ``per_worker_hour``.
 
     Args:
@@ -541,5 +622,10 @@ def report(per_worker_hour: float, spans: Iterable[tuple[float, float | None]],
             ended = now
         # Clock skew between hosts can put an end before its start: bill the minimum.
         seconds += max(_MINIMUM_BILLED_SECONDS, ended - started)
-    return CostReport(cost=seconds / 3600 * per_worker_hour, worker_seconds=seconds,
-                      per_worker_hour=per_worker_hour, workers=count, running=running)
+    return CostReport(
+        cost=seconds / 3600 * per_worker_hour,
+        worker_seconds=seconds,
+        per_worker_hour=per_worker_hour,
+        workers=count,
+        running=running,
+    )

@@ -90,12 +90,16 @@ class Environment:
     def canonical(self) -> str:
         """The text the digest is taken of. The patch version is left out: the base image
         tracks the latest patch of the minor, and the worker protocol checks the minor only."""
-        return json.dumps({
-            "python": self.python_minor,
-            "requirements": list(self.requirements),
-            "starburst": self.starburst_version,
-            "package": self.package_digest,
-        }, sort_keys=True, separators=(",", ":"))
+        return json.dumps(
+            {
+                "python": self.python_minor,
+                "requirements": list(self.requirements),
+                "starburst": self.starburst_version,
+                "package": self.package_digest,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
 
     @property
     def digest(self) -> str:
@@ -112,7 +116,8 @@ class Environment:
 
 
 _NOT_IN_IMAGE = re.compile(
-    r"^(-r|--requirement|-c|--constraint|-e|--editable)\b|^(\.{1,2}/|/|~|file:)")
+    r"^(-r|--requirement|-c|--constraint|-e|--editable)\b|^(\.{1,2}/|/|~|file:)"
+)
 
 
 def _read_requirements(path: Path) -> tuple[str, ...]:
@@ -183,8 +188,9 @@ def _package_digest() -> str:
     return h.hexdigest()
 
 
-def capture_environment(requirements: Path | None = None, *,
-                        exclude: Iterable[str] = ()) -> Environment:
+def capture_environment(
+    requirements: Path | None = None, *, exclude: Iterable[str] = ()
+) -> Environment:
     """Capture what the worker image needs to run this client's tasks.
 
     Args:
@@ -202,9 +208,11 @@ def capture_environment(requirements: Path | None = None, *,
     skipped: tuple[str, ...] = ()
     if requirements is not None:
         lines = _read_requirements(Path(requirements))
-        reqs = tuple(line for line in lines
-                     if _canonical_name(re.split(r"[\s<>=!~;@\[]", line, maxsplit=1)[0])
-                     not in excluded)
+        reqs = tuple(
+            line
+            for line in lines
+            if _canonical_name(re.split(r"[\s<>=!~;@\[]", line, maxsplit=1)[0]) not in excluded
+        )
         source = str(requirements)
     else:
         reqs, skipped = _installed(excluded)
@@ -214,9 +222,14 @@ def capture_environment(requirements: Path | None = None, *,
     except importlib.metadata.PackageNotFoundError:
         version = getattr(starburst_executor, "__version__", "0")
     python = ".".join(str(part) for part in sys.version_info[:3])
-    return Environment(python=python, requirements=reqs, source=source,
-                       starburst_version=version, package_digest=_package_digest(),
-                       skipped=skipped)
+    return Environment(
+        python=python,
+        requirements=reqs,
+        source=source,
+        starburst_version=version,
+        package_digest=_package_digest(),
+        skipped=skipped,
+    )
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -257,16 +270,22 @@ def render_dockerfile(env: Environment | None = None) -> str:
     """
     if env is None:
         return _TEMPLATE.format(
-            what="", context="this repository (pyproject.toml, README.md, starburst_executor/)",
+            what="",
+            context="this repository (pyproject.toml, README.md, starburst_executor/)",
             base="ARG PYTHON_VERSION=3.11\nFROM python:${PYTHON_VERSION}-slim",
-            requirements="")
+            requirements="",
+        )
     return _TEMPLATE.format(
         what=f" for one client environment ({env.tag})",
-        context=("requirements.txt, and the repository's pyproject.toml, README.md and "
-                 "starburst_executor/ (see write_context)"),
-        base=(f"FROM python:{env.python_minor}-slim\n"
-              f'LABEL io.starburst.environment="{env.digest}"'),
-        requirements=_REQUIREMENTS_BLOCK)
+        context=(
+            "requirements.txt, and the repository's pyproject.toml, README.md and "
+            "starburst_executor/ (see write_context)"
+        ),
+        base=(
+            f'FROM python:{env.python_minor}-slim\nLABEL io.starburst.environment="{env.digest}"'
+        ),
+        requirements=_REQUIREMENTS_BLOCK,
+    )
 
 
 def source_tree() -> Path:
@@ -300,14 +319,18 @@ def write_context(env: Environment, context_dir: Path, source_dir: Path | None =
     needed = [source / "pyproject.toml", source / "README.md", source / "starburst_executor"]
     missing = [p.name for p in needed if not p.exists()]
     if missing:
-        raise ImageBuildError(f"{source} is not a {_DIST_NAME} checkout: it lacks "
-                              f"{', '.join(missing)}")
+        raise ImageBuildError(
+            f"{source} is not a {_DIST_NAME} checkout: it lacks {', '.join(missing)}"
+        )
     context_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source / "pyproject.toml", context_dir / "pyproject.toml")
     shutil.copy2(source / "README.md", context_dir / "README.md")
-    shutil.copytree(source / "starburst_executor", context_dir / "starburst_executor",
-                    dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
+    shutil.copytree(
+        source / "starburst_executor",
+        context_dir / "starburst_executor",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"),
+    )
     (context_dir / "requirements.txt").write_text(env.requirements_txt())
     dockerfile = context_dir / "Dockerfile"
     dockerfile.write_text(render_dockerfile(env))
@@ -340,15 +363,18 @@ def _split_uri(repository_uri: str) -> tuple[str, str]:
     """``(registry, repository name)`` of ``ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME``."""
     registry, _, name = repository_uri.partition("/")
     if not name or ":" in name or "@" in name:
-        raise ValueError(f"{repository_uri!r} is not an ECR repository URI "
-                         "(ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME, without a tag)")
+        raise ValueError(
+            f"{repository_uri!r} is not an ECR repository URI "
+            "(ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME, without a tag)"
+        )
     return registry, name
 
 
 def _image_exists(aws: Aws, repository: str, tag: str) -> bool:
     try:
-        found = aws.call("ecr", "describe_images", repositoryName=repository,
-                         imageIds=[{"imageTag": tag}])
+        found = aws.call(
+            "ecr", "describe_images", repositoryName=repository, imageIds=[{"imageTag": tag}]
+        )
     except AwsError as exc:
         if exc.code == "ImageNotFoundException":
             return False
@@ -361,10 +387,18 @@ def _image_exists(aws: Aws, repository: str, tag: str) -> bool:
     return bool(found.get("imageDetails"))
 
 
-def build_and_push(aws: Aws, repository_uri: str, env: Environment, *, context_dir: Path,
-                   source_dir: Path | None = None, docker: str = "docker",
-                   runner: Runner = subprocess.run, push: bool = True,
-                   notify: Callable[[str], None] | None = None) -> str:
+def build_and_push(
+    aws: Aws,
+    repository_uri: str,
+    env: Environment,
+    *,
+    context_dir: Path,
+    source_dir: Path | None = None,
+    docker: str = "docker",
+    runner: Runner = subprocess.run,
+    push: bool = True,
+    notify: Callable[[str], None] | None = None,
+) -> str:
     """Make sure ECR holds the worker image of ``env``; return its URI (``REPO:py3.11-<digest>``).
 
     If the tag is already in ECR, nothing is built ("environment unchanged: reusing ...").
@@ -406,12 +440,21 @@ def build_and_push(aws: Aws, repository_uri: str, env: Environment, *, context_d
         user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
         endpoint = str(data.get("proxyEndpoint") or registry)
         login_registry = endpoint.removeprefix("https://").removeprefix("http://")
-        _run(runner, [exe, "login", "--username", user, "--password-stdin", login_registry],
-             f"logging in to {login_registry}", stdin=password)
-    say(f"building the worker image {uri} (Python {env.python_minor}, "
-        f"{len(env.requirements)} requirements)")
-    _run(runner, [exe, "build", "-t", uri, "-f", str(dockerfile), str(context_dir)],
-         "building the worker image")
+        _run(
+            runner,
+            [exe, "login", "--username", user, "--password-stdin", login_registry],
+            f"logging in to {login_registry}",
+            stdin=password,
+        )
+    say(
+        f"building the worker image {uri} (Python {env.python_minor}, "
+        f"{len(env.requirements)} requirements)"
+    )
+    _run(
+        runner,
+        [exe, "build", "-t", uri, "-f", str(dockerfile), str(context_dir)],
+        "building the worker image",
+    )
     if push:
         say(f"pushing {uri}")
         _run(runner, [exe, "push", uri], "pushing the worker image")

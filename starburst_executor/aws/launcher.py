@@ -39,7 +39,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starburst_executor.aws.client import Aws
-from starburst_executor.aws.cost import DEFAULT_EC2_INSTANCE_TYPE, instance_shape, tasks_per_instance
+from starburst_executor.aws.cost import (
+    DEFAULT_EC2_INSTANCE_TYPE,
+    instance_shape,
+    tasks_per_instance,
+)
 from starburst_executor.aws.options import EcsOptions
 from starburst_executor.aws.quota import Quota
 from starburst_executor.errors import AwsError, AwsLaunchError, AwsNotSetUpError, SessionError
@@ -79,7 +83,7 @@ def started_by(session_id: str) -> str:
     if clean == session_id and len(clean) <= STARTED_BY_MAX:
         return clean
     digest = hashlib.sha256(session_id.encode()).hexdigest()[:8]
-    return f"{clean[:STARTED_BY_MAX - 9]}-{digest}"
+    return f"{clean[: STARTED_BY_MAX - 9]}-{digest}"
 
 
 def _task_id(arn: str) -> str:
@@ -88,28 +92,53 @@ def _task_id(arn: str) -> str:
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 _FAILURE_HINTS = (
     # (reason prefix, what to do). The reasons are ECS's documented failure codes
     # ("Amazon ECS API failure reasons" in the ECS developer guide).
-    ("RESOURCE:", ("the EC2 capacity provider's instances lack free {what}: wait for its Auto "
-                   "Scaling group to add instances, raise its maximum size, or ask for smaller "
-                   "workers (cpu=, memory=)")),
+    (
+        "RESOURCE:",
+        (
+            "the EC2 capacity provider's instances lack free {what}: wait for its Auto "
+            "Scaling group to add instances, raise its maximum size, or ask for smaller "
+            "workers (cpu=, memory=)"
+        ),
+    ),
     ("AGENT", "the ECS agent on the container instance is disconnected: check the instance"),
-    ("ATTRIBUTE", ("no container instance has the attributes the task needs (architecture, "
-                   "platform): check the capacity provider's instance type")),
-    ("MISSING", ("ECS could not find a resource the task needs ({arn}): check that cluster "
-                 "{cluster} exists in {region} (run `starburst setup`) and that the task "
-                 "definition is active")),
+    (
+        "ATTRIBUTE",
+        (
+            "no container instance has the attributes the task needs (architecture, "
+            "platform): check the capacity provider's instance type"
+        ),
+    ),
+    (
+        "MISSING",
+        (
+            "ECS could not find a resource the task needs ({arn}): check that cluster "
+            "{cluster} exists in {region} (run `starburst setup`) and that the task "
+            "definition is active"
+        ),
+    ),
     ("INACTIVE", "the cluster or container instance is inactive: run `starburst setup` again"),
-    ("Capacity is unavailable", ("AWS has no {capacity} capacity for this size right now: it "
-                                 "will be retried; more subnets in other Availability Zones "
-                                 "help, or spot=False")),
-    ("You've reached the limit", ("the account's Fargate vCPU quota is used up: request an "
-                                  "increase in Service Quotas (fargate L-3032A538 On-Demand, "
-                                  "L-36FBB829 Spot)")),
+    (
+        "Capacity is unavailable",
+        (
+            "AWS has no {capacity} capacity for this size right now: it "
+            "will be retried; more subnets in other Availability Zones "
+            "help, or spot=False"
+        ),
+    ),
+    (
+        "You've reached the limit",
+        (
+            "the account's Fargate vCPU quota is used up: request an "
+            "increase in Service Quotas (fargate L-3032A538 On-Demand, "
+            "L-36FBB829 Spot)"
+        ),
+    ),
 )
 
 
@@ -125,8 +154,13 @@ def _explain_failure(failure: dict[str, Any], options: EcsOptions) -> str:
     for prefix, hint in _FAILURE_HINTS:
         if reason.startswith(prefix):
             what = reason.split(":", 1)[1].lower() if ":" in reason else "resources"
-            return f"{text}: " + hint.format(what=what, arn=arn or "?", cluster=options.cluster,
-                                              region=options.region, capacity=capacity)
+            return f"{text}: " + hint.format(
+                what=what,
+                arn=arn or "?",
+                cluster=options.cluster,
+                region=options.region,
+                capacity=capacity,
+            )
     return text
 
 
@@ -145,9 +179,17 @@ class ECSLauncher:
             (default ``poll_max``); :meth:`poll` returns ``[]`` in between.
     """
 
-    def __init__(self, aws: Aws, options: EcsOptions, session_id: str, store_url: str, *,
-                 poll_max: float = 2.0, quota: Quota | None = None,
-                 describe_every: float | None = None) -> None:
+    def __init__(
+        self,
+        aws: Aws,
+        options: EcsOptions,
+        session_id: str,
+        store_url: str,
+        *,
+        poll_max: float = 2.0,
+        quota: Quota | None = None,
+        describe_every: float | None = None,
+    ) -> None:
         self.aws = aws
         self.options = options
         self.session_id = session_id
@@ -185,8 +227,9 @@ class ECSLauncher:
                 f"started with backend={manifest.backend!r}, not 'aws'"
             )
         options = EcsOptions.from_dict(data)
-        return cls(Aws(options.region), options, manifest.session_id, manifest.store_url,
-                   poll_max=poll_max)
+        return cls(
+            Aws(options.region), options, manifest.session_id, manifest.store_url, poll_max=poll_max
+        )
 
     # -- task definition ---------------------------------------------------------------------
 
@@ -271,8 +314,12 @@ class ECSLauncher:
                 raise
         if not arn:
             registered = self.aws.call(
-                "ecs", "register_task_definition", family=family,
-                tags=[{"key": "managed-by", "value": "starburst"}], **spec)
+                "ecs",
+                "register_task_definition",
+                family=family,
+                tags=[{"key": "managed-by", "value": "starburst"}],
+                **spec,
+            )
             arn = str(registered["taskDefinition"]["taskDefinitionArn"])
             logger.info("session %s: registered task definition %s", self.session_id, arn)
         self._task_definition = arn
@@ -287,10 +334,14 @@ class ECSLauncher:
             "STARBURST_POLL_MAX": f"{self.poll_max:g}",
             "AWS_REGION": self.options.region,
         }
-        overrides = {"containerOverrides": [{
-            "name": CONTAINER_NAME,
-            "environment": [{"name": k, "value": v} for k, v in env.items()],
-        }]}
+        overrides = {
+            "containerOverrides": [
+                {
+                    "name": CONTAINER_NAME,
+                    "environment": [{"name": k, "value": v} for k, v in env.items()],
+                }
+            ]
+        }
         size = len(json.dumps(overrides, separators=(",", ":")))
         if size > _OVERRIDES_BUDGET:
             # Requirement: overrides stay far below ECS's 8,192 characters; only a very long
@@ -320,8 +371,10 @@ class ECSLauncher:
         else:
             provider = o.ec2_capacity_provider
             if not provider:
-                raise AwsNotSetUpError("launch_type='EC2' needs the capacity provider that "
-                                       "`starburst setup --ec2` creates")
+                raise AwsNotSetUpError(
+                    "launch_type='EC2' needs the capacity provider that "
+                    "`starburst setup --ec2` creates"
+                )
             # assignPublicIp is Fargate-only: EC2 tasks in awsvpc mode get none.
         return {
             "capacityProviderStrategy": [{"capacityProvider": provider, "weight": 1, "base": 0}],
@@ -367,8 +420,10 @@ class ECSLauncher:
         allowed = count if limit is None else max(0, min(count, limit - running))
         if allowed < count:
             if allowed > 0 or not self._waves_noted:
-                self._note(f"quota allows {limit} workers at once; running in waves: "
-                           f"{count - allowed} more start as workers finish")
+                self._note(
+                    f"quota allows {limit} workers at once; running in waves: "
+                    f"{count - allowed} more start as workers finish"
+                )
             self._waves_noted = True
         else:
             self._waves_noted = False
@@ -404,8 +459,12 @@ class ECSLauncher:
             self._failed_run(failures, started, allowed)
         else:
             self._backoff = _BACKOFF_FIRST
-        logger.info("session %s: started %d ECS worker(s)%s", self.session_id, len(started),
-                    f" of {allowed}" if len(started) < allowed else "")
+        logger.info(
+            "session %s: started %d ECS worker(s)%s",
+            self.session_id,
+            len(started),
+            f" of {allowed}" if len(started) < allowed else "",
+        )
         return started
 
     def _ensure_ec2_capacity(self, workers: int) -> None:
@@ -420,39 +479,56 @@ class ECSLauncher:
             return
         if self._asg_name is None:
             providers = self.aws.call(
-                "ecs", "describe_capacity_providers",
-                capacityProviders=[self.options.ec2_capacity_provider])["capacityProviders"]
+                "ecs",
+                "describe_capacity_providers",
+                capacityProviders=[self.options.ec2_capacity_provider],
+            )["capacityProviders"]
             if not providers:
                 raise AwsNotSetUpError(
                     f"capacity provider {self.options.ec2_capacity_provider!r} is missing: run "
-                    "`starburst setup --ec2`")
+                    "`starburst setup --ec2`"
+                )
             arn = str(providers[0]["autoScalingGroupProvider"]["autoScalingGroupArn"])
             self._asg_name = arn.split("autoScalingGroupName/")[-1]
-        vcpus, mib = instance_shape(self.aws, self.options.instance_type or DEFAULT_EC2_INSTANCE_TYPE)
+        vcpus, mib = instance_shape(
+            self.aws, self.options.instance_type or DEFAULT_EC2_INSTANCE_TYPE
+        )
         per = max(1, tasks_per_instance(vcpus, mib, self.options.cpu, self.options.memory_mib))
         needed = math.ceil(workers / per)
-        groups = self.aws.call("autoscaling", "describe_auto_scaling_groups",
-                               AutoScalingGroupNames=[self._asg_name])["AutoScalingGroups"]
+        groups = self.aws.call(
+            "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[self._asg_name]
+        )["AutoScalingGroups"]
         if groups and int(groups[0]["MaxSize"]) < needed:
-            self.aws.call("autoscaling", "update_auto_scaling_group",
-                          AutoScalingGroupName=self._asg_name, MaxSize=needed)
-            self._note(f"raised the EC2 group's MaxSize to {needed} instances "
-                       f"({per} workers each)")
+            self.aws.call(
+                "autoscaling",
+                "update_auto_scaling_group",
+                AutoScalingGroupName=self._asg_name,
+                MaxSize=needed,
+            )
+            self._note(f"raised the EC2 group's MaxSize to {needed} instances ({per} workers each)")
 
-    def _run_task(self, definition: str, count: int, overrides: dict[str, Any],
-                  placement: dict[str, Any]) -> dict[str, Any]:
+    def _run_task(
+        self, definition: str, count: int, overrides: dict[str, Any], placement: dict[str, Any]
+    ) -> dict[str, Any]:
         # One token per logical call: Aws.call retries with these same parameters, so a retry
         # of a call that reached ECS returns its tasks instead of starting more.
         try:
             return self.aws.call(
-                "ecs", "run_task", cluster=self.options.cluster, taskDefinition=definition,
-                count=count, clientToken=uuid.uuid4().hex, startedBy=self.started_by,
+                "ecs",
+                "run_task",
+                cluster=self.options.cluster,
+                taskDefinition=definition,
+                count=count,
+                clientToken=uuid.uuid4().hex,
+                startedBy=self.started_by,
                 tags=[{"key": SESSION_TAG, "value": self.session_id}],
                 # Also the definition's "managed-by" tag and ECS's aws:ecs:clusterName tag, so
                 # costs can be told apart per session and per cluster. (Tagging at launch needs
                 # the ecs:TagResource permission.)
-                propagateTags="TASK_DEFINITION", enableECSManagedTags=True,
-                overrides=overrides, **placement,
+                propagateTags="TASK_DEFINITION",
+                enableECSManagedTags=True,
+                overrides=overrides,
+                **placement,
             )
         except AwsError as exc:
             if exc.code == "ClusterNotFoundException":
@@ -463,7 +539,9 @@ class ECSLauncher:
             if type(exc) is AwsError:  # credentials and permission errors keep their type
                 raise AwsLaunchError(
                     f"session {self.session_id}: ECS refused to start workers on cluster "
-                    f"{self.options.cluster}: {exc}", exc.code) from exc
+                    f"{self.options.cluster}: {exc}",
+                    exc.code,
+                ) from exc
             raise
 
     def _failed_run(self, failures: list[dict[str, Any]], started: list[str], asked: int) -> None:
@@ -476,8 +554,14 @@ class ECSLauncher:
                 f"{self.options.cluster}: " + "; ".join(reasons),
                 str(failures[0].get("reason", "")),
             )
-        logger.warning("session %s: ECS started %d of %d worker(s); next try in %.0f s. %s",
-                       self.session_id, len(started), asked, wait, "; ".join(reasons))
+        logger.warning(
+            "session %s: ECS started %d of %d worker(s); next try in %.0f s. %s",
+            self.session_id,
+            len(started),
+            asked,
+            wait,
+            "; ".join(reasons),
+        )
 
     # -- following tasks ---------------------------------------------------------------------
 
@@ -493,8 +577,9 @@ class ECSLauncher:
         tasks: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
         for chunk in _chunks(arns, DESCRIBE_TASKS_MAX):
-            answer = self.aws.call("ecs", "describe_tasks", cluster=self.options.cluster,
-                                   tasks=chunk)
+            answer = self.aws.call(
+                "ecs", "describe_tasks", cluster=self.options.cluster, tasks=chunk
+            )
             tasks.extend(answer.get("tasks", ()))
             failures.extend(answer.get("failures", ()))
         return tasks, failures
@@ -510,8 +595,12 @@ class ECSLauncher:
         except AwsError as exc:
             # Following the workers is not worth failing the session for: the next round
             # tries again, and the workers' leases cover what goes unseen meanwhile.
-            logger.warning("session %s: cannot follow its ECS workers (%s); trying again in "
-                           "%g s", self.session_id, exc, self._describe_every)
+            logger.warning(
+                "session %s: cannot follow its ECS workers (%s); trying again in %g s",
+                self.session_id,
+                exc,
+                self._describe_every,
+            )
             return []
         ended: list[WorkerExit] = []
         for task in tasks:
@@ -528,12 +617,22 @@ class ECSLauncher:
             arn = str(failure.get("arn", ""))
             if failure.get("reason") == "MISSING" and arn in self._running:
                 # ECS forgets stopped tasks after about an hour.
-                ended.append(WorkerExit(self._running.pop(arn), None,
-                                        "ECS no longer knows this task (stopped long ago)"))
+                ended.append(
+                    WorkerExit(
+                        self._running.pop(arn),
+                        None,
+                        "ECS no longer knows this task (stopped long ago)",
+                    )
+                )
         for exit_ in ended:
             level = logging.INFO if exit_.code in (0, None) else logging.WARNING
-            logger.log(level, "session %s: worker %s stopped: %s", self.session_id,
-                       exit_.worker, exit_.reason)
+            logger.log(
+                level,
+                "session %s: worker %s stopped: %s",
+                self.session_id,
+                exit_.worker,
+                exit_.reason,
+            )
         return ended
 
     def _exit_of(self, worker: str, task: dict[str, Any]) -> WorkerExit:
@@ -550,25 +649,39 @@ class ECSLauncher:
         if stop_code == "SpotInterruption" or "spot" in stopped.lower():
             # The worker hands its claim back on SIGTERM; a non-zero code makes the manager
             # release anything left at once rather than after the lease expires.
-            return WorkerExit(worker, code if code else EXIT_SIGTERM,
-                              f"Spot interruption: AWS reclaimed the capacity ({said})")
+            return WorkerExit(
+                worker,
+                code if code else EXIT_SIGTERM,
+                f"Spot interruption: AWS reclaimed the capacity ({said})",
+            )
         if detail.startswith("OutOfMemoryError") or "OutOfMemory" in stopped:
-            return WorkerExit(worker, code if code is not None else 137,
-                              f"out of memory: the worker used more than its "
-                              f"{self.options.memory_mib} MiB ({detail or stopped}); give it "
-                              f"more with memory=")
-        if (stop_code == "TaskFailedToStart" or "CannotPullContainer" in said
-                or "ResourceInitializationError" in said):
+            return WorkerExit(
+                worker,
+                code if code is not None else 137,
+                f"out of memory: the worker used more than its "
+                f"{self.options.memory_mib} MiB ({detail or stopped}); give it "
+                f"more with memory=",
+            )
+        if (
+            stop_code == "TaskFailedToStart"
+            or "CannotPullContainer" in said
+            or "ResourceInitializationError" in said
+        ):
             self._failed_starts += 1
             reason = f"failed to start: {said}"
             if "CannotPullContainer" in said:
-                reason += (f" (check that the image {self.options.image} exists and the "
-                           "execution role may pull it; `starburst image build` pushes one)")
+                reason += (
+                    f" (check that the image {self.options.image} exists and the "
+                    "execution role may pull it; `starburst image build` pushes one)"
+                )
             if self._failed_starts >= FAILED_STARTS_MAX and not self._running:
                 # Every recent task failed the same way: starting more would loop forever.
-                return WorkerExit(worker, _EXIT_CANNOT_START,
-                                  f"{reason}; {self._failed_starts} tasks in a row failed to "
-                                  "start, so no more are started")
+                return WorkerExit(
+                    worker,
+                    _EXIT_CANNOT_START,
+                    f"{reason}; {self._failed_starts} tasks in a row failed to "
+                    "start, so no more are started",
+                )
             return WorkerExit(worker, code, reason)
         self._failed_starts = 0
         if stopped.startswith("starburst:"):
@@ -584,9 +697,16 @@ class ECSLauncher:
     def _session_tasks(self) -> set[str]:
         """Every task of this session that ECS still wants running, including those started
         by another launcher (another client of a detached session)."""
-        listed = set(self.aws.paginate("ecs", "list_tasks", "taskArns",
-                                       cluster=self.options.cluster, startedBy=self.started_by,
-                                       desiredStatus="RUNNING"))
+        listed = set(
+            self.aws.paginate(
+                "ecs",
+                "list_tasks",
+                "taskArns",
+                cluster=self.options.cluster,
+                startedBy=self.started_by,
+                desiredStatus="RUNNING",
+            )
+        )
         return listed | set(self._running)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -599,16 +719,22 @@ class ECSLauncher:
         try:
             arns = sorted(self._session_tasks())
         except AwsError as exc:
-            logger.error("session %s: cannot list its ECS tasks to stop them (%s); stopping "
-                         "the %d known to this process", self.session_id, exc, len(self._running))
+            logger.error(
+                "session %s: cannot list its ECS tasks to stop them (%s); stopping "
+                "the %d known to this process",
+                self.session_id,
+                exc,
+                len(self._running),
+            )
             arns = sorted(self._running)
         if not arns:
             return
 
         def stop_one(arn: str) -> None:
             try:
-                self.aws.call("ecs", "stop_task", cluster=self.options.cluster, task=arn,
-                              reason=STOP_REASON)
+                self.aws.call(
+                    "ecs", "stop_task", cluster=self.options.cluster, task=arn, reason=STOP_REASON
+                )
             except AwsError as exc:
                 logger.warning("session %s: StopTask %s failed: %s", self.session_id, arn, exc)
 
@@ -621,8 +747,9 @@ class ECSLauncher:
             try:
                 tasks, _ = self._describe(sorted(pending))
             except AwsError as exc:
-                logger.warning("session %s: cannot follow the stopping tasks: %s",
-                               self.session_id, exc)
+                logger.warning(
+                    "session %s: cannot follow the stopping tasks: %s", self.session_id, exc
+                )
                 break
             for task in tasks:
                 if task.get("lastStatus") == "STOPPED":
@@ -632,5 +759,9 @@ class ECSLauncher:
                 break
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         if pending:
-            logger.info("session %s: %d worker(s) still stopping after %.0f s; ECS finishes "
-                        "stopping them", self.session_id, len(pending), timeout)
+            logger.info(
+                "session %s: %d worker(s) still stopping after %.0f s; ECS finishes stopping them",
+                self.session_id,
+                len(pending),
+                timeout,
+            )

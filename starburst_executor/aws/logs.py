@@ -61,9 +61,11 @@ def stream_name(worker: str) -> str:
         ValueError: not the id of a worker that ran on ECS (local workers have no stream).
     """
     if not worker.startswith(_ECS_WORKER) or len(worker) == len(_ECS_WORKER):
-        raise ValueError(f"worker {worker!r} did not run on ECS (ECS worker ids are "
-                         "'ecs-{task id}'): it has no CloudWatch log stream")
-    return STREAM_PREFIX + worker[len(_ECS_WORKER):]
+        raise ValueError(
+            f"worker {worker!r} did not run on ECS (ECS worker ids are "
+            "'ecs-{task id}'): it has no CloudWatch log stream"
+        )
+    return STREAM_PREFIX + worker[len(_ECS_WORKER) :]
 
 
 def worker_id(stream: str) -> str:
@@ -76,16 +78,19 @@ def _ecs_workers(worker_ids: Iterable[str]) -> Iterator[str]:
         if worker.startswith(_ECS_WORKER) and len(worker) > len(_ECS_WORKER):
             yield worker
         else:
-            logger.info("worker %s did not run as an ECS task with metadata: it has no log "
-                        "stream to read", worker)
+            logger.info(
+                "worker %s did not run as an ECS task with metadata: it has no log stream to read",
+                worker,
+            )
 
 
 def _line(worker: str, event: dict[str, Any]) -> LogLine:
     return LogLine(worker, int(event["timestamp"]) / 1000, str(event["message"]).rstrip("\n"))
 
 
-def read_logs(aws: Aws, log_group: str, worker_ids: Iterable[str],
-              start_time: float | None = None) -> Iterator[LogLine]:
+def read_logs(
+    aws: Aws, log_group: str, worker_ids: Iterable[str], start_time: float | None = None
+) -> Iterator[LogLine]:
     """Every event of each worker's stream, worker by worker, oldest first.
 
     A worker whose stream does not exist (yet) yields nothing, and so does a worker id that
@@ -102,8 +107,11 @@ def read_logs(aws: Aws, log_group: str, worker_ids: Iterable[str],
         AwsError: CloudWatch Logs refused (e.g. ``AwsPermissionError`` for logs:GetLogEvents).
     """
     for worker in _ecs_workers(worker_ids):
-        params: dict[str, Any] = {"logGroupName": log_group, "logStreamName": stream_name(worker),
-                                  "startFromHead": True}
+        params: dict[str, Any] = {
+            "logGroupName": log_group,
+            "logStreamName": stream_name(worker),
+            "startFromHead": True,
+        }
         if start_time is not None:
             params["startTime"] = int(start_time * 1000)
         token: str | None = None
@@ -124,11 +132,16 @@ def read_logs(aws: Aws, log_group: str, worker_ids: Iterable[str],
             token = params["nextToken"] = new
 
 
-def follow_logs(aws: Aws, log_group: str,
-                worker_ids_fn: Callable[[], Iterable[str]] | None,
-                stop_fn: Callable[[], bool], poll: float = 2.0, *,
-                start_time: float | None = None,
-                sleep: Callable[[float], object] = time.sleep) -> Iterator[LogLine]:
+def follow_logs(
+    aws: Aws,
+    log_group: str,
+    worker_ids_fn: Callable[[], Iterable[str]] | None,
+    stop_fn: Callable[[], bool],
+    poll: float = 2.0,
+    *,
+    start_time: float | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+) -> Iterator[LogLine]:
     """Yield workers' new log events as they arrive, until ``stop_fn()`` is true.
 
     Each round asks ``stop_fn()``, reads what is new in the log group, yields it in time
@@ -154,21 +167,33 @@ def follow_logs(aws: Aws, log_group: str,
     seen: dict[str, int] = {}  # event id -> timestamp, for events not older than the lookback
     while True:
         stopping = stop_fn()
-        wanted = (None if worker_ids_fn is None
-                  else {stream_name(w) for w in _ecs_workers(worker_ids_fn())})
+        wanted = (
+            None
+            if worker_ids_fn is None
+            else {stream_name(w) for w in _ecs_workers(worker_ids_fn())}
+        )
         query_from = max(floor, newest - _LOOKBACK_MS)
         batch: list[tuple[int, str, dict[str, Any]]] = []
         try:
-            events = list(aws.paginate("logs", "filter_log_events", "events",
-                                       logGroupName=log_group, logStreamNamePrefix=STREAM_PREFIX,
-                                       startTime=query_from))
+            events = list(
+                aws.paginate(
+                    "logs",
+                    "filter_log_events",
+                    "events",
+                    logGroupName=log_group,
+                    logStreamNamePrefix=STREAM_PREFIX,
+                    startTime=query_from,
+                )
+            )
         except AwsError as exc:
             if exc.code != "ResourceNotFoundException":
                 raise
             events = []
         for event in events:
             stream = str(event.get("logStreamName", ""))
-            if not stream.startswith(STREAM_PREFIX) or (wanted is not None and stream not in wanted):
+            if not stream.startswith(STREAM_PREFIX) or (
+                wanted is not None and stream not in wanted
+            ):
                 continue  # not (yet) asked for: not marked seen, so it shows once it is
             event_id, ts = str(event["eventId"]), int(event["timestamp"])
             if event_id in seen or ts < query_from:

@@ -30,7 +30,7 @@ FARGATE_PAIRS: dict[float, tuple[int, ...]] = {
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(gb|gib|g|mb|mib|m)?\s*$", re.IGNORECASE)
 
 
-def parse_memory(value: str | int | float) -> int:
+def parse_memory(value: str | float) -> int:
     """Memory in MiB from ``"8GB"``, ``"512MB"``, ``"0.5GB"`` or a number of MiB.
 
     Raises:
@@ -101,8 +101,14 @@ class EcsOptions:
 
     @classmethod
     def resolve(
-        cls, settings: AwsSettings, *, cpu: float | None = None, memory: str | int | None = None,
-        launch_type: str | None = None, spot: bool | None = None, instance_type: str | None = None,
+        cls,
+        settings: AwsSettings,
+        *,
+        cpu: float | None = None,
+        memory: str | int | None = None,
+        launch_type: str | None = None,
+        spot: bool | None = None,
+        instance_type: str | None = None,
         image: str | None = None,
     ) -> EcsOptions:
         """Profile defaults overridden by executor arguments, validated.
@@ -115,25 +121,37 @@ class EcsOptions:
         if kind not in ("FARGATE", "EC2"):
             raise ValueError(f"launch_type must be 'FARGATE' or 'EC2', not {launch_type!r}")
         options = cls(
-            region=settings.region, cluster=settings.cluster,
-            image=image or settings.image, cpu=float(cpu if cpu is not None else settings.cpu),
+            region=settings.region,
+            cluster=settings.cluster,
+            image=image or settings.image,
+            cpu=float(cpu if cpu is not None else settings.cpu),
             memory_mib=parse_memory(memory if memory is not None else settings.memory),
-            launch_type=kind, spot=settings.spot if spot is None else spot,
-            instance_type=instance_type or "", subnets=settings.subnets,
-            security_group=settings.security_group, assign_public_ip=settings.assign_public_ip,
-            execution_role_arn=settings.execution_role_arn, task_role_arn=settings.task_role_arn,
-            log_group=settings.log_group, secret_parameter=settings.secret_parameter,
-            task_family=settings.task_family, ec2_capacity_provider=settings.ec2_capacity_provider,
+            launch_type=kind,
+            spot=settings.spot if spot is None else spot,
+            instance_type=instance_type or "",
+            subnets=settings.subnets,
+            security_group=settings.security_group,
+            assign_public_ip=settings.assign_public_ip,
+            execution_role_arn=settings.execution_role_arn,
+            task_role_arn=settings.task_role_arn,
+            log_group=settings.log_group,
+            secret_parameter=settings.secret_parameter,
+            task_family=settings.task_family,
+            ec2_capacity_provider=settings.ec2_capacity_provider,
             max_workers_ceiling=settings.max_workers_ceiling,
         )
         if kind == "FARGATE":
             validate_fargate(options.cpu, options.memory_mib)
         elif not options.ec2_capacity_provider:
-            raise ValueError("launch_type='EC2' needs the EC2 capacity provider that `starburst "
-                             "setup --ec2` creates; run it, or use launch_type='FARGATE'")
+            raise ValueError(
+                "launch_type='EC2' needs the EC2 capacity provider that `starburst "
+                "setup --ec2` creates; run it, or use launch_type='FARGATE'"
+            )
         if not options.image:
-            raise ValueError("no worker image: run `starburst image build` (it pushes one to "
-                             "ECR and records it in the profile), or pass image='URI'")
+            raise ValueError(
+                "no worker image: run `starburst image build` (it pushes one to "
+                "ECR and records it in the profile), or pass image='URI'"
+            )
         return options
 
     def to_dict(self) -> dict[str, Any]:

@@ -57,17 +57,19 @@ ECS_EXECUTION_MANAGED_POLICY = "service-role/AmazonECSTaskExecutionRolePolicy"
 EC2_INSTANCE_MANAGED_POLICY = "service-role/AmazonEC2ContainerServiceforEC2Role"
 
 # Actions with no resource-level permissions: "Resource": "*" is the only form AWS accepts.
-STAR_ONLY_ACTIONS: frozenset[str] = frozenset({
-    "ecr:GetAuthorizationToken",
-    "ecs:RegisterTaskDefinition",
-    "ecs:DescribeTaskDefinition",
-    "ec2:DescribeSubnets",
-    "ec2:DescribeSecurityGroups",
-    "ec2:DescribeSpotPriceHistory",
-    "pricing:GetProducts",
-    "servicequotas:GetServiceQuota",
-    "autoscaling:DescribeAutoScalingGroups",
-})
+STAR_ONLY_ACTIONS: frozenset[str] = frozenset(
+    {
+        "ecr:GetAuthorizationToken",
+        "ecs:RegisterTaskDefinition",
+        "ecs:DescribeTaskDefinition",
+        "ec2:DescribeSubnets",
+        "ec2:DescribeSecurityGroups",
+        "ec2:DescribeSpotPriceHistory",
+        "pricing:GetProducts",
+        "servicequotas:GetServiceQuota",
+        "autoscaling:DescribeAutoScalingGroups",
+    }
+)
 
 TLS_SID = "StarburstDenyInsecureTransport"
 
@@ -86,12 +88,14 @@ def parse_document(value: Any) -> dict[str, Any]:
 
 def same_policy(a: Any, b: Any) -> bool:
     """Equal policy documents, ignoring the order of statements and of list elements."""
+
     def canon(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: canon(v) for k, v in value.items()}
         if isinstance(value, list):
             return sorted((canon(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
         return value
+
     return bool(canon(parse_document(a)) == canon(parse_document(b)))
 
 
@@ -99,10 +103,15 @@ def _doc(*statements: Policy) -> Policy:
     return {"Version": VERSION, "Statement": list(statements)}
 
 
-def _allow(sid: str, actions: list[str], resources: list[str],
-           condition: dict[str, Any] | None = None) -> Policy:
-    statement: Policy = {"Sid": sid, "Effect": "Allow", "Action": sorted(actions),
-                         "Resource": resources}
+def _allow(
+    sid: str, actions: list[str], resources: list[str], condition: dict[str, Any] | None = None
+) -> Policy:
+    statement: Policy = {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": sorted(actions),
+        "Resource": resources,
+    }
     if condition:
         statement["Condition"] = condition
     return statement
@@ -114,8 +123,11 @@ def _bucket_arn(bucket: str, partition: str) -> str:
 
 def _objects_arn(bucket: str, prefix: str, partition: str) -> str:
     prefix = prefix.strip("/")
-    return f"{_bucket_arn(bucket, partition)}/{prefix}/*" if prefix else \
-        f"{_bucket_arn(bucket, partition)}/*"
+    return (
+        f"{_bucket_arn(bucket, partition)}/{prefix}/*"
+        if prefix
+        else f"{_bucket_arn(bucket, partition)}/*"
+    )
 
 
 def _s3_session_statements(bucket: str, prefix: str, partition: str) -> list[Policy]:
@@ -125,8 +137,11 @@ def _s3_session_statements(bucket: str, prefix: str, partition: str) -> list[Pol
     # denied: callers must probe the bucket with a prefixed listing instead.
     listing = {"StringLike": {"s3:prefix": [f"{prefix}/*"]}} if prefix else None
     return [
-        _allow("SessionObjects", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-               [_objects_arn(bucket, prefix, partition)]),
+        _allow(
+            "SessionObjects",
+            ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            [_objects_arn(bucket, prefix, partition)],
+        ),
         _allow("ListSessionKeys", ["s3:ListBucket"], [_bucket_arn(bucket, partition)], listing),
     ]
 
@@ -153,8 +168,9 @@ def log_group_arns(name: str, *, partition: str, region: str, account: str) -> l
     return [group, f"{group}:*"]
 
 
-def execution_role_policy(*, secret_parameter: str, log_group: str, region: str, account: str,
-                          partition: str = "aws") -> Policy:
+def execution_role_policy(
+    *, secret_parameter: str, log_group: str, region: str, account: str, partition: str = "aws"
+) -> Policy:
     """The inline policy of the ECS execution role, next to the managed
     :data:`ECS_EXECUTION_MANAGED_POLICY` (image pull; log writes on any group).
 
@@ -168,10 +184,12 @@ def execution_role_policy(*, secret_parameter: str, log_group: str, region: str,
     """
     scope = {"partition": partition, "region": region, "account": account}
     return _doc(
-        _allow("ReadSigningKey", ["ssm:GetParameters"],
-               [parameter_arn(secret_parameter, **scope)]),
-        _allow("WriteWorkerLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
-               log_group_arns(log_group, **scope)),
+        _allow("ReadSigningKey", ["ssm:GetParameters"], [parameter_arn(secret_parameter, **scope)]),
+        _allow(
+            "WriteWorkerLogs",
+            ["logs:CreateLogStream", "logs:PutLogEvents"],
+            log_group_arns(log_group, **scope),
+        ),
     )
 
 
@@ -181,12 +199,14 @@ def ecs_tasks_trust_policy(account: str) -> Policy:
     ``aws:SourceAccount`` guards against the confused deputy: ECS acting for another account
     cannot assume these roles.
     """
-    return _doc({
-        "Effect": "Allow",
-        "Principal": {"Service": "ecs-tasks.amazonaws.com"},
-        "Action": "sts:AssumeRole",
-        "Condition": {"StringEquals": {"aws:SourceAccount": account}},
-    })
+    return _doc(
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+        }
+    )
 
 
 def ec2_instance_trust_policy() -> Policy:
@@ -195,11 +215,13 @@ def ec2_instance_trust_policy() -> Policy:
     No source condition: an instance profile is attached by the account itself, and EC2 does
     not set ``aws:SourceAccount`` when it assumes it.
     """
-    return _doc({
-        "Effect": "Allow",
-        "Principal": {"Service": "ec2.amazonaws.com"},
-        "Action": "sts:AssumeRole",
-    })
+    return _doc(
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    )
 
 
 def bucket_tls_policy(bucket: str, partition: str = "aws") -> Policy:
@@ -269,43 +291,90 @@ def user_policy(scope: Scope) -> Policy:
         _allow("RunWorkers", ["ecs:RunTask"], [definitions], in_cluster),
         # Tags given to RegisterTaskDefinition or RunTask are authorised as ecs:TagResource
         # on the new resource, only at creation.
-        _allow("TagAtCreation", ["ecs:TagResource"], [tasks, definitions],
-               {"StringEquals": {"ecs:CreateAction": ["RunTask", "RegisterTaskDefinition"]}}),
+        _allow(
+            "TagAtCreation",
+            ["ecs:TagResource"],
+            [tasks, definitions],
+            {"StringEquals": {"ecs:CreateAction": ["RunTask", "RegisterTaskDefinition"]}},
+        ),
         _allow("WatchAndStopWorkers", ["ecs:DescribeTasks", "ecs:StopTask"], [tasks], in_cluster),
         # ListTasks is authorised against the cluster's container-instance ARNs (Service
         # Authorization Reference); the ecs:cluster condition pins it to this cluster.
-        _allow("ListWorkers", ["ecs:ListTasks"],
-               [f"arn:{p}:ecs:{r}:{a}:container-instance/{scope.cluster}/*"], in_cluster),
+        _allow(
+            "ListWorkers",
+            ["ecs:ListTasks"],
+            [f"arn:{p}:ecs:{r}:{a}:container-instance/{scope.cluster}/*"],
+            in_cluster,
+        ),
         _allow("DescribeCluster", ["ecs:DescribeClusters"], [cluster]),
-        _allow("PassWorkerRoles", ["iam:PassRole"],
-               [scope.execution_role_arn, scope.task_role_arn],
-               {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}),
-        _allow("InspectWorkerRoles", ["iam:GetRole", "iam:GetRolePolicy",
-                                      "iam:ListAttachedRolePolicies"],
-               [scope.execution_role_arn, scope.task_role_arn]),
+        _allow(
+            "PassWorkerRoles",
+            ["iam:PassRole"],
+            [scope.execution_role_arn, scope.task_role_arn],
+            {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
+        ),
+        _allow(
+            "InspectWorkerRoles",
+            ["iam:GetRole", "iam:GetRolePolicy", "iam:ListAttachedRolePolicies"],
+            [scope.execution_role_arn, scope.task_role_arn],
+        ),
         *_s3_session_statements(scope.bucket, scope.prefix, p),
-        _allow("InspectBucket", ["s3:GetBucketPolicy", "s3:GetBucketPublicAccessBlock",
-                                 "s3:GetEncryptionConfiguration", "s3:GetLifecycleConfiguration"],
-               [_bucket_arn(scope.bucket, p)]),
-        _allow("ReadSigningKey", ["ssm:GetParameter"],
-               [parameter_arn(scope.secret_parameter, partition=p, region=r, account=a)]),
-        _allow("ReadWorkerLogs", ["logs:DescribeLogStreams", "logs:FilterLogEvents",
-                                  "logs:GetLogEvents"],
-               log_group_arns(scope.log_group, partition=p, region=r, account=a)),
-        _allow("PushAndCheckWorkerImage", [
-            "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:CompleteLayerUpload",
-            "ecr:DescribeImages", "ecr:GetDownloadUrlForLayer", "ecr:InitiateLayerUpload",
-            "ecr:PutImage", "ecr:UploadLayerPart",
-        ], [repository]),
-        _allow("ResourceLessActions", sorted(
-            STAR_ONLY_ACTIONS if scope.autoscaling_group
-            else STAR_ONLY_ACTIONS - {"autoscaling:DescribeAutoScalingGroups"}), ["*"]),
+        _allow(
+            "InspectBucket",
+            [
+                "s3:GetBucketPolicy",
+                "s3:GetBucketPublicAccessBlock",
+                "s3:GetEncryptionConfiguration",
+                "s3:GetLifecycleConfiguration",
+            ],
+            [_bucket_arn(scope.bucket, p)],
+        ),
+        _allow(
+            "ReadSigningKey",
+            ["ssm:GetParameter"],
+            [parameter_arn(scope.secret_parameter, partition=p, region=r, account=a)],
+        ),
+        _allow(
+            "ReadWorkerLogs",
+            ["logs:DescribeLogStreams", "logs:FilterLogEvents", "logs:GetLogEvents"],
+            log_group_arns(scope.log_group, partition=p, region=r, account=a),
+        ),
+        _allow(
+            "PushAndCheckWorkerImage",
+            [
+                "ecr:BatchCheckLayerAvailability",
+                "ecr:BatchGetImage",
+                "ecr:CompleteLayerUpload",
+                "ecr:DescribeImages",
+                "ecr:GetDownloadUrlForLayer",
+                "ecr:InitiateLayerUpload",
+                "ecr:PutImage",
+                "ecr:UploadLayerPart",
+            ],
+            [repository],
+        ),
+        _allow(
+            "ResourceLessActions",
+            sorted(
+                STAR_ONLY_ACTIONS
+                if scope.autoscaling_group
+                else STAR_ONLY_ACTIONS - {"autoscaling:DescribeAutoScalingGroups"}
+            ),
+            ["*"],
+        ),
     ]
     if scope.autoscaling_group:
         # The EC2 group is parked at MaxSize 0; a session raises the ceiling it may scale to.
-        statements.append(_allow(
-            "SizeEc2Capacity", ["autoscaling:UpdateAutoScalingGroup"],
-            [(f"arn:{p}:autoscaling:{r}:{a}:autoScalingGroup:*:"
-              f"autoScalingGroupName/{scope.autoscaling_group}")],
-        ))
+        statements.append(
+            _allow(
+                "SizeEc2Capacity",
+                ["autoscaling:UpdateAutoScalingGroup"],
+                [
+                    (
+                        f"arn:{p}:autoscaling:{r}:{a}:autoScalingGroup:*:"
+                        f"autoScalingGroupName/{scope.autoscaling_group}"
+                    )
+                ],
+            )
+        )
     return _doc(*statements)

@@ -82,16 +82,23 @@ class Quota:
         code = FARGATE_SPOT_VCPU if spot else FARGATE_ON_DEMAND_VCPU
         kind = "Spot" if spot else "On-Demand"
         try:
-            answer = self._aws.call("service-quotas", "get_service_quota",
-                                    ServiceCode=FARGATE_SERVICE_CODE, QuotaCode=code)
+            answer = self._aws.call(
+                "service-quotas",
+                "get_service_quota",
+                ServiceCode=FARGATE_SERVICE_CODE,
+                QuotaCode=code,
+            )
             result = (float(answer["Quota"]["Value"]), "service-quotas")
         except AwsCredentialsError:
             raise
         except AwsError as exc:
             # Best effort: an unreadable quota must not stop a session. AccessDenied, a quota
             # not set here (NoSuchResource) and an API that is not offered all land here.
-            why = ("no permission servicequotas:GetServiceQuota" if exc.code == "AccessDenied"
-                   else f"Service Quotas answered {exc.code or exc}")
+            why = (
+                "no permission servicequotas:GetServiceQuota"
+                if exc.code == "AccessDenied"
+                else f"Service Quotas answered {exc.code or exc}"
+            )
             notice = (
                 f"could not read your Fargate {kind} vCPU quota ({code}) in {self.region}: "
                 f"{why}; assuming {DEFAULT_FARGATE_VCPUS:g} vCPU, the value new accounts start "
@@ -102,8 +109,12 @@ class Quota:
             self.notices.append(notice)
             result = (DEFAULT_FARGATE_VCPUS, "default")
         except (KeyError, TypeError, ValueError) as exc:
-            logger.info("Service Quotas gave no value for %s (%r); assuming %g vCPU",
-                        code, exc, DEFAULT_FARGATE_VCPUS)
+            logger.info(
+                "Service Quotas gave no value for %s (%r); assuming %g vCPU",
+                code,
+                exc,
+                DEFAULT_FARGATE_VCPUS,
+            )
             result = (DEFAULT_FARGATE_VCPUS, "default")
         self._cache[spot] = result
         return result
@@ -128,8 +139,10 @@ class Quota:
         if limit <= 0:
             what = f"your Fargate {kind} vCPU quota is 0"
         else:
-            what = (f"your Fargate {kind} vCPU quota ({limit:g} vCPU, {source}) is smaller than "
-                    f"one worker ({cpu:g} vCPU)")
+            what = (
+                f"your Fargate {kind} vCPU quota ({limit:g} vCPU, {source}) is smaller than "
+                f"one worker ({cpu:g} vCPU)"
+            )
         raise AwsLaunchError(
             f"{what} in {region}: request an increase in Service Quotas "
             f"(https://console.aws.amazon.com/servicequotas/home/services/fargate/quotas/{code}, "

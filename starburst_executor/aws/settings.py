@@ -133,8 +133,10 @@ class AwsSettings:
                 "STARBURST_HOME to where it was written"
             ) from None
         except ValueError as exc:
-            raise AwsNotSetUpError(f"the AWS profile {path} is damaged ({exc}); run "
-                                   "`starburst setup` again to rewrite it") from exc
+            raise AwsNotSetUpError(
+                f"the AWS profile {path} is damaged ({exc}); run "
+                "`starburst setup` again to rewrite it"
+            ) from exc
         return cls.from_dict(data).with_env()
 
 

@@ -73,8 +73,32 @@ IAM_PROPAGATION_ATTEMPTS, IAM_PROPAGATION_DELAY = 6, 5.0
 ECR_KEEP_IMAGES = 10
 
 # CloudWatch Logs accepts only these retention periods (PutRetentionPolicy).
-LOG_RETENTION_DAYS = frozenset({1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
-                                1096, 1827, 2192, 2557, 2922, 3288, 3653})
+LOG_RETENTION_DAYS = frozenset(
+    {
+        1,
+        3,
+        5,
+        7,
+        14,
+        30,
+        60,
+        90,
+        120,
+        150,
+        180,
+        365,
+        400,
+        545,
+        731,
+        1096,
+        1827,
+        2192,
+        2557,
+        2922,
+        3288,
+        3653,
+    }
+)
 # IAM role names are at most 64 characters and embed the cluster name and the region.
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _AMI_PARAMETER = "/aws/service/ecs/optimized-ami/{os}/{arch}recommended/image_id"
@@ -107,8 +131,12 @@ def _table(rows: Sequence[ResourceStatus]) -> str:
     widths = [max(len(getattr(r, f)) for r in (header, *rows)) for f in ("kind", "name", "status")]
     lines = []
     for r in (header, *rows):
-        cells = (r.kind.ljust(widths[0]), r.name.ljust(widths[1]), r.status.ljust(widths[2]),
-                 r.detail)
+        cells = (
+            r.kind.ljust(widths[0]),
+            r.name.ljust(widths[1]),
+            r.status.ljust(widths[2]),
+            r.detail,
+        )
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -136,9 +164,12 @@ class SetupReport:
 
     def __str__(self) -> str:
         counts = {s: sum(r.status == s for r in self.resources) for s in (CREATED, UPDATED, EXISTS)}
-        summary = (f"{counts[CREATED]} created, {counts[UPDATED]} updated, "
-                   f"{counts[EXISTS]} already as configured" if self.changed
-                   else "nothing to do: every resource already exists as configured")
+        summary = (
+            f"{counts[CREATED]} created, {counts[UPDATED]} updated, "
+            f"{counts[EXISTS]} already as configured"
+            if self.changed
+            else "nothing to do: every resource already exists as configured"
+        )
         parts = [_table(self.resources), "", summary, f"profile: {self.profile_path}"]
         parts += [f"note: {n}" for n in self.notes]
         return "\n".join(parts)
@@ -232,8 +263,9 @@ def resource_names(cluster: str, region: str) -> ResourceNames:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _absent(aws: Aws, service: str, operation: str, codes: Iterable[str],
-            **params: Any) -> dict[str, Any] | None:
+def _absent(
+    aws: Aws, service: str, operation: str, codes: Iterable[str], **params: Any
+) -> dict[str, Any] | None:
     """``aws.call(...)``, or None when AWS answers with one of the not-found ``codes``."""
     try:
         return aws.call(service, operation, **params)
@@ -247,8 +279,11 @@ def _absent(aws: Aws, service: str, operation: str, codes: Iterable[str],
 
 def _tags(style: str) -> list[dict[str, str]]:
     """The starburst tag in each service's spelling (``Key`` or ``key``)."""
-    return [{"Key": TAG_KEY, "Value": TAG_VALUE}] if style == "Key" else \
-        [{"key": TAG_KEY, "value": TAG_VALUE}]
+    return (
+        [{"Key": TAG_KEY, "Value": TAG_VALUE}]
+        if style == "Key"
+        else [{"key": TAG_KEY, "value": TAG_VALUE}]
+    )
 
 
 def _identity(aws: Aws) -> tuple[str, str]:
@@ -319,8 +354,10 @@ def setup(
     """
     prefix = prefix.strip("/")
     if not prefix:
-        raise ValueError("prefix must not be empty: the lifecycle rule expires every object "
-                         "under it, and an empty prefix would cover the whole bucket")
+        raise ValueError(
+            "prefix must not be empty: the lifecycle rule expires every object "
+            "under it, and an empty prefix would cover the whole bucket"
+        )
     if not _CLUSTER_NAME.match(cluster):
         raise ValueError(f"cluster name {cluster!r}: use 1-32 letters, digits, '-' or '_'")
     if lifecycle_days < 1:
@@ -342,16 +379,23 @@ def setup(
     run.secret(names.secret_parameter)
     trust = policies.ecs_tasks_trust_policy(account)
     execution_role_arn = run.role(
-        names.execution_role, trust,
-        policies.execution_role_policy(secret_parameter=names.secret_parameter,
-                                       log_group=names.log_group, region=aws.region,
-                                       account=account, partition=partition),
+        names.execution_role,
+        trust,
+        policies.execution_role_policy(
+            secret_parameter=names.secret_parameter,
+            log_group=names.log_group,
+            region=aws.region,
+            account=account,
+            partition=partition,
+        ),
         [policies.managed_policy_arn(policies.ECS_EXECUTION_MANAGED_POLICY, partition)],
         "starburst: lets ECS pull the worker image, write its logs and read the signing key",
     )
     task_role_arn = run.role(
-        names.task_role, trust,
-        policies.task_role_policy(bucket=bucket, prefix=prefix, partition=partition), [],
+        names.task_role,
+        trust,
+        policies.task_role_policy(bucket=bucket, prefix=prefix, partition=partition),
+        [],
         f"starburst: what workers may do: objects under s3://{bucket}/{prefix}/ only",
     )
     vpc, subnets = run.network(vpc_id)
@@ -360,22 +404,33 @@ def setup(
     providers = list(_FARGATE_PROVIDERS)
     previous = _load_profile_file(profile)
     # Without --ec2, EC2 capacity set up earlier for this cluster stays in the profile.
-    same_place = previous is not None and (previous.region, previous.cluster) == (aws.region,
-                                                                                  cluster)
+    same_place = previous is not None and (previous.region, previous.cluster) == (
+        aws.region,
+        cluster,
+    )
     ec2_provider = previous.ec2_capacity_provider if previous and same_place and not ec2 else ""
     if ec2:
-        ec2_provider = run.ec2_capacity(names, cluster, tuple(instance_types), subnets,
-                                        security_group)
+        ec2_provider = run.ec2_capacity(
+            names, cluster, tuple(instance_types), subnets, security_group
+        )
         providers.append(ec2_provider)
     run.cluster_providers(cluster, cluster_status, providers)
 
     settings = AwsSettings(
-        region=aws.region, bucket=bucket, prefix=prefix, cluster=cluster,
-        ecr_repository=names.repository, log_group=names.log_group,
-        execution_role_arn=execution_role_arn, task_role_arn=task_role_arn,
-        subnets=tuple(subnets), security_group=security_group,
-        secret_parameter=names.secret_parameter, ec2_capacity_provider=ec2_provider,
-        task_family=names.task_family, lifecycle_days=lifecycle_days,
+        region=aws.region,
+        bucket=bucket,
+        prefix=prefix,
+        cluster=cluster,
+        ecr_repository=names.repository,
+        log_group=names.log_group,
+        execution_role_arn=execution_role_arn,
+        task_role_arn=task_role_arn,
+        subnets=tuple(subnets),
+        security_group=security_group,
+        secret_parameter=names.secret_parameter,
+        ec2_capacity_provider=ec2_provider,
+        task_family=names.task_family,
+        lifecycle_days=lifecycle_days,
         log_retention_days=log_retention_days,
     )
     if previous is not None:
@@ -383,19 +438,28 @@ def setup(
         # an image lives in one region's registry, so it only carries over within it.
         image = previous.image if previous.region == aws.region else ""
         if previous.image and not image:
-            run.notes.append(f"the profile's image {previous.image} is in {previous.region}; "
-                             "run `starburst image build` for this region")
+            run.notes.append(
+                f"the profile's image {previous.image} is in {previous.region}; "
+                "run `starburst image build` for this region"
+            )
         settings = replace(
-            settings, image=image, cpu=previous.cpu, memory=previous.memory,
-            launch_type=previous.launch_type, spot=previous.spot,
+            settings,
+            image=image,
+            cpu=previous.cpu,
+            memory=previous.memory,
+            launch_type=previous.launch_type,
+            spot=previous.spot,
             assign_public_ip=previous.assign_public_ip,
             max_workers_ceiling=previous.max_workers_ceiling,
         )
     path = profile_path(profile)
     if previous != settings:
         settings.save(profile)
-    run.add("profile", str(path), CREATED if previous is None else
-            (UPDATED if previous != settings else EXISTS))
+    run.add(
+        "profile",
+        str(path),
+        CREATED if previous is None else (UPDATED if previous != settings else EXISTS),
+    )
     return SetupReport(tuple(run.rows), settings, path, tuple(run.notes))
 
 
@@ -430,7 +494,8 @@ class _Setup:
             if exc.code == "403":
                 raise AwsError(
                     f"the bucket {bucket} exists but you cannot use it: another account owns "
-                    "it, or you lack s3:ListBucket on it. Pass another name (--bucket)", "403",
+                    "it, or you lack s3:ListBucket on it. Pass another name (--bucket)",
+                    "403",
                 ) from exc
             if exc.code not in ("301", "PermanentRedirect"):  # 301: it lives in another region
                 raise
@@ -447,12 +512,13 @@ class _Setup:
             if self.aws.region != "us-east-1":
                 params["CreateBucketConfiguration"] = {"LocationConstraint": self.aws.region}
             self.call("s3", "create_bucket", **params)
-            self.call("s3", "put_bucket_tagging", Bucket=bucket,
-                      Tagging={"TagSet": _tags("Key")})
+            self.call("s3", "put_bucket_tagging", Bucket=bucket, Tagging={"TagSet": _tags("Key")})
             status, detail = CREATED, ""
         elif region != self.aws.region:
-            raise AwsError(f"the bucket {bucket} is in {region}, not {self.aws.region}: run "
-                           f"setup in {region} (AWS_REGION={region}) or pass another --bucket")
+            raise AwsError(
+                f"the bucket {bucket} is in {region}, not {self.aws.region}: run "
+                f"setup in {region} (AWS_REGION={region}) or pass another --bucket"
+            )
         else:
             tags = _absent(self.aws, "s3", "get_bucket_tagging", ["NoSuchTagSet"], Bucket=bucket)
             ours = {"Key": TAG_KEY, "Value": TAG_VALUE} in (tags or {}).get("TagSet", [])
@@ -466,25 +532,45 @@ class _Setup:
         self.add("S3 bucket", bucket, status, detail)
 
     def _public_access_block(self, bucket: str) -> list[str]:
-        wanted = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
-                  "RestrictPublicBuckets": True}
-        found = _absent(self.aws, "s3", "get_public_access_block",
-                        ["NoSuchPublicAccessBlockConfiguration"], Bucket=bucket)
+        wanted = {
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        }
+        found = _absent(
+            self.aws,
+            "s3",
+            "get_public_access_block",
+            ["NoSuchPublicAccessBlockConfiguration"],
+            Bucket=bucket,
+        )
         if found and all(found.get("PublicAccessBlockConfiguration", {}).get(k) for k in wanted):
             return []
-        self.call("s3", "put_public_access_block", Bucket=bucket,
-                  PublicAccessBlockConfiguration=wanted)
+        self.call(
+            "s3", "put_public_access_block", Bucket=bucket, PublicAccessBlockConfiguration=wanted
+        )
         return ["public access block"]
 
     def _encryption(self, bucket: str) -> list[str]:
-        found = _absent(self.aws, "s3", "get_bucket_encryption",
-                        ["ServerSideEncryptionConfigurationNotFoundError"], Bucket=bucket)
+        found = _absent(
+            self.aws,
+            "s3",
+            "get_bucket_encryption",
+            ["ServerSideEncryptionConfigurationNotFoundError"],
+            Bucket=bucket,
+        )
         rules = (found or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
         if any(r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") for r in rules):
             return []  # SSE-S3 or a KMS key the owner chose: both encrypt at rest
-        self.call("s3", "put_bucket_encryption", Bucket=bucket, ServerSideEncryptionConfiguration={
-            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}],
-        })
+        self.call(
+            "s3",
+            "put_bucket_encryption",
+            Bucket=bucket,
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}],
+            },
+        )
         return ["encryption"]
 
     def _tls_policy(self, bucket: str) -> list[str]:
@@ -505,11 +591,18 @@ class _Setup:
         return ["TLS-only policy"]
 
     def _lifecycle(self, bucket: str, prefix: str, days: int) -> list[str]:
-        found = _absent(self.aws, "s3", "get_bucket_lifecycle_configuration",
-                        ["NoSuchLifecycleConfiguration"], Bucket=bucket)
+        found = _absent(
+            self.aws,
+            "s3",
+            "get_bucket_lifecycle_configuration",
+            ["NoSuchLifecycleConfiguration"],
+            Bucket=bucket,
+        )
         rule_id = f"starburst-expire-{prefix}"
         wanted = {
-            "ID": rule_id, "Status": "Enabled", "Filter": {"Prefix": f"{prefix}/"},
+            "ID": rule_id,
+            "Status": "Enabled",
+            "Filter": {"Prefix": f"{prefix}/"},
             "Expiration": {"Days": days},
             # Parts of uploads a worker never completed would otherwise be billed forever.
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
@@ -519,40 +612,74 @@ class _Setup:
         if mine is not None and all(mine.get(k) == v for k, v in wanted.items()):
             return []
         others = [r for r in rules if r.get("ID") != rule_id]
-        self.call("s3", "put_bucket_lifecycle_configuration", Bucket=bucket,
-                  LifecycleConfiguration={"Rules": [*others, wanted]})
+        self.call(
+            "s3",
+            "put_bucket_lifecycle_configuration",
+            Bucket=bucket,
+            LifecycleConfiguration={"Rules": [*others, wanted]},
+        )
         return [f"lifecycle ({days} days)"]
 
     # -- ECR, logs, SSM ----------------------------------------------------------------------
 
     def repository(self, name: str) -> None:
-        found = _absent(self.aws, "ecr", "describe_repositories", ["RepositoryNotFoundException"],
-                        repositoryNames=[name])
+        found = _absent(
+            self.aws,
+            "ecr",
+            "describe_repositories",
+            ["RepositoryNotFoundException"],
+            repositoryNames=[name],
+        )
         changes: list[str] = []
         if found is None:
-            self.call("ecr", "create_repository", repositoryName=name,
-                      imageScanningConfiguration={"scanOnPush": True},
-                      encryptionConfiguration={"encryptionType": "AES256"}, tags=_tags("Key"))
+            self.call(
+                "ecr",
+                "create_repository",
+                repositoryName=name,
+                imageScanningConfiguration={"scanOnPush": True},
+                encryptionConfiguration={"encryptionType": "AES256"},
+                tags=_tags("Key"),
+            )
             status = CREATED
         else:
             status = EXISTS
             repo = found["repositories"][0]
             if not repo.get("imageScanningConfiguration", {}).get("scanOnPush"):
-                self.call("ecr", "put_image_scanning_configuration", repositoryName=name,
-                          imageScanningConfiguration={"scanOnPush": True})
+                self.call(
+                    "ecr",
+                    "put_image_scanning_configuration",
+                    repositoryName=name,
+                    imageScanningConfiguration={"scanOnPush": True},
+                )
                 changes.append("scan on push")
-        lifecycle = {"rules": [{
-            "rulePriority": 1,
-            "description": f"keep the last {ECR_KEEP_IMAGES} worker images",
-            "selection": {"tagStatus": "any", "countType": "imageCountMoreThan",
-                          "countNumber": ECR_KEEP_IMAGES},
-            "action": {"type": "expire"},
-        }]}
-        policy = _absent(self.aws, "ecr", "get_lifecycle_policy",
-                         ["LifecyclePolicyNotFoundException"], repositoryName=name)
+        lifecycle = {
+            "rules": [
+                {
+                    "rulePriority": 1,
+                    "description": f"keep the last {ECR_KEEP_IMAGES} worker images",
+                    "selection": {
+                        "tagStatus": "any",
+                        "countType": "imageCountMoreThan",
+                        "countNumber": ECR_KEEP_IMAGES,
+                    },
+                    "action": {"type": "expire"},
+                }
+            ]
+        }
+        policy = _absent(
+            self.aws,
+            "ecr",
+            "get_lifecycle_policy",
+            ["LifecyclePolicyNotFoundException"],
+            repositoryName=name,
+        )
         if policy is None or json.loads(policy["lifecyclePolicyText"]) != lifecycle:
-            self.call("ecr", "put_lifecycle_policy", repositoryName=name,
-                      lifecyclePolicyText=json.dumps(lifecycle))
+            self.call(
+                "ecr",
+                "put_lifecycle_policy",
+                repositoryName=name,
+                lifecyclePolicyText=json.dumps(lifecycle),
+            )
             if status == EXISTS:
                 changes.append("lifecycle policy")
         if changes:
@@ -563,8 +690,7 @@ class _Setup:
         groups = self.call("logs", "describe_log_groups", logGroupNamePrefix=name)["logGroups"]
         group = next((g for g in groups if g["logGroupName"] == name), None)
         if group is None:
-            self.call("logs", "create_log_group", logGroupName=name,
-                      tags={TAG_KEY: TAG_VALUE})
+            self.call("logs", "create_log_group", logGroupName=name, tags={TAG_KEY: TAG_VALUE})
             self.call("logs", "put_retention_policy", logGroupName=name, retentionInDays=days)
             self.add("log group", name, CREATED, f"retention {days} days")
         elif group.get("retentionInDays") != days:
@@ -575,20 +701,33 @@ class _Setup:
 
     def secret(self, name: str) -> None:
         key = config.secret_key().hex()
-        found = _absent(self.aws, "ssm", "get_parameter", ["ParameterNotFound"], Name=name,
-                        WithDecryption=True)
+        found = _absent(
+            self.aws, "ssm", "get_parameter", ["ParameterNotFound"], Name=name, WithDecryption=True
+        )
         if found is None:
             # The default key (aws/ssm) encrypts it; see policies.execution_role_policy.
-            self.call("ssm", "put_parameter", Name=name, Value=key, Type="SecureString",
-                      Description="starburst: HMAC key signing session records",
-                      Tags=_tags("Key"))
+            self.call(
+                "ssm",
+                "put_parameter",
+                Name=name,
+                Value=key,
+                Type="SecureString",
+                Description="starburst: HMAC key signing session records",
+                Tags=_tags("Key"),
+            )
             self.add("SSM parameter", name, CREATED, "SecureString, this client's key")
             return
         parameter = found["Parameter"]
         status, detail = EXISTS, "SecureString"
         if parameter.get("Type") != "SecureString":
-            self.call("ssm", "put_parameter", Name=name, Value=parameter["Value"],
-                      Type="SecureString", Overwrite=True)
+            self.call(
+                "ssm",
+                "put_parameter",
+                Name=name,
+                Value=parameter["Value"],
+                Type="SecureString",
+                Overwrite=True,
+            )
             status, detail = UPDATED, "re-stored as SecureString"
         if parameter["Value"] != key:
             # Kept as is: sessions already running sign with it, and the AWS backend reads the
@@ -602,57 +741,95 @@ class _Setup:
 
     # -- IAM ---------------------------------------------------------------------------------
 
-    def role(self, name: str, trust: dict[str, Any], inline: dict[str, Any] | None,
-             managed: Sequence[str], description: str) -> str:
+    def role(
+        self,
+        name: str,
+        trust: dict[str, Any],
+        inline: dict[str, Any] | None,
+        managed: Sequence[str],
+        description: str,
+    ) -> str:
         """Create or update the role ``name``; ``inline`` None: no inline policy of ours."""
         found = _absent(self.aws, "iam", "get_role", ["NoSuchEntity"], RoleName=name)
         changes: list[str] = []
         if found is None:
-            role = self.call("iam", "create_role", RoleName=name, Description=description,
-                             AssumeRolePolicyDocument=json.dumps(trust),
-                             Tags=_tags("Key"))["Role"]
+            role = self.call(
+                "iam",
+                "create_role",
+                RoleName=name,
+                Description=description,
+                AssumeRolePolicyDocument=json.dumps(trust),
+                Tags=_tags("Key"),
+            )["Role"]
             status = CREATED
         else:
             role, status = found["Role"], EXISTS
             if not policies.same_policy(role.get("AssumeRolePolicyDocument", {}), trust):
-                self.call("iam", "update_assume_role_policy", RoleName=name,
-                          PolicyDocument=json.dumps(trust))
+                self.call(
+                    "iam",
+                    "update_assume_role_policy",
+                    RoleName=name,
+                    PolicyDocument=json.dumps(trust),
+                )
                 changes.append("trust policy")
         if inline is not None:
-            current = None if status == CREATED else _absent(
-                self.aws, "iam", "get_role_policy", ["NoSuchEntity"], RoleName=name,
-                PolicyName=INLINE_POLICY)
+            current = (
+                None
+                if status == CREATED
+                else _absent(
+                    self.aws,
+                    "iam",
+                    "get_role_policy",
+                    ["NoSuchEntity"],
+                    RoleName=name,
+                    PolicyName=INLINE_POLICY,
+                )
+            )
             if current is None or not policies.same_policy(current["PolicyDocument"], inline):
-                self.call("iam", "put_role_policy", RoleName=name, PolicyName=INLINE_POLICY,
-                          PolicyDocument=json.dumps(inline))
+                self.call(
+                    "iam",
+                    "put_role_policy",
+                    RoleName=name,
+                    PolicyName=INLINE_POLICY,
+                    PolicyDocument=json.dumps(inline),
+                )
                 changes.append("inline policy")
-        attached = set() if status == CREATED else {
-            p["PolicyArn"] for p in self.aws.paginate(
-                "iam", "list_attached_role_policies", "AttachedPolicies", RoleName=name)}
+        attached = (
+            set()
+            if status == CREATED
+            else {
+                p["PolicyArn"]
+                for p in self.aws.paginate(
+                    "iam", "list_attached_role_policies", "AttachedPolicies", RoleName=name
+                )
+            }
+        )
         for arn in managed:
             if arn not in attached:
                 self.call("iam", "attach_role_policy", RoleName=name, PolicyArn=arn)
                 changes.append(arn.rsplit("/", 1)[-1])
         if status == EXISTS and changes:
             status = UPDATED
-        self.add("IAM role", name, status,
-                 "set " + ", ".join(changes) if status == UPDATED else "")
+        self.add("IAM role", name, status, "set " + ", ".join(changes) if status == UPDATED else "")
         return str(role["Arn"])
 
     def instance_profile(self, name: str) -> bool:
         """An instance profile of the same name holding the role ``name``; True if this run
         created it or added the role (EC2 may not see it for a few seconds)."""
-        found = _absent(self.aws, "iam", "get_instance_profile", ["NoSuchEntity"],
-                        InstanceProfileName=name)
+        found = _absent(
+            self.aws, "iam", "get_instance_profile", ["NoSuchEntity"], InstanceProfileName=name
+        )
         if found is None:
-            found = self.call("iam", "create_instance_profile", InstanceProfileName=name,
-                              Tags=_tags("Key"))
+            found = self.call(
+                "iam", "create_instance_profile", InstanceProfileName=name, Tags=_tags("Key")
+            )
             status = CREATED
         else:
             status = EXISTS
         if not any(r["RoleName"] == name for r in found["InstanceProfile"].get("Roles", [])):
-            self.call("iam", "add_role_to_instance_profile", InstanceProfileName=name,
-                      RoleName=name)
+            self.call(
+                "iam", "add_role_to_instance_profile", InstanceProfileName=name, RoleName=name
+            )
             status = CREATED if status == CREATED else UPDATED
         self.add("instance profile", name, status)
         return status != EXISTS
@@ -661,16 +838,24 @@ class _Setup:
 
     def network(self, vpc_id: str | None) -> tuple[str, list[str]]:
         if vpc_id is None:
-            vpcs = self.call("ec2", "describe_vpcs",
-                             Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+            vpcs = self.call(
+                "ec2", "describe_vpcs", Filters=[{"Name": "isDefault", "Values": ["true"]}]
+            )["Vpcs"]
             if not vpcs:
-                raise AwsError(f"{self.aws.region} has no default VPC: pass the VPC for the "
-                               "workers (vpc_id=..., `starburst setup --vpc-id`)")
+                raise AwsError(
+                    f"{self.aws.region} has no default VPC: pass the VPC for the "
+                    "workers (vpc_id=..., `starburst setup --vpc-id`)"
+                )
             vpc_id = str(vpcs[0]["VpcId"])
         subnets = sorted(
-            self.aws.paginate("ec2", "describe_subnets", "Subnets",
-                              Filters=[{"Name": "vpc-id", "Values": [vpc_id]}]),
-            key=lambda s: (s.get("AvailabilityZone", ""), s["SubnetId"]))
+            self.aws.paginate(
+                "ec2",
+                "describe_subnets",
+                "Subnets",
+                Filters=[{"Name": "vpc-id", "Values": [vpc_id]}],
+            ),
+            key=lambda s: (s.get("AvailabilityZone", ""), s["SubnetId"]),
+        )
         if not subnets:
             raise AwsError(f"the VPC {vpc_id} has no subnets: workers need at least one")
         ids = [str(s["SubnetId"]) for s in subnets]
@@ -678,27 +863,42 @@ class _Setup:
         return vpc_id, ids
 
     def security_group(self, name: str, vpc_id: str) -> str:
-        groups = self.call("ec2", "describe_security_groups", Filters=[
-            {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc_id]},
-        ])["SecurityGroups"]
+        groups = self.call(
+            "ec2",
+            "describe_security_groups",
+            Filters=[
+                {"Name": "group-name", "Values": [name]},
+                {"Name": "vpc-id", "Values": [vpc_id]},
+            ],
+        )["SecurityGroups"]
         if not groups:
             # A new group has no inbound rules and allows all outbound traffic, which is what
             # workers need: they only call out (S3, ECR, logs); nothing connects to them.
-            group_id = str(self.call(
-                "ec2", "create_security_group", GroupName=name, VpcId=vpc_id,
-                Description="starburst workers: no inbound traffic",
-                TagSpecifications=[{"ResourceType": "security-group", "Tags": _tags("Key")}],
-            )["GroupId"])
+            group_id = str(
+                self.call(
+                    "ec2",
+                    "create_security_group",
+                    GroupName=name,
+                    VpcId=vpc_id,
+                    Description="starburst workers: no inbound traffic",
+                    TagSpecifications=[{"ResourceType": "security-group", "Tags": _tags("Key")}],
+                )["GroupId"]
+            )
             self.add("security group", group_id, CREATED, f"{name}, no inbound rules")
             return group_id
         group = groups[0]
         group_id = str(group["GroupId"])
         inbound = group.get("IpPermissions", [])
         if inbound:
-            self.call("ec2", "revoke_security_group_ingress", GroupId=group_id,
-                      IpPermissions=inbound)
-            self.add("security group", group_id, UPDATED,
-                     f"{name}: removed {len(inbound)} inbound rule(s)")
+            self.call(
+                "ec2", "revoke_security_group_ingress", GroupId=group_id, IpPermissions=inbound
+            )
+            self.add(
+                "security group",
+                group_id,
+                UPDATED,
+                f"{name}: removed {len(inbound)} inbound rule(s)",
+            )
         else:
             self.add("security group", group_id, EXISTS, f"{name}, no inbound rules")
         return group_id
@@ -722,45 +922,67 @@ class _Setup:
         missing = [p for p in providers if p not in current]
         if missing:
             strategy = (found or {}).get("defaultCapacityProviderStrategy") or [
-                {"capacityProvider": "FARGATE", "weight": 1}]
-            self.call("ecs", "put_cluster_capacity_providers", cluster=name,
-                      capacityProviders=current + missing,
-                      defaultCapacityProviderStrategy=strategy)
+                {"capacityProvider": "FARGATE", "weight": 1}
+            ]
+            self.call(
+                "ecs",
+                "put_cluster_capacity_providers",
+                cluster=name,
+                capacityProviders=current + missing,
+                defaultCapacityProviderStrategy=strategy,
+            )
             if status == EXISTS:
                 status = UPDATED
         detail = "capacity providers " + ", ".join(current + missing)
-        self.add("ECS cluster", name, status, detail if status != UPDATED else
-                 "added capacity providers " + ", ".join(missing))
+        self.add(
+            "ECS cluster",
+            name,
+            status,
+            detail if status != UPDATED else "added capacity providers " + ", ".join(missing),
+        )
 
     # -- EC2 capacity ------------------------------------------------------------------------
 
-    def ec2_capacity(self, names: ResourceNames, cluster: str, instance_types: tuple[str, ...],
-                     subnets: Sequence[str], security_group: str) -> str:
+    def ec2_capacity(
+        self,
+        names: ResourceNames,
+        cluster: str,
+        instance_types: tuple[str, ...],
+        subnets: Sequence[str],
+        security_group: str,
+    ) -> str:
         arch = self._architecture(instance_types)
         ami = self._ecs_ami(arch)
-        self.role(names.instance_role, policies.ec2_instance_trust_policy(),
-                  None, [policies.managed_policy_arn(
-                      policies.EC2_INSTANCE_MANAGED_POLICY, self.partition)],
-                  "starburst: lets EC2 container instances join the ECS cluster")
+        self.role(
+            names.instance_role,
+            policies.ec2_instance_trust_policy(),
+            None,
+            [policies.managed_policy_arn(policies.EC2_INSTANCE_MANAGED_POLICY, self.partition)],
+            "starburst: lets EC2 container instances join the ECS cluster",
+        )
         fresh = self.instance_profile(names.instance_role)
         template = self._launch_template(names, cluster, ami, security_group)
-        group_arn = self._auto_scaling_group(names.ec2, template, instance_types, subnets,
-                                             fresh_profile=fresh)
+        group_arn = self._auto_scaling_group(
+            names.ec2, template, instance_types, subnets, fresh_profile=fresh
+        )
         return self._capacity_provider(names.ec2, group_arn)
 
     def _architecture(self, instance_types: tuple[str, ...]) -> str:
         try:
-            found = self.call("ec2", "describe_instance_types",
-                              InstanceTypes=list(instance_types))["InstanceTypes"]
+            found = self.call("ec2", "describe_instance_types", InstanceTypes=list(instance_types))[
+                "InstanceTypes"
+            ]
         except (AwsCredentialsError, AwsPermissionError):
             raise
         except AwsError as exc:
             if exc.code == "InvalidInstanceType":
-                raise ValueError(f"unknown instance type among {', '.join(instance_types)}: "
-                                 f"{exc}") from exc
+                raise ValueError(
+                    f"unknown instance type among {', '.join(instance_types)}: {exc}"
+                ) from exc
             raise
-        archs = {t["InstanceType"]: set(t["ProcessorInfo"]["SupportedArchitectures"])
-                 for t in found}
+        archs = {
+            t["InstanceType"]: set(t["ProcessorInfo"]["SupportedArchitectures"]) for t in found
+        }
         unknown = [t for t in instance_types if t not in archs]
         if unknown:
             raise ValueError(f"{self.aws.region} has no instance type {', '.join(unknown)}")
@@ -769,7 +991,8 @@ class _Setup:
             raise ValueError(
                 "the instance types mix architectures ("
                 + ", ".join(f"{t}: {'/'.join(sorted(a))}" for t, a in archs.items())
-                + "); one launch template has one AMI: pick types of one architecture")
+                + "); one launch template has one AMI: pick types of one architecture"
+            )
         return "x86_64" if "x86_64" in common else "arm64"
 
     def _ecs_ami(self, arch: str) -> str:
@@ -780,25 +1003,33 @@ class _Setup:
             found = _absent(self.aws, "ssm", "get_parameter", ["ParameterNotFound"], Name=name)
             if found is not None:
                 if os_name != "amazon-linux-2023":
-                    self.notes.append(f"no Amazon Linux 2023 ECS AMI parameter here; used "
-                                      f"{name}")
+                    self.notes.append(f"no Amazon Linux 2023 ECS AMI parameter here; used {name}")
                 return str(found["Parameter"]["Value"])
         # Last resort (SSM public parameters missing, e.g. in an emulator): Amazon's newest
         # image by name.
         pattern = "al2023-ami-ecs-hvm-*" + ("arm64" if arch == "arm64" else "x86_64")
-        images = self.call("ec2", "describe_images", Owners=["amazon"],
-                           Filters=[{"Name": "name", "Values": [pattern]}])["Images"]
+        images = self.call(
+            "ec2",
+            "describe_images",
+            Owners=["amazon"],
+            Filters=[{"Name": "name", "Values": [pattern]}],
+        )["Images"]
         if not images:
             parameter = _AMI_PARAMETER.format(os="amazon-linux-2023", arch=suffix)
-            raise AwsError(f"cannot find the ECS-optimised AMI in {self.aws.region}: neither "
-                           f"the SSM parameter {parameter} nor an image named {pattern}")
+            raise AwsError(
+                f"cannot find the ECS-optimised AMI in {self.aws.region}: neither "
+                f"the SSM parameter {parameter} nor an image named {pattern}"
+            )
         newest = max(images, key=lambda i: i.get("CreationDate", ""))
-        self.notes.append(f"the SSM parameter for the ECS-optimised AMI is missing; used the "
-                          f"newest {pattern} image, {newest['ImageId']}")
+        self.notes.append(
+            f"the SSM parameter for the ECS-optimised AMI is missing; used the "
+            f"newest {pattern} image, {newest['ImageId']}"
+        )
         return str(newest["ImageId"])
 
-    def _launch_template(self, names: ResourceNames, cluster: str, ami: str,
-                         security_group: str) -> str:
+    def _launch_template(
+        self, names: ResourceNames, cluster: str, ami: str, security_group: str
+    ) -> str:
         user_data = (
             "#!/bin/bash\n"
             "cat >> /etc/ecs/ecs.config <<'EOF'\n"
@@ -813,25 +1044,42 @@ class _Setup:
             "IamInstanceProfile": {"Name": names.instance_role},
             "UserData": base64.b64encode(user_data.encode()).decode(),
             # A default VPC has no NAT gateway: instances need a public IP to reach ECR and S3.
-            "NetworkInterfaces": [{"DeviceIndex": 0, "AssociatePublicIpAddress": True,
-                                   "Groups": [security_group], "DeleteOnTermination": True}],
+            "NetworkInterfaces": [
+                {
+                    "DeviceIndex": 0,
+                    "AssociatePublicIpAddress": True,
+                    "Groups": [security_group],
+                    "DeleteOnTermination": True,
+                }
+            ],
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": _tags("Key")}],
         }
         name = names.ec2
-        found = _absent(self.aws, "ec2", "describe_launch_templates",
-                        ["InvalidLaunchTemplateName.NotFoundException"],
-                        LaunchTemplateNames=[name])
+        found = _absent(
+            self.aws,
+            "ec2",
+            "describe_launch_templates",
+            ["InvalidLaunchTemplateName.NotFoundException"],
+            LaunchTemplateNames=[name],
+        )
         if found is None or not found.get("LaunchTemplates"):
-            self.call("ec2", "create_launch_template", LaunchTemplateName=name,
-                      LaunchTemplateData=data, TagSpecifications=[
-                          {"ResourceType": "launch-template", "Tags": _tags("Key")}])
+            self.call(
+                "ec2",
+                "create_launch_template",
+                LaunchTemplateName=name,
+                LaunchTemplateData=data,
+                TagSpecifications=[{"ResourceType": "launch-template", "Tags": _tags("Key")}],
+            )
             self.add("launch template", name, CREATED, f"AMI {ami}")
             return name
         template_id = found["LaunchTemplates"][0]["LaunchTemplateId"]
-        current = self.call("ec2", "describe_launch_template_versions",
-                            LaunchTemplateId=template_id, Versions=["$Default"],
-                            )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+        current = self.call(
+            "ec2",
+            "describe_launch_template_versions",
+            LaunchTemplateId=template_id,
+            Versions=["$Default"],
+        )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
         differs = [k for k in ("ImageId", "UserData") if current.get(k) != data[k]]
         if current.get("IamInstanceProfile", {}).get("Name") != names.instance_role:
             differs.append("IamInstanceProfile")
@@ -841,57 +1089,97 @@ class _Setup:
         if not differs:
             self.add("launch template", name, EXISTS, f"AMI {ami}")
             return name
-        version = self.call("ec2", "create_launch_template_version", LaunchTemplateId=template_id,
-                            LaunchTemplateData=data)["LaunchTemplateVersion"]["VersionNumber"]
-        self.call("ec2", "modify_launch_template", LaunchTemplateId=template_id,
-                  DefaultVersion=str(version))
-        self.add("launch template", name, UPDATED,
-                 f"version {version}: new {', '.join(differs)} (AMI {ami})")
+        version = self.call(
+            "ec2",
+            "create_launch_template_version",
+            LaunchTemplateId=template_id,
+            LaunchTemplateData=data,
+        )["LaunchTemplateVersion"]["VersionNumber"]
+        self.call(
+            "ec2",
+            "modify_launch_template",
+            LaunchTemplateId=template_id,
+            DefaultVersion=str(version),
+        )
+        self.add(
+            "launch template",
+            name,
+            UPDATED,
+            f"version {version}: new {', '.join(differs)} (AMI {ami})",
+        )
         return name
 
-    def _auto_scaling_group(self, name: str, template: str, instance_types: tuple[str, ...],
-                            subnets: Sequence[str], *, fresh_profile: bool) -> str:
+    def _auto_scaling_group(
+        self,
+        name: str,
+        template: str,
+        instance_types: tuple[str, ...],
+        subnets: Sequence[str],
+        *,
+        fresh_profile: bool,
+    ) -> str:
         mixed = {
             "LaunchTemplate": {
-                "LaunchTemplateSpecification": {"LaunchTemplateName": template,
-                                                "Version": "$Default"},
+                "LaunchTemplateSpecification": {
+                    "LaunchTemplateName": template,
+                    "Version": "$Default",
+                },
                 "Overrides": [{"InstanceType": t} for t in instance_types],
             },
             # All Spot above a zero on-demand base; sessions asking for on-demand use Fargate.
             "InstancesDistribution": {
-                "OnDemandBaseCapacity": 0, "OnDemandPercentageAboveBaseCapacity": 0,
+                "OnDemandBaseCapacity": 0,
+                "OnDemandPercentageAboveBaseCapacity": 0,
                 "SpotAllocationStrategy": "price-capacity-optimized",
             },
         }
-        found = self.call("autoscaling", "describe_auto_scaling_groups",
-                          AutoScalingGroupNames=[name])["AutoScalingGroups"]
+        found = self.call(
+            "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[name]
+        )["AutoScalingGroups"]
         if not found:
             # Parked at zero: nothing runs (or costs) until a session raises MaxSize, and ECS
             # managed scaling then sets the desired count within it.
             params: dict[str, Any] = {
-                "AutoScalingGroupName": name, "MinSize": 0, "MaxSize": 0, "DesiredCapacity": 0,
-                "VPCZoneIdentifier": ",".join(subnets), "MixedInstancesPolicy": mixed,
+                "AutoScalingGroupName": name,
+                "MinSize": 0,
+                "MaxSize": 0,
+                "DesiredCapacity": 0,
+                "VPCZoneIdentifier": ",".join(subnets),
+                "MixedInstancesPolicy": mixed,
                 "CapacityRebalance": True,
                 # Managed termination protection needs new instances protected from scale-in.
                 "NewInstancesProtectedFromScaleIn": True,
-                "Tags": [{"Key": TAG_KEY, "Value": TAG_VALUE, "PropagateAtLaunch": True},
-                         {"Key": "AmazonECSManaged", "Value": "", "PropagateAtLaunch": True}],
+                "Tags": [
+                    {"Key": TAG_KEY, "Value": TAG_VALUE, "PropagateAtLaunch": True},
+                    {"Key": "AmazonECSManaged", "Value": "", "PropagateAtLaunch": True},
+                ],
             }
             self._create_group(params, fresh_profile)
-            self.add("Auto Scaling group", name, CREATED,
-                     f"min=max=desired=0, Spot: {', '.join(instance_types)}")
-            found = self.call("autoscaling", "describe_auto_scaling_groups",
-                              AutoScalingGroupNames=[name])["AutoScalingGroups"]
+            self.add(
+                "Auto Scaling group",
+                name,
+                CREATED,
+                f"min=max=desired=0, Spot: {', '.join(instance_types)}",
+            )
+            found = self.call(
+                "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[name]
+            )["AutoScalingGroups"]
             return str(found[0]["AutoScalingGroupARN"])
         group = found[0]
-        overrides = group.get("MixedInstancesPolicy", {}).get("LaunchTemplate", {}).get(
-            "Overrides", [])
+        overrides = (
+            group.get("MixedInstancesPolicy", {}).get("LaunchTemplate", {}).get("Overrides", [])
+        )
         if [o.get("InstanceType") for o in overrides] != list(instance_types):
             # Sizes are left alone: a running session may have raised them.
-            self.call("autoscaling", "update_auto_scaling_group", AutoScalingGroupName=name,
-                      MixedInstancesPolicy=mixed)
-            self.add("Auto Scaling group", name, UPDATED,
-                     f"instance types {', '.join(instance_types)}")
+            self.call(
+                "autoscaling",
+                "update_auto_scaling_group",
+                AutoScalingGroupName=name,
+                MixedInstancesPolicy=mixed,
+            )
+            self.add(
+                "Auto Scaling group", name, UPDATED, f"instance types {', '.join(instance_types)}"
+            )
         else:
             self.add("Auto Scaling group", name, EXISTS, f"Spot: {', '.join(instance_types)}")
         return str(group["AutoScalingGroupARN"])
@@ -912,25 +1200,36 @@ class _Setup:
                 time.sleep(IAM_PROPAGATION_DELAY)
 
     def _capacity_provider(self, name: str, group_arn: str) -> str:
-        found = self.call("ecs", "describe_capacity_providers",
-                          capacityProviders=[name])["capacityProviders"]
+        found = self.call("ecs", "describe_capacity_providers", capacityProviders=[name])[
+            "capacityProviders"
+        ]
         active = [p for p in found if p.get("status") == "ACTIVE"]
         if active:
             current = active[0].get("autoScalingGroupProvider", {}).get("autoScalingGroupArn")
             if current != group_arn:
-                raise AwsError(f"the ECS capacity provider {name} belongs to another Auto "
-                               f"Scaling group ({current}); delete it or run teardown first")
+                raise AwsError(
+                    f"the ECS capacity provider {name} belongs to another Auto "
+                    f"Scaling group ({current}); delete it or run teardown first"
+                )
             self.add("capacity provider", name, EXISTS, "managed scaling")
             return name
-        self.call("ecs", "create_capacity_provider", name=name, tags=_tags("key"),
-                  autoScalingGroupProvider={
-                      "autoScalingGroupArn": group_arn,
-                      "managedScaling": {"status": "ENABLED", "targetCapacity": 100,
-                                         "minimumScalingStepSize": 1,
-                                         "maximumScalingStepSize": 10},
-                      "managedTerminationProtection": "ENABLED",
-                      "managedDraining": "ENABLED",
-                  })
+        self.call(
+            "ecs",
+            "create_capacity_provider",
+            name=name,
+            tags=_tags("key"),
+            autoScalingGroupProvider={
+                "autoScalingGroupArn": group_arn,
+                "managedScaling": {
+                    "status": "ENABLED",
+                    "targetCapacity": 100,
+                    "minimumScalingStepSize": 1,
+                    "maximumScalingStepSize": 10,
+                },
+                "managedTerminationProtection": "ENABLED",
+                "managedDraining": "ENABLED",
+            },
+        )
         self.add("capacity provider", name, CREATED, "managed scaling, target 100%")
         return name
 
@@ -959,33 +1258,50 @@ def teardown(aws: Aws, settings: AwsSettings, *, delete_bucket: bool = False) ->
         AwsCredentialsError: no usable credentials.
     """
     if settings.region != aws.region:
-        raise ValueError(f"the profile's resources are in {settings.region} but the client is "
-                         f"in {aws.region}: run with AWS_REGION={settings.region}")
+        raise ValueError(
+            f"the profile's resources are in {settings.region} but the client is "
+            f"in {aws.region}: run with AWS_REGION={settings.region}"
+        )
     run = _Teardown(aws)
     names = resource_names(settings.cluster, settings.region)
     provider = settings.ec2_capacity_provider or names.ec2
-    run.step("capacity provider", provider, lambda: run.capacity_provider(settings.cluster,
-                                                                          provider))
-    run.step("Auto Scaling group", run.group or names.ec2,
-             lambda: run.auto_scaling_group(run.group or names.ec2))
+    run.step(
+        "capacity provider", provider, lambda: run.capacity_provider(settings.cluster, provider)
+    )
+    run.step(
+        "Auto Scaling group",
+        run.group or names.ec2,
+        lambda: run.auto_scaling_group(run.group or names.ec2),
+    )
     run.step("launch template", names.ec2, lambda: run.launch_template(names.ec2))
     run.step("ECS cluster", settings.cluster, lambda: run.cluster(settings.cluster))
-    roles = [_role_name(settings.execution_role_arn) if settings.execution_role_arn
-             else names.execution_role,
-             _role_name(settings.task_role_arn) if settings.task_role_arn else names.task_role,
-             names.instance_role]
+    roles = [
+        _role_name(settings.execution_role_arn)
+        if settings.execution_role_arn
+        else names.execution_role,
+        _role_name(settings.task_role_arn) if settings.task_role_arn else names.task_role,
+        names.instance_role,
+    ]
     for role in roles:
         run.step("IAM role", role, functools.partial(run.role, role))
     if settings.security_group:
-        run.step("security group", settings.security_group,
-                 lambda: run.security_group(settings.security_group))
+        run.step(
+            "security group",
+            settings.security_group,
+            lambda: run.security_group(settings.security_group),
+        )
     run.step("log group", settings.log_group, lambda: run.log_group(settings.log_group))
-    run.step("ECR repository", settings.ecr_repository,
-             lambda: run.repository(settings.ecr_repository))
-    run.step("SSM parameter", settings.secret_parameter,
-             lambda: run.parameter(settings.secret_parameter))
-    run.step("S3 bucket", settings.bucket,
-             lambda: run.bucket(settings.bucket, settings.prefix, delete_bucket))
+    run.step(
+        "ECR repository", settings.ecr_repository, lambda: run.repository(settings.ecr_repository)
+    )
+    run.step(
+        "SSM parameter", settings.secret_parameter, lambda: run.parameter(settings.secret_parameter)
+    )
+    run.step(
+        "S3 bucket",
+        settings.bucket,
+        lambda: run.bucket(settings.bucket, settings.prefix, delete_bucket),
+    )
     return TeardownReport(tuple(run.rows))
 
 
@@ -1013,8 +1329,9 @@ class _Teardown:
         return self.aws.call(service, operation, **params)
 
     def capacity_provider(self, cluster: str, name: str) -> tuple[str, str]:
-        found = self.call("ecs", "describe_capacity_providers",
-                          capacityProviders=[name])["capacityProviders"]
+        found = self.call("ecs", "describe_capacity_providers", capacityProviders=[name])[
+            "capacityProviders"
+        ]
         active = [p for p in found if p.get("status") == "ACTIVE"]
         if not active:
             return ABSENT, ""
@@ -1024,32 +1341,47 @@ class _Teardown:
         clusters = self.call("ecs", "describe_clusters", clusters=[cluster])["clusters"]
         for c in clusters:
             if c.get("status") == "ACTIVE" and name in c.get("capacityProviders", []):
-                self.call("ecs", "put_cluster_capacity_providers", cluster=cluster,
-                          capacityProviders=[p for p in c["capacityProviders"] if p != name],
-                          defaultCapacityProviderStrategy=[
-                              s for s in c.get("defaultCapacityProviderStrategy", [])
-                              if s.get("capacityProvider") != name])
+                self.call(
+                    "ecs",
+                    "put_cluster_capacity_providers",
+                    cluster=cluster,
+                    capacityProviders=[p for p in c["capacityProviders"] if p != name],
+                    defaultCapacityProviderStrategy=[
+                        s
+                        for s in c.get("defaultCapacityProviderStrategy", [])
+                        if s.get("capacityProvider") != name
+                    ],
+                )
         self.call("ecs", "delete_capacity_provider", capacityProvider=name)
         return REMOVED, ""
 
     def auto_scaling_group(self, name: str) -> tuple[str, str]:
-        found = self.call("autoscaling", "describe_auto_scaling_groups",
-                          AutoScalingGroupNames=[name])["AutoScalingGroups"]
+        found = self.call(
+            "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[name]
+        )["AutoScalingGroups"]
         if not found:
             return ABSENT, ""
         # ForceDelete terminates any instance still running instead of refusing.
-        self.call("autoscaling", "delete_auto_scaling_group", AutoScalingGroupName=name,
-                  ForceDelete=True)
+        self.call(
+            "autoscaling", "delete_auto_scaling_group", AutoScalingGroupName=name, ForceDelete=True
+        )
         return REMOVED, "its instances are terminated"
 
     def launch_template(self, name: str) -> tuple[str, str]:
-        found = _absent(self.aws, "ec2", "describe_launch_templates",
-                        ["InvalidLaunchTemplateName.NotFoundException"],
-                        LaunchTemplateNames=[name])
+        found = _absent(
+            self.aws,
+            "ec2",
+            "describe_launch_templates",
+            ["InvalidLaunchTemplateName.NotFoundException"],
+            LaunchTemplateNames=[name],
+        )
         if found is None or not found.get("LaunchTemplates"):
             return ABSENT, ""
-        self.call("ec2", "delete_launch_template",
-                  LaunchTemplateId=found["LaunchTemplates"][0]["LaunchTemplateId"])
+        self.call(
+            "ec2",
+            "delete_launch_template",
+            LaunchTemplateId=found["LaunchTemplates"][0]["LaunchTemplateId"],
+        )
         return REMOVED, ""
 
     def cluster(self, name: str) -> tuple[str, str]:
@@ -1061,11 +1393,17 @@ class _Teardown:
         except (AwsCredentialsError, AwsPermissionError):
             raise
         except AwsError as exc:
-            if exc.code in ("ClusterContainsTasksException", "ClusterContainsServicesException",
-                            "ClusterContainsContainerInstancesException"):
-                raise AwsError(f"the cluster still runs workers or instances ({exc.code}): stop "
-                               "running sessions (or wait for instances to terminate) and run "
-                               "teardown again", exc.code) from exc
+            if exc.code in (
+                "ClusterContainsTasksException",
+                "ClusterContainsServicesException",
+                "ClusterContainsContainerInstancesException",
+            ):
+                raise AwsError(
+                    f"the cluster still runs workers or instances ({exc.code}): stop "
+                    "running sessions (or wait for instances to terminate) and run "
+                    "teardown again",
+                    exc.code,
+                ) from exc
             raise
         return REMOVED, ""
 
@@ -1073,19 +1411,29 @@ class _Teardown:
         if _absent(self.aws, "iam", "get_role", ["NoSuchEntity"], RoleName=name) is None:
             return ABSENT, ""
         # IAM refuses to delete a role that still has policies or instance profiles.
-        for policy in list(self.aws.paginate("iam", "list_role_policies", "PolicyNames",
-                                             RoleName=name)):
+        for policy in list(
+            self.aws.paginate("iam", "list_role_policies", "PolicyNames", RoleName=name)
+        ):
             self.call("iam", "delete_role_policy", RoleName=name, PolicyName=policy)
-        for attached in list(self.aws.paginate("iam", "list_attached_role_policies",
-                                               "AttachedPolicies", RoleName=name)):
+        for attached in list(
+            self.aws.paginate(
+                "iam", "list_attached_role_policies", "AttachedPolicies", RoleName=name
+            )
+        ):
             self.call("iam", "detach_role_policy", RoleName=name, PolicyArn=attached["PolicyArn"])
-        profiles = self.call("iam", "list_instance_profiles_for_role",
-                             RoleName=name)["InstanceProfiles"]
+        profiles = self.call("iam", "list_instance_profiles_for_role", RoleName=name)[
+            "InstanceProfiles"
+        ]
         for profile in profiles:
-            self.call("iam", "remove_role_from_instance_profile",
-                      InstanceProfileName=profile["InstanceProfileName"], RoleName=name)
-            self.call("iam", "delete_instance_profile",
-                      InstanceProfileName=profile["InstanceProfileName"])
+            self.call(
+                "iam",
+                "remove_role_from_instance_profile",
+                InstanceProfileName=profile["InstanceProfileName"],
+                RoleName=name,
+            )
+            self.call(
+                "iam", "delete_instance_profile", InstanceProfileName=profile["InstanceProfileName"]
+            )
         self.call("iam", "delete_role", RoleName=name)
         return REMOVED, "and its instance profile" if profiles else ""
 
@@ -1098,20 +1446,30 @@ class _Teardown:
             if exc.code == "InvalidGroup.NotFound":
                 return ABSENT, ""
             if exc.code == "DependencyViolation":
-                raise AwsError(f"the security group {group_id} is still attached to network "
-                               "interfaces of stopping workers: run teardown again in a few "
-                               "minutes", exc.code) from exc
+                raise AwsError(
+                    f"the security group {group_id} is still attached to network "
+                    "interfaces of stopping workers: run teardown again in a few "
+                    "minutes",
+                    exc.code,
+                ) from exc
             raise
         return REMOVED, ""
 
     def log_group(self, name: str) -> tuple[str, str]:
-        gone = _absent(self.aws, "logs", "delete_log_group", ["ResourceNotFoundException"],
-                       logGroupName=name)
+        gone = _absent(
+            self.aws, "logs", "delete_log_group", ["ResourceNotFoundException"], logGroupName=name
+        )
         return (ABSENT, "") if gone is None else (REMOVED, "with its worker logs")
 
     def repository(self, name: str) -> tuple[str, str]:
-        gone = _absent(self.aws, "ecr", "delete_repository", ["RepositoryNotFoundException"],
-                       repositoryName=name, force=True)
+        gone = _absent(
+            self.aws,
+            "ecr",
+            "delete_repository",
+            ["RepositoryNotFoundException"],
+            repositoryName=name,
+            force=True,
+        )
         return (ABSENT, "") if gone is None else (REMOVED, "with its images")
 
     def parameter(self, name: str) -> tuple[str, str]:
@@ -1119,19 +1477,26 @@ class _Teardown:
         return (ABSENT, "") if gone is None else (REMOVED, "")
 
     def bucket(self, bucket: str, prefix: str, delete: bool) -> tuple[str, str]:
-        tags = _absent(self.aws, "s3", "get_bucket_tagging", ["NoSuchTagSet", "NoSuchBucket"],
-                       Bucket=bucket)
-        if tags is None and _absent(self.aws, "s3", "head_bucket", ["404", "NoSuchBucket"],
-                                    Bucket=bucket) is None:
+        tags = _absent(
+            self.aws, "s3", "get_bucket_tagging", ["NoSuchTagSet", "NoSuchBucket"], Bucket=bucket
+        )
+        if (
+            tags is None
+            and _absent(self.aws, "s3", "head_bucket", ["404", "NoSuchBucket"], Bucket=bucket)
+            is None
+        ):
             return ABSENT, ""
         if not delete:
             return KEPT, "it holds session data: pass delete_bucket=True (--delete-bucket)"
-        ours = any(t.get("Key") == TAG_KEY and t.get("Value") == TAG_VALUE
-                   for t in (tags or {}).get("TagSet", []))
+        ours = any(
+            t.get("Key") == TAG_KEY and t.get("Value") == TAG_VALUE
+            for t in (tags or {}).get("TagSet", [])
+        )
         if not ours:
             count = self._empty(bucket, f"{prefix}/")
-            return KEPT, (f"not created by setup: deleted only the {count} object(s) under "
-                          f"{prefix}/")
+            return KEPT, (
+                f"not created by setup: deleted only the {count} object(s) under {prefix}/"
+            )
         self._empty(bucket, "")
         self.call("s3", "delete_bucket", Bucket=bucket)
         return REMOVED, "emptied and deleted"
@@ -1140,18 +1505,27 @@ class _Teardown:
         """Delete every object version and delete marker under ``prefix``; their count."""
         deleted = 0
         while True:
-            page = self.call("s3", "list_object_versions", Bucket=bucket, Prefix=prefix,
-                             MaxKeys=1000)
-            objects = [{"Key": v["Key"], "VersionId": v["VersionId"]}
-                       for v in (*page.get("Versions", []), *page.get("DeleteMarkers", []))]
+            page = self.call(
+                "s3", "list_object_versions", Bucket=bucket, Prefix=prefix, MaxKeys=1000
+            )
+            objects = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in (*page.get("Versions", []), *page.get("DeleteMarkers", []))
+            ]
             if not objects:
                 return deleted
             # DeleteObjects takes at most 1,000 keys per request.
-            result = self.call("s3", "delete_objects", Bucket=bucket,
-                               Delete={"Objects": objects[:1000], "Quiet": True})
+            result = self.call(
+                "s3",
+                "delete_objects",
+                Bucket=bucket,
+                Delete={"Objects": objects[:1000], "Quiet": True},
+            )
             if result.get("Errors"):
                 first = result["Errors"][0]
-                raise AwsError(f"could not empty the bucket {bucket}: {first.get('Key')}: "
-                               f"{first.get('Code')} {first.get('Message')}",
-                               str(first.get("Code", "")))
+                raise AwsError(
+                    f"could not empty the bucket {bucket}: {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message')}",
+                    str(first.get("Code", "")),
+                )
             deleted += len(objects[:1000])

@@ -41,8 +41,10 @@ def _worker_pythonpath(current: str) -> str:
     children do. The interpreter's own paths are left to the worker's interpreter."""
     own = {sys.prefix, sys.base_prefix, sys.exec_prefix}
     extra = [
-        os.path.abspath(p or os.curdir) for p in sys.path
-        if os.path.isdir(p or os.curdir) and "site-packages" not in p
+        os.path.abspath(p or os.curdir)
+        for p in sys.path
+        if os.path.isdir(p or os.curdir)
+        and "site-packages" not in p
         and not any(os.path.abspath(p or os.curdir).startswith(root) for root in own)
     ]
     parts = [p for p in current.split(os.pathsep) if p]
@@ -59,8 +61,9 @@ class LocalLauncher:
         log_dir: where worker logs go (default ``STARBURST_HOME/logs/{session_id}``).
     """
 
-    def __init__(self, store_url: str, session_id: str, *, poll_max: float = 0.5,
-                 log_dir: Path | None = None) -> None:
+    def __init__(
+        self, store_url: str, session_id: str, *, poll_max: float = 0.5, log_dir: Path | None = None
+    ) -> None:
         self.store_url = store_url
         self.session_id = session_id
         self.poll_max = poll_max
@@ -79,11 +82,25 @@ class LocalLauncher:
             log = self.log_dir / f"{worker}.log"
             with open(log, "ab") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "starburst_executor.worker", "--store", self.store_url,
-                     "--session", self.session_id, "--worker-id", worker,
-                     "--poll-max", str(self.poll_max)],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                    start_new_session=True, close_fds=True,
+                    [
+                        sys.executable,
+                        "-m",
+                        "starburst_executor.worker",
+                        "--store",
+                        self.store_url,
+                        "--session",
+                        self.session_id,
+                        "--worker-id",
+                        worker,
+                        "--poll-max",
+                        str(self.poll_max),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
                 )
             self._procs[worker] = (proc, log)
             started.append(worker)
@@ -117,7 +134,10 @@ class LocalLauncher:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.warning("session %s: worker pid %d ignored SIGTERM; killing it",
-                               self.session_id, proc.pid)
+                logger.warning(
+                    "session %s: worker pid %d ignored SIGTERM; killing it",
+                    self.session_id,
+                    proc.pid,
+                )
                 proc.kill()
                 proc.wait()

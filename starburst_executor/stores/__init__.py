@@ -43,13 +43,17 @@ def open_store(url: str | Path | Store | None = None) -> Store:
 
         path = unquote(parts.path) if parts.scheme == "file" else url
         if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
-            raise ValueError(f"store URL {url!r}: file URLs take an absolute path: 'file:///abs/path'")
+            raise ValueError(
+                f"store URL {url!r}: file URLs take an absolute path: 'file:///abs/path'"
+            )
         return LocalStore(path)
     if parts.scheme == "s3":
         from starburst_executor.stores.s3 import S3Store
 
         if not parts.netloc:
-            raise ValueError(f"store URL {url!r} names no bucket: use 's3://BUCKET/optional/prefix'")
+            raise ValueError(
+                f"store URL {url!r} names no bucket: use 's3://BUCKET/optional/prefix'"
+            )
         return S3Store(parts.netloc, parts.path.strip("/"))
     raise ValueError(
         f"store URL {url!r} has unsupported scheme {parts.scheme!r}: "

@@ -199,7 +199,11 @@ class LocalStore:
             key = rel + name
             if name.endswith("/"):
                 # Skip a subtree whose keys all sort at or before the cursor.
-                if start_after is not None and key < start_after and not start_after.startswith(key):
+                if (
+                    start_after is not None
+                    and key < start_after
+                    and not start_after.startswith(key)
+                ):
                     continue
                 yield from self._walk(Path(entry.path), key, "", start_after)
                 continue

@@ -41,18 +41,35 @@ T = TypeVar("T")
 
 _TRANSIENT_CODES = frozenset(
     {
-        "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-        "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+        "500",
+        "502",
+        "504",
         # AWS: another conditional write to the key is in flight; the docs say to retry.
-        "ConditionalRequestConflict", "OperationAborted",
+        "ConditionalRequestConflict",
+        "OperationAborted",
     }
 )
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _AUTH_CODES = frozenset(
     {
-        "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-        "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
+        "AccessDenied",
+        "403",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "AccountProblem",
     }
 )
 _CONNECTION_ERRORS = (
@@ -207,7 +224,8 @@ class S3Store:
         # A one-key listing under our prefix, not HeadBucket: the workers' IAM policy allows
         # s3:ListBucket only with an s3:prefix condition, which HeadBucket cannot satisfy.
         return self._client.list_objects_v2(  # type: ignore[no-any-return]
-            Bucket=self._bucket, Prefix=self._key_prefix, MaxKeys=1)
+            Bucket=self._bucket, Prefix=self._key_prefix, MaxKeys=1
+        )
 
     def _bucket_missing(self) -> bool:
         try:
@@ -273,7 +291,8 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> str:
         response = self._call(
-            "put", key,
+            "put",
+            key,
             lambda: self._client.put_object(Bucket=self._bucket, Key=self._full(key), Body=data),
         )
         return str(response["ETag"])
@@ -296,7 +315,9 @@ class S3Store:
             page = self._call("list", prefix, lambda: self._client.list_objects_v2(**kwargs))
             for item in page.get("Contents", ()):
                 yield ObjectInfo(
-                    item["Key"][strip:], int(item["Size"]), str(item["ETag"]),
+                    item["Key"][strip:],
+                    int(item["Size"]),
+                    str(item["ETag"]),
                     item["LastModified"].timestamp(),
                 )
             if not page.get("IsTruncated"):
@@ -317,7 +338,8 @@ class S3Store:
     def _delete_batch(self, keys: Sequence[str]) -> None:
         request = {"Objects": [{"Key": self._full(k)} for k in keys], "Quiet": True}
         response = self._call(
-            "delete", keys[0],
+            "delete",
+            keys[0],
             lambda: self._client.delete_objects(Bucket=self._bucket, Delete=request),
         )
         errors = [e for e in response.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
@@ -345,6 +367,11 @@ class S3Store:
 
 
 _PERMISSION = {
-    "get": "GetObject", "put": "PutObject", "create": "PutObject", "update": "PutObject",
-    "list": "ListBucket", "delete": "DeleteObject", "check": "ListBucket",
+    "get": "GetObject",
+    "put": "PutObject",
+    "create": "PutObject",
+    "update": "PutObject",
+    "list": "ListBucket",
+    "delete": "DeleteObject",
+    "check": "ListBucket",
 }

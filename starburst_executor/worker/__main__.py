@@ -34,7 +34,8 @@ def _ecs_worker_id() -> str | None:
             arn = json.load(response)["TaskARN"]
     except (OSError, ValueError, KeyError) as exc:
         logging.getLogger("starburst_executor.worker").warning(
-            "cannot read the ECS task metadata (%s); using a host-based worker id", exc)
+            "cannot read the ECS task metadata (%s); using a host-based worker id", exc
+        )
         return None
     return f"ecs-{str(arn).rsplit('/', 1)[-1]}"
 
@@ -44,29 +45,49 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m starburst_executor.worker",
         description="Run a starburst worker for one session until the session ends.",
     )
-    parser.add_argument("--store", default=os.environ.get("STARBURST_STORE"),
-                        help="store URL (file:///path or s3://bucket/prefix); env STARBURST_STORE")
-    parser.add_argument("--session", default=os.environ.get("STARBURST_SESSION"),
-                        help="session id; env STARBURST_SESSION")
-    parser.add_argument("--worker-id", default=os.environ.get("STARBURST_WORKER_ID"),
-                        help="worker id (default: host-pid-random); env STARBURST_WORKER_ID")
-    parser.add_argument("--poll-max", type=float,
-                        default=float(os.environ.get("STARBURST_POLL_MAX", "0.5")),
-                        help="longest wait between looks for work, seconds")
+    parser.add_argument(
+        "--store",
+        default=os.environ.get("STARBURST_STORE"),
+        help="store URL (file:///path or s3://bucket/prefix); env STARBURST_STORE",
+    )
+    parser.add_argument(
+        "--session",
+        default=os.environ.get("STARBURST_SESSION"),
+        help="session id; env STARBURST_SESSION",
+    )
+    parser.add_argument(
+        "--worker-id",
+        default=os.environ.get("STARBURST_WORKER_ID"),
+        help="worker id (default: host-pid-random); env STARBURST_WORKER_ID",
+    )
+    parser.add_argument(
+        "--poll-max",
+        type=float,
+        default=float(os.environ.get("STARBURST_POLL_MAX", "0.5")),
+        help="longest wait between looks for work, seconds",
+    )
     parser.add_argument("--log-level", default=os.environ.get("STARBURST_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if not args.store or not args.session:
         parser.error("--store and --session are required (or STARBURST_STORE / STARBURST_SESSION)")
     logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr,
+        level=args.log_level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s worker %(process)d %(name)s: %(message)s",
     )
-    worker_id = args.worker_id or _ecs_worker_id() or (
-        f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
+    worker_id = (
+        args.worker_id
+        or _ecs_worker_id()
+        or (f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
+    )
     try:
-        worker = Worker(open_store(args.store), args.session, worker_id, Codec(secret_key()),
-                        WorkerOptions(poll_max=args.poll_max,
-                                      control_every=max(2.0, 2 * args.poll_max)))
+        worker = Worker(
+            open_store(args.store),
+            args.session,
+            worker_id,
+            Codec(secret_key()),
+            WorkerOptions(poll_max=args.poll_max, control_every=max(2.0, 2 * args.poll_max)),
+        )
     except (StarburstError, ValueError) as exc:
         logging.getLogger("starburst_executor.worker").error("cannot start: %s", exc)
         return 2

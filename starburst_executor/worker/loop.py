@@ -143,7 +143,11 @@ class Worker:
     """
 
     def __init__(
-        self, store: Store, session_id: str, worker_id: str, codec: Codec,
+        self,
+        store: Store,
+        session_id: str,
+        worker_id: str,
+        codec: Codec,
         options: WorkerOptions | None = None,
     ) -> None:
         self.store = store
@@ -153,7 +157,10 @@ class Worker:
         self.options = options or WorkerOptions()
         self.manifest = self._load_manifest()
         self.claims = Claims(
-            store, self.keys, codec, lease_seconds=self.manifest.lease_seconds,
+            store,
+            self.keys,
+            codec,
+            lease_seconds=self.manifest.lease_seconds,
             max_attempts=self.manifest.max_attempts,
         )
         self._mismatch = version_mismatch(self.manifest.versions)
@@ -172,8 +179,9 @@ class Worker:
         self._ring = _RingHandler()
         logging.getLogger("starburst_executor").addHandler(self._ring)
         self._started = store.now()
-        self._record = WorkerRecord(worker_id, "running", socket.gethostname(), os.getpid(),
-                                    self._started)
+        self._record = WorkerRecord(
+            worker_id, "running", socket.gethostname(), os.getpid(), self._started
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -188,7 +196,9 @@ class Worker:
 
     def _write_record(self, **changes: Any) -> None:
         self._record = replace(self._record, tasks=self._tasks_run, **changes)
-        self.store.put(self.keys.worker(self.worker_id), self.codec.encode_json(self._record.to_dict()))
+        self.store.put(
+            self.keys.worker(self.worker_id), self.codec.encode_json(self._record.to_dict())
+        )
 
     def run(self) -> int:
         """Work until the session ends; returns the process exit code."""
@@ -204,8 +214,12 @@ class Worker:
             self._stop.set()
             renewer.join()
             if not self._terminating.is_set():
-                logger.info("worker %s of session %s exits: %s", self.worker_id,
-                            self.keys.session_id, reason)
+                logger.info(
+                    "worker %s of session %s exits: %s",
+                    self.worker_id,
+                    self.keys.session_id,
+                    reason,
+                )
                 self._write_record(state="exited", reason=reason, ended=self.store.now())
                 self._upload_log()
         return 0
@@ -230,8 +244,9 @@ class Worker:
         except BaseException as exc:  # the initializer is user code: report anything
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             logger.error("worker %s: initializer failed:\n%s", self.worker_id, text)
-            self._write_record(state="init-failed", reason="initializer failed", error=text,
-                               ended=self.store.now())
+            self._write_record(
+                state="init-failed", reason="initializer failed", error=text, ended=self.store.now()
+            )
             self._upload_log()
             return False
         return True
@@ -273,14 +288,20 @@ class Worker:
             try:
                 renewed = self.claims.renew(handle)
             except StarburstError as exc:  # the next renewal may get through
-                logger.warning("worker %s: lease renewal of %s failed: %s", self.worker_id, handle.bid, exc)
+                logger.warning(
+                    "worker %s: lease renewal of %s failed: %s", self.worker_id, handle.bid, exc
+                )
                 continue
             with self._lock:
                 if self._handle is not None and self._handle.bid == handle.bid:
                     self._handle = renewed
             if renewed is None:
-                logger.warning("worker %s: lost its claim on batch %s (lease expired and taken "
-                               "over); its result may be discarded", self.worker_id, handle.bid)
+                logger.warning(
+                    "worker %s: lost its claim on batch %s (lease expired and taken "
+                    "over); its result may be discarded",
+                    self.worker_id,
+                    handle.bid,
+                )
 
     def _check_task_timeout(self) -> None:
         """Stop a task past ``task_timeout`` or the session's deadline (``session_timeout``).
@@ -297,31 +318,53 @@ class Worker:
             return
         limit = self.manifest.task_timeout
         if limit is not None and time.monotonic() - started > limit:
-            logger.error("worker %s: a task of batch %s exceeded task_timeout=%gs; restarting",
-                         self.worker_id, handle.bid, limit)
-            self._abandon(handle, done, TimeoutError(
-                f"the task ran longer than task_timeout={limit:g}s on worker {self.worker_id}; "
-                "it was stopped and the worker replaced"
-            ))
-            os.execv(sys.executable, [sys.executable, "-m", "starburst_executor.worker", *sys.argv[1:]])
+            logger.error(
+                "worker %s: a task of batch %s exceeded task_timeout=%gs; restarting",
+                self.worker_id,
+                handle.bid,
+                limit,
+            )
+            self._abandon(
+                handle,
+                done,
+                TimeoutError(
+                    f"the task ran longer than task_timeout={limit:g}s on worker {self.worker_id}; "
+                    "it was stopped and the worker replaced"
+                ),
+            )
+            os.execv(
+                sys.executable, [sys.executable, "-m", "starburst_executor.worker", *sys.argv[1:]]
+            )
         deadline = self.manifest.deadline
         if deadline is not None and self.store.now() > deadline:
-            logger.error("worker %s: session %s expired while batch %s ran; exiting",
-                         self.worker_id, self.keys.session_id, handle.bid)
+            logger.error(
+                "worker %s: session %s expired while batch %s ran; exiting",
+                self.worker_id,
+                self.keys.session_id,
+                handle.bid,
+            )
             self._expired()
-            self._abandon(handle, done, SessionError(
-                f"session {self.keys.session_id} expired (session_timeout="
-                f"{self.manifest.session_timeout:g}s) while the task ran; it was stopped"
-            ), reason="session expired (session_timeout) during a task")
+            self._abandon(
+                handle,
+                done,
+                SessionError(
+                    f"session {self.keys.session_id} expired (session_timeout="
+                    f"{self.manifest.session_timeout:g}s) while the task ran; it was stopped"
+                ),
+                reason="session expired (session_timeout) during a task",
+            )
             os._exit(0)
 
-    def _abandon(self, handle: ClaimHandle, done: list[_Outcome], error: BaseException,
-                 reason: str = "") -> None:
+    def _abandon(
+        self, handle: ClaimHandle, done: list[_Outcome], error: BaseException, reason: str = ""
+    ) -> None:
         """Deliver ``error`` for the batch's unfinished tasks and record the exit."""
         payload = dumps(capture_exception(error))
         finished = {o[0] for o in done}
         batch = self._current_batch or {"tasks": []}
-        outcomes = done + [(t["i"], "err", payload) for t in batch["tasks"] if t["i"] not in finished]
+        outcomes = done + [
+            (t["i"], "err", payload) for t in batch["tasks"] if t["i"] not in finished
+        ]
         try:
             self._deliver(handle, outcomes, None)
             self.claims.finish(handle)
@@ -337,7 +380,9 @@ class Worker:
         try:
             if handle is not None and self.claims.release(handle):
                 logger.info("worker %s: SIGTERM, released batch %s", self.worker_id, handle.bid)
-            logger.info("worker %s of session %s exits: SIGTERM", self.worker_id, self.keys.session_id)
+            logger.info(
+                "worker %s of session %s exits: SIGTERM", self.worker_id, self.keys.session_id
+            )
             self._write_record(state="exited", reason="SIGTERM", ended=self.store.now())
             self._upload_log()
         finally:
@@ -348,8 +393,12 @@ class Worker:
 
     def _loop(self) -> str:
         control = self._read_control()
-        cursor = KeyCursor(self.store, self.keys.batches, margin=self.options.cursor_margin,
-                           start_after=control.low_watermark)
+        cursor = KeyCursor(
+            self.store,
+            self.keys.batches,
+            margin=self.options.cursor_margin,
+            start_after=control.low_watermark,
+        )
         old_before_ms = int(self._started * 1000) - int(self.options.cursor_margin * 1000)
         interval = self.options.poll_min
         last_work = time.monotonic()
@@ -408,7 +457,9 @@ class Worker:
             record = ControlRecord.from_dict(self.codec.decode_json(obj.data, self.keys.control))
             if record.state == "open":
                 new = replace(record, n=record.n + 1, state="expired")
-                self.store.put_if_match(self.keys.control, self.codec.encode_json(new.to_dict()), obj.etag)
+                self.store.put_if_match(
+                    self.keys.control, self.codec.encode_json(new.to_dict()), obj.etag
+                )
         except PreconditionFailedError:
             pass  # another worker or a client changed it first
         return True
@@ -425,12 +476,12 @@ class Worker:
         if SessionKeys.is_requeue(key):
             return self.claims.take_over(bid, self.worker_id)
         handle = self.claims.try_claim(bid, self.worker_id)
-        if handle is not None and key_time_ms(bid) < old_before_ms:
-            # A batch from before this worker started may be finished with its claim already
-            # collected: then its result exists, and it must not run again.
-            if any(True for _ in self.store.list(self.keys.result(bid))):
-                self.claims.finish(handle)
-                return None
+        # A batch from before this worker started may be finished with its claim already
+        # collected: then its result exists, and it must not run again.
+        old = handle is not None and key_time_ms(bid) < old_before_ms
+        if old and handle is not None and any(True for _ in self.store.list(self.keys.result(bid))):
+            self.claims.finish(handle)
+            return None
         return handle
 
     # -- running a batch -------------------------------------------------------------------
@@ -458,8 +509,14 @@ class Worker:
         try:
             batch = self.codec.decode_pickle(self.store.get(key).data, key)
         except ObjectNotFoundError:
-            return [], dumps(capture_exception(StarburstError(
-                f"batch {handle.bid} is missing from the store (was the session's data deleted?)")))
+            return [], dumps(
+                capture_exception(
+                    StarburstError(
+                        f"batch {handle.bid} is missing from the store (was the session's "
+                        "data deleted?)"
+                    )
+                )
+            )
         except StarburstError as exc:
             return [], dumps(capture_exception(exc))
         if self._mismatch:
@@ -556,12 +613,19 @@ class Worker:
         self, handle: ClaimHandle, outcomes: list[_Outcome], batch_error: bytes | None
     ) -> None:
         record = {
-            "bid": handle.bid, "worker": self.worker_id, "attempt": handle.claim.attempt,
-            "outcomes": outcomes, "batch_error": batch_error, "outputs": dict(self._outputs),
+            "bid": handle.bid,
+            "worker": self.worker_id,
+            "attempt": handle.claim.attempt,
+            "outcomes": outcomes,
+            "batch_error": batch_error,
+            "outputs": dict(self._outputs),
             "seconds": time.monotonic() - self._batch_started,  # lets the client size batches
         }
-        failed = SessionKeys.batch_size(handle.bid) if batch_error else (
-            sum(1 for o in outcomes if o[1] == "err") + self._chunk_failures)
+        failed = (
+            SessionKeys.batch_size(handle.bid)
+            if batch_error
+            else (sum(1 for o in outcomes if o[1] == "err") + self._chunk_failures)
+        )
         data = self.codec.encode_pickle(record)
         try:
             self.store.put_if_absent(self.keys.result(handle.bid), data)
@@ -570,4 +634,3 @@ class Worker:
             inline = b""
         ts_ms = int(self.store.now() * 1000)
         self.store.put(self.keys.done_event(ts_ms, handle.bid, failed), inline)
-

@@ -14,7 +14,6 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-
 from servers import MotoServer
 
 

@@ -267,9 +267,12 @@ def _register_container_instance(aws: Aws, cluster: str) -> None:
 # -- failures ----------------------------------------------------------------------------------
 
 
-def test_failures_without_any_task_raise_with_reason_and_advice(offline: Aws) -> None:
+def test_failures_without_any_task_raise_with_reason_and_advice(
+        offline: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     options = replace(OFFLINE_OPTIONS, launch_type="EC2", ec2_capacity_provider="starburst-ec2")
     launcher = make(offline, options)
+    # Growing the Auto Scaling group is shown on moto (test_capacity_provider_strategy).
+    monkeypatch.setattr(launcher, "_ensure_ec2_capacity", lambda workers: None)
     arn = "arn:aws:ecs:us-east-1:123456789012:container-instance/starburst/abc"
     stubber = stub_ecs(offline, FOUND_DEFINITION, ("run_task", {"tasks": [], "failures": [
         {"arn": arn, "reason": "RESOURCE:MEMORY"}]}))
