@@ -79,7 +79,6 @@ class DetachedExecutor(StarburstExecutor):
         self._reader = SessionReader(self._store, self.session_id, self._writer.codec)
         self._state = "open"
         self._detached_here = False
-        remember_session(self.session_id, self._store.url)
 
     @classmethod
     def attach(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -27,6 +28,7 @@ from starburst_executor.config import secret_key
 from starburst_executor.launchers import Launcher, make_launcher
 from starburst_executor.protocol import Codec, SessionManifest, runtime_versions
 from starburst_executor.serialization import call_parts, dumps_part
+from starburst_executor.sessions import SessionReader, remember_session
 from starburst_executor.stores import Store, open_store
 from starburst_executor.stores.local import LocalStore
 
@@ -221,6 +223,7 @@ class StarburstExecutor(Executor):
         if code is not None:
             writer.manifest = replace(writer.manifest, code=writer.upload_blob(code))
         writer.create()
+        remember_session(manifest.session_id, store_obj.url)  # attach(session_id) finds it
         self._wire(writer, max_workers, pacing)
         logger.info(
             "session %s: %d worker(s) max, store %s", self.session_id, max_workers, store_obj.url
@@ -383,6 +386,15 @@ class StarburstExecutor(Executor):
             self._ensure_started()  # let the manager close the session and exit
         if wait:
             self._manager.thread.join()
+            if self._writer.manifest.backend == "aws":
+                report = self.cost()
+                if report is not None:  # the measured cost, on the console in one line
+                    print(report["text"], file=sys.stderr)
+
+    def cost(self) -> dict[str, Any] | None:
+        """What the session's workers cost so far, from their measured runtime (AWS backend;
+        ``None`` for local workers): ``{"cost": USD, "worker_seconds": ..., "text": ...}``."""
+        return SessionReader(self._store, self.session_id, self._writer.codec).cost()
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)

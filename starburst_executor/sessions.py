@@ -314,11 +314,13 @@ class SessionReader:
             last_activity=max(activity, last_done / 1000),
             store_url=self.store.url,
             worker_states=states,
-            cost=self._cost(workers),
+            cost=self.cost(workers),
         )
 
-    def _cost(self, workers: list[WorkerRecord]) -> dict[str, Any] | None:
-        """The cost so far of an AWS session, from its workers' measured runtime."""
+    def cost(self, workers: list[WorkerRecord] | None = None) -> dict[str, Any] | None:
+        """The cost so far of an AWS session from its workers' measured runtime (``None``
+        for other backends): ``{"cost": USD, "worker_seconds": ..., "text": one line}``."""
+        workers = self.workers() if workers is None else workers
         rate = self.manifest.extra.get("rate")
         if self.manifest.backend != "aws" or not rate:
             return None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,3 +142,15 @@ def test_checks_before_any_launch(profile: AwsSettings, agent: LocalEcsAgent) ->
 def test_backend_aws_without_setup_says_what_to_run(moto_aws_client: Aws) -> None:
     with pytest.raises(AwsNotSetUpError, match="starburst setup"):
         StarburstExecutor(backend="aws")
+
+
+def test_aws_quickstart_example_runs(profile: AwsSettings, agent: LocalEcsAgent) -> None:
+    example = _TESTS.parent / "examples" / "aws_quickstart.py"
+    result = subprocess.run([sys.executable, str(example), "--workers", "2", "--tasks", "4",
+                             "--cpu", "0.25", "--memory", "512MB"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "pi ~= 3.1" in result.stdout
+    assert "Estimated cost" in result.stderr
+    assert "cost: $" in result.stdout  # the measured cost, as data
+    assert "cost" in result.stderr.lower().split("estimated cost", 1)[1]  # and on the console
