@@ -27,6 +27,7 @@ import site
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,6 +306,27 @@ def source_tree() -> Path:
     )
 
 
+def _installed_source(target: Path) -> Path:
+    """A minimal source tree of the installed package: its files, and a ``pyproject.toml``
+    with its name, version and dependencies from the installed metadata."""
+    dist = importlib.metadata.distribution(_DIST_NAME)
+    requires = [r for r in (dist.requires or []) if "extra ==" not in r]
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        f'[project]\nname = "{_DIST_NAME}"\nversion = "{dist.version}"\n'
+        f"dependencies = {json.dumps(requires)}\n\n"
+        '[tool.setuptools.packages.find]\ninclude = ["starburst_executor*"]\n\n'
+        '[tool.setuptools.package-data]\nstarburst_executor = ["py.typed"]\n'
+    )
+    (target / "README.md").write_text(f"{_DIST_NAME} {dist.version} (from an installed wheel)\n")
+    shutil.copytree(
+        Path(starburst_executor.__file__).resolve().parent, target / "starburst_executor",
+        dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    return target
+
+
 def write_context(env: Environment, context_dir: Path, source_dir: Path | None = None) -> Path:
     """Fill ``context_dir`` with the build context: the rendered Dockerfile, requirements.txt,
     and ``pyproject.toml``, ``README.md`` and ``starburst_executor/`` from the source tree.
@@ -313,9 +335,20 @@ def write_context(env: Environment, context_dir: Path, source_dir: Path | None =
         The Dockerfile's path.
 
     Raises:
-        ImageBuildError: ``source_dir`` (default :func:`source_tree`) is not a checkout.
+        ImageBuildError: ``source_dir`` is not a checkout. Without ``source_dir``, the
+            checkout this package runs from, or else the installed package's own files.
     """
-    source = Path(source_dir) if source_dir is not None else source_tree()
+    synthesized = False
+    if source_dir is not None:
+        source = Path(source_dir)
+    else:
+        try:
+            source = source_tree()
+        except ImageBuildError:
+            # Installed from a wheel (pip install starburst-executor): the image installs the
+            # very package this client runs, rebuilt from its installed files.
+            source = _installed_source(Path(tempfile.mkdtemp(prefix="starburst-src-")))
+            synthesized = True
     needed = [source / "pyproject.toml", source / "README.md", source / "starburst_executor"]
     missing = [p.name for p in needed if not p.exists()]
     if missing:
@@ -331,6 +364,8 @@ def write_context(env: Environment, context_dir: Path, source_dir: Path | None =
         dirs_exist_ok=True,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"),
     )
+    if synthesized:
+        shutil.rmtree(source)
     (context_dir / "requirements.txt").write_text(env.requirements_txt())
     dockerfile = context_dir / "Dockerfile"
     dockerfile.write_text(render_dockerfile(env))

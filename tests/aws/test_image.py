@@ -340,3 +340,21 @@ def test_install_code_refuses_unsafe_zips(tmp_path: Path) -> None:
         install_code(buffer.getvalue(), tmp_path)
     with pytest.raises(ValueError, match="not a zip"):
         install_code(b"not a zip", tmp_path)
+
+
+def test_context_from_an_installed_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pip install starburst-executor` (no checkout): the image installs the installed files."""
+
+    def no_checkout() -> Path:
+        raise ImageBuildError("installed from a wheel")
+
+    monkeypatch.setattr(image, "source_tree", no_checkout)
+    env = capture_environment()
+    dockerfile = image.write_context(env, tmp_path / "ctx")
+    ctx = dockerfile.parent
+    pyproject = (ctx / "pyproject.toml").read_text()
+    assert 'name = "starburst-executor"' in pyproject
+    assert "cloudpickle" in pyproject and "boto3" in pyproject  # its runtime dependencies
+    assert "pytest" not in pyproject  # not the test extra
+    assert (ctx / "starburst_executor" / "worker" / "__main__.py").is_file()
+    assert not list(ctx.rglob("__pycache__"))
