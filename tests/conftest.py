@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -168,3 +169,19 @@ def make_executor(executor_store: str) -> Iterator[Callable[..., Any]]:
     yield make
     for ex in made:
         ex.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def reap() -> Iterator[list[str]]:
+    """Session ids whose leftover processes are killed at teardown (a failed test must not
+    leave workers behind for minutes)."""
+    from detached_support import session_processes
+
+    sids: list[str] = []
+    yield sids
+    for sid in sids:
+        for pid in session_processes(sid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

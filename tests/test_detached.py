@@ -8,13 +8,11 @@ The core cycle runs on a directory store and on S3 (SeaweedFS).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import executor_tasks as tasks
@@ -47,20 +45,6 @@ from starburst_executor.sessions import SessionReader
 
 FAST = Pacing(poll_max=0.1)  # workers and the client look for work at least every 0.1 s
 POLL = 0.05
-
-
-@pytest.fixture
-def reap() -> Iterator[list[str]]:
-    """Session ids whose leftover processes are killed at teardown (a failed test must not
-    leave workers behind for 5 minutes)."""
-    sids: list[str] = []
-    yield sids
-    for sid in sids:
-        for pid in session_processes(sid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def reader(store: str, sid: str) -> SessionReader:

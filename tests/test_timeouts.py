@@ -12,10 +12,7 @@ Worker processes are found by their command line (``--session SID``); the worker
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import executor_tasks as tasks
@@ -42,19 +39,6 @@ def store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A directory store; workers find ``executor_tasks`` on their PYTHONPATH."""
     monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])
     return (tmp_path / "store").as_uri()
-
-
-@pytest.fixture
-def reap() -> Iterator[list[str]]:
-    """Session ids whose leftover processes are killed at teardown."""
-    sids: list[str] = []
-    yield sids
-    for sid in sids:
-        for pid in session_processes(sid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 # -- idle_timeout ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 import botocore.exceptions
 from botocore.config import Config
 
+from starburst_executor._botocore import CONNECTION_ERRORS, error_code
 from starburst_executor._retry import RetryPolicy
 from starburst_executor.errors import AwsCredentialsError, AwsError, AwsPermissionError
 
@@ -82,23 +83,8 @@ _IAM_PREFIX = {
     "logs": "logs",
     "pricing": "pricing",
 }
-_CONNECTION = (
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.ConnectTimeoutError,
-    botocore.exceptions.ReadTimeoutError,
-)
-
-
-def error_code(exc: BaseException) -> str:
-    """The AWS error code of a botocore ``ClientError`` ("" for anything else)."""
-    if isinstance(exc, botocore.exceptions.ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
 def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, _CONNECTION):
+    if isinstance(exc, CONNECTION_ERRORS):
         return True
     if isinstance(exc, botocore.exceptions.ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -167,7 +153,7 @@ class Aws:
                 "AWS_PROFILE (after `aws configure` or `aws sso login`), or AWS_ACCESS_KEY_ID "
                 "and AWS_SECRET_ACCESS_KEY, or run where an IAM role is attached"
             ) from exc
-        except _CONNECTION as exc:
+        except CONNECTION_ERRORS as exc:
             raise AwsError(
                 f"cannot reach AWS for {self.action(service, operation)} in {self.region}: "
                 f"{exc}. Check the network, the region, and AWS_ENDPOINT_URL* if you set them"

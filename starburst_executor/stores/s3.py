@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import botocore.exceptions
 from botocore.config import Config
 
+from starburst_executor._botocore import CONNECTION_ERRORS, error_code
 from starburst_executor._retry import RetryPolicy
 from starburst_executor.errors import (
     ObjectNotFoundError,
@@ -72,23 +73,8 @@ _AUTH_CODES = frozenset(
         "AccountProblem",
     }
 )
-_CONNECTION_ERRORS = (
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.ConnectTimeoutError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ResponseStreamingError,
-)
-
-
-def _code(exc: BaseException) -> str:
-    if isinstance(exc, botocore.exceptions.ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
 def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, _CONNECTION_ERRORS) or _code(exc) in _TRANSIENT_CODES
+    return isinstance(exc, CONNECTION_ERRORS) or error_code(exc) in _TRANSIENT_CODES
 
 
 def _drop_expect_header(request: Any, **_: Any) -> None:
@@ -176,7 +162,7 @@ class S3Store:
             response = self._retry.call(fn)
         except botocore.exceptions.ClientError as exc:
             raise self._translate(exc, action, key) from exc
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise StoreUnavailableError(
                 f"cannot reach the S3 endpoint {self._endpoint()} to {action} {key!r} in "
                 f"{self.url}: {exc}. Check the endpoint URL (AWS_ENDPOINT_URL / "
@@ -193,7 +179,7 @@ class S3Store:
         return response
 
     def _translate(self, exc: botocore.exceptions.ClientError, action: str, key: str) -> StoreError:
-        code = _code(exc)
+        code = error_code(exc)
         if code in _PRECONDITION_CODES:
             return PreconditionFailedError(f"conditional {action} of {key!r} in {self.url} lost")
         if code == "NoSuchBucket" or (action == "check" and code in _NOT_FOUND_CODES):
@@ -231,7 +217,7 @@ class S3Store:
         try:
             self._probe()
         except botocore.exceptions.ClientError as exc:
-            return _code(exc) in _NOT_FOUND_CODES or _code(exc) == "NoSuchBucket"
+            return error_code(exc) in _NOT_FOUND_CODES or error_code(exc) == "NoSuchBucket"
         except botocore.exceptions.BotoCoreError:
             return False
         return False
