@@ -114,3 +114,24 @@ def moto_serves_tls(monkeypatch: pytest.MonkeyPatch) -> None:
         return IAMPolicy(json.dumps(document)).is_action_permitted(action, resource)
 
     monkeypatch.setattr(FakeBucket, "get_permission", get_permission)
+
+
+# Appended: Docker and the project's worker image (tests/containers.py).
+
+
+@pytest.fixture(scope="session")
+def docker() -> str:
+    """The docker executable, with a daemon answering (started if need be). FAILS in CI
+    (``CI`` set) when docker is unavailable, skips elsewhere."""
+    from containers import require_docker
+
+    return require_docker()
+
+
+@pytest.fixture(scope="session")
+def worker_image(docker: str) -> str:
+    """The project's worker image built from this checkout on the offline base image
+    (``starburst-worker-test:<hash>``, reused while the sources are unchanged)."""
+    from containers import project_image
+
+    return project_image()
