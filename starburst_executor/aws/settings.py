@@ -31,6 +31,8 @@ class AwsSettings:
         bucket: S3 bucket holding sessions; ``prefix`` is the key prefix inside it.
         cluster: ECS cluster name.
         ecr_repository: ECR repository of the worker image; ``image`` the default image URI.
+        image_architecture: the image's CPU architecture, ``"X86_64"`` or ``"ARM64"`` (ECS
+            ``runtimePlatform.cpuArchitecture``), recorded by ``starburst image build``.
         log_group: CloudWatch log group for worker logs (one stream per worker).
         execution_role_arn: role ECS uses to pull the image, write logs, read the secret.
         task_role_arn: role the workers run as (S3 access to the bucket prefix only).
@@ -54,6 +56,7 @@ class AwsSettings:
     cluster: str = "starburst"
     ecr_repository: str = "starburst-worker"
     image: str = ""
+    image_architecture: str = ""
     log_group: str = "/starburst/workers"
     execution_role_arn: str = ""
     task_role_arn: str = ""
