@@ -371,7 +371,10 @@ class Manager:
         self._update_watermark()
 
     def _worker_ended(self, ended: WorkerExit) -> None:
-        record = self._writer.worker_record(ended.worker) if ended.code else {}
+        # Asked whatever the exit code: an emulator (moto reports exit code 0 for every
+        # container) or a lost code must not turn a worker that cannot start into an
+        # endless relaunch. One GET per ended worker.
+        record = self._writer.worker_record(ended.worker)
         if record is None:
             # It died before registering: it cannot even start (no module, bad interpreter,
             # image that does not run). Replacing it forever would hide that; give up after

@@ -188,6 +188,7 @@ class StarburstExecutor(Executor):
                 image=image,
                 max_hourly_cost=max_hourly_cost,
                 cost_alert_threshold=cost_alert_threshold,
+                store=store,
             )
             max_workers = plan.max_workers
             store_obj = open_store(store if store is not None else plan.store_url)

@@ -324,9 +324,17 @@ class SessionReader:
         rate = self.manifest.extra.get("rate")
         if self.manifest.backend != "aws" or not rate:
             return None
-        from starburst_executor.aws.cost import report, worker_spans
+        from starburst_executor.aws.billing import session_report
+        from starburst_executor.aws.options import EcsOptions
 
-        cost = report(float(rate), worker_spans(workers), self.store.now())
+        cost = session_report(
+            EcsOptions.from_dict(self.manifest.extra["aws"]),
+            float(rate),
+            workers,
+            created=self.manifest.created,
+            batches=len(self.batch_ids()),
+            now=self.store.now(),
+        )
         return {**cost.to_dict(), "text": str(cost)}
 
     def results(

@@ -1,9 +1,10 @@
 """``prepare``: everything ``backend="aws"`` checks and decides before a session starts.
 
 In order, each failure a clear error before anything is launched or paid for: the saved
-profile (``starburst setup`` ran), the region, the worker size (Fargate pairs), the worker
-count against the ceiling and the vCPU quota (waves when the quota is smaller), the image in
-ECR, the cost estimate against ``max_hourly_cost``, and the signing key from SSM.
+profile (``starburst setup`` ran), the region, a ``store=`` the workers' role can reach, the
+worker size (Fargate pairs) and architecture, the worker count against the ceiling and the
+vCPU quota (waves when the quota is smaller), the image in ECR, the cost estimate (of the
+workers that run at once) against ``max_hourly_cost``, and the signing key from SSM.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import sys
 from dataclasses import dataclass
 
 from starburst_executor.aws.client import Aws
-from starburst_executor.aws.cost import CostEstimate, check_budget, estimate
+from starburst_executor.aws.cost import CostEstimate, check_budget, ec2_packing, estimate
 from starburst_executor.aws.options import EcsOptions
 from starburst_executor.aws.quota import Quota
 from starburst_executor.aws.settings import AwsSettings
-from starburst_executor.errors import AwsError, AwsLaunchError, AwsNotSetUpError
+from starburst_executor.errors import AwsError, AwsNotSetUpError
 
-__all__ = ["AwsPlan", "prepare", "secret_key_from_ssm"]
+__all__ = ["AwsPlan", "check_store", "prepare", "secret_key_from_ssm"]
 
 logger = logging.getLogger(__name__)
 DEFAULT_WORKERS = 10
@@ -52,13 +53,19 @@ def prepare(
     cost_alert_threshold: float | None = None,
     aws: Aws | None = None,
     quiet: bool = False,
+    store: object = None,
 ) -> AwsPlan:
     """Check and plan an AWS session (see the module docstring).
 
+    Args:
+        store: the executor's ``store=`` (a URL or a ``Store``), ``None`` for the profile's:
+            it must lie inside the bucket prefix the task role may use (:func:`check_store`).
+
     Raises:
         AwsNotSetUpError: no profile, or the image is missing from ECR.
-        ValueError: a region other than the profile's, an invalid CPU/memory pair, or more
-            workers than the ceiling.
+        ValueError: a region other than the profile's, a store the workers cannot reach, an
+            invalid CPU/memory pair, Fargate Spot with an ARM64 image, or more workers than
+            the ceiling.
         AwsLaunchError: a vCPU quota of zero.
         CostLimitError: the estimate exceeds ``max_hourly_cost``.
     """
@@ -70,6 +77,7 @@ def prepare(
             f"that region too (with STARBURST_AWS_PROFILE naming a second profile), or drop "
             "the region argument"
         )
+    store_url = check_store(settings, store)
     options = EcsOptions.resolve(
         settings,
         cpu=cpu,
@@ -88,21 +96,26 @@ def prepare(
         )
     aws = aws or Aws(settings.region)
     notices: list[str] = []
+    if spot is None and options.spot_fallback(settings):
+        notices.append(
+            "The worker image is ARM64, which Fargate Spot does not run: these workers use "
+            "Fargate On-Demand (ARM64 On-Demand is about 20 % cheaper than x86)."
+        )
+    quota = Quota(aws)
     if options.launch_type == "FARGATE":
-        fits = Quota(aws).max_workers(options.cpu, options.spot)
-        if fits <= 0:
-            raise AwsLaunchError(
-                f"your Fargate vCPU quota allows no {options.cpu:g}-vCPU worker in "
-                f"{settings.region}: request an increase in the Service Quotas console "
-                "(Fargate On-Demand / Spot vCPU resource count), or use smaller workers"
-            )
-        if fits < workers:
-            notices.append(
-                f"Your Fargate vCPU quota allows {fits} of the {workers} workers at once: "
-                f"they run in waves ({fits} now, more as workers finish)."
-            )
+        fits = quota.max_workers(options.cpu, options.spot)  # AwsLaunchError if none fits
+        kind = "Fargate"
+    else:
+        packing = ec2_packing(aws, options)
+        fits = quota.max_ec2_workers(packing.vcpus, packing.per_instance, options.spot)
+        kind = "EC2"
+    if fits < workers:
+        notices.append(
+            f"Your {kind} vCPU quota allows {fits} of the {workers} workers at once: "
+            f"they run in waves ({fits} now, more as workers finish)."
+        )
     _check_image(aws, options.image)
-    cost = estimate(aws, options, workers)
+    cost = estimate(aws, options, workers, at_once=fits)
     warning = check_budget(cost, max_hourly_cost, cost_alert_threshold)
     notices.insert(0, str(cost))
     if warning:
@@ -113,12 +126,42 @@ def prepare(
     return AwsPlan(
         settings,
         options,
-        settings.store_url,
+        store_url,
         workers,
         secret_key_from_ssm(aws, settings),
         cost,
         tuple(notices),
     )
+
+
+def check_store(settings: AwsSettings, store: object) -> str:
+    """The store URL of a session: the profile's, or ``store`` when the workers may use it.
+
+    The task role (:func:`~starburst_executor.aws.policies.task_role_policy`) reaches only
+    ``s3://{bucket}/{prefix}/...`` of the profile, so another bucket, another prefix or a
+    local directory would leave every worker unable to read its session.
+
+    Raises:
+        ValueError: ``store`` lies outside what the workers can reach (the message says
+            which bucket and prefix they can).
+    """
+    if store is None:
+        return settings.store_url
+    url = str(getattr(store, "url", store))
+    reach = settings.store_url + "/..."
+    scheme, _, rest = url.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    own = settings.prefix.strip("/")
+    prefix = prefix.strip("/")
+    inside = not own or prefix == own or prefix.startswith(own + "/")
+    if scheme != "s3" or bucket != settings.bucket or not inside:
+        raise ValueError(
+            f"store={url!r}: backend='aws' workers can only reach {reach} (their task role "
+            f"is limited to bucket {settings.bucket!r}, prefix {own + '/' if own else '(any)'})."
+            " Drop store= to use the profile's store, or use a prefix inside it, e.g. "
+            f"{settings.store_url}/my-project"
+        )
+    return url
 
 
 def _check_image(aws: Aws, image: str) -> None:

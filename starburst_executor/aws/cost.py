@@ -7,8 +7,7 @@
 - :func:`estimate` -> :class:`CostEstimate`: ``str()`` is one readable line; the fields are data.
 - :func:`check_budget`: ``max_hourly_cost`` refuses to launch (:class:`CostLimitError`),
   ``cost_alert_threshold`` returns a warning line.
-- :func:`worker_spans` + :func:`report` -> :class:`CostReport`: measured worker runtime times
-  the per-worker rate.
+- the bill after the run is :mod:`starburst_executor.aws.billing`.
 """
 
 from __future__ import annotations
@@ -18,10 +17,9 @@ import logging
 import math
 import re
 import statistics
-from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.options import EcsOptions
@@ -32,16 +30,20 @@ __all__ = [
     "PRICING_API",
     "TABLE_DATE",
     "TABLE_SOURCE",
+    "PUBLIC_IPV4_HOUR",
+    "S3_GET_PER_1000",
+    "S3_PUT_PER_1000",
     "CostEstimate",
-    "CostReport",
+    "Ec2Packing",
     "check_budget",
+    "ec2_packing",
     "ec2_rate",
     "estimate",
     "fargate_rates",
+    "s3_request_cost",
+    "instance_enis",
     "instance_shape",
-    "report",
     "tasks_per_instance",
-    "worker_spans",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,20 @@ _FARGATE: dict[str, _FargateRow] = {
 }
 # Fargate Spot for a region missing above: On-Demand times this (the usual ~70 % discount).
 _FARGATE_SPOT_FRACTION = 0.30
+# Fargate Linux/ARM64 (Graviton) On-Demand is 20 % below x86 in every region of the pricing
+# page (us-east-1: $0.03238 per vCPU-hour, $0.00356 per GB-hour, recorded 2026-11). Fargate
+# Spot does not run ARM64.
+_FARGATE_ARM_FRACTION = 0.80
+
+# S3 Standard request prices in us-east-1, recorded 2026-11 from
+# https://aws.amazon.com/s3/pricing/: PUT, COPY, POST and LIST requests $0.005 per 1,000;
+# GET and all other requests $0.0004 per 1,000 (most regions charge the same or up to ~30 %
+# more). DELETE is free.
+S3_PUT_PER_1000 = 0.005
+S3_GET_PER_1000 = 0.0004
+# A public IPv4 address costs $0.005 per hour since 2024-02 (VPC pricing page); a Fargate task
+# with assignPublicIp ENABLED holds one for its whole life.
+PUBLIC_IPV4_HOUR = 0.005
 
 # EC2 On-Demand, Linux, shared tenancy, USD per instance-hour in us-east-1, recorded 2026-11
 # from https://aws.amazon.com/ec2/pricing/on-demand/. us-east-2 and us-west-2 charge the same
@@ -128,32 +144,68 @@ _SHAPES: dict[str, tuple[int, int]] = {
     "r7i.2xlarge": (8, 65536),
     "c8a.xlarge": (4, 8192),
 }
+# Network interfaces of the types above (EC2 instance type pages, "Maximum network
+# interfaces"); other types are asked from ec2:DescribeInstanceTypes (NetworkInfo).
+_ENIS: dict[str, int] = {
+    "c7a.xlarge": 4,
+    "c7a.2xlarge": 4,
+    "c7a.4xlarge": 8,
+    "c7i.xlarge": 4,
+    "c7i.2xlarge": 4,
+    "c7i.4xlarge": 8,
+    "m7a.xlarge": 4,
+    "m7a.2xlarge": 4,
+    "m7i.xlarge": 4,
+    "m7i.2xlarge": 4,
+    "m7i.4xlarge": 8,
+    "r7i.xlarge": 4,
+    "r7i.2xlarge": 4,
+    "c8a.xlarge": 4,
+}
 # The ECS agent registers less memory than the instance has (kernel and platform overhead: AWS's
 # "Container instance memory management" page shows an 8 GiB m4.large registering 7985 MiB).
 # 94 % leaves room for the agent too, so three 2 GB workers fit on an 8 GiB instance, not four:
 # a fourth would wait for a second instance, and the estimate counts that instance.
 _ECS_MEMORY_FRACTION = 0.94
 
+# S3 requests of a running session, for the estimate and (until the session counts its own
+# requests) the report; from the worker loop and the manager: an idle worker lists the batches
+# every poll interval (2 s on S3), reads the control record every 4 s and scans the claims
+# every half lease (about 120 times an hour); per batch, one PUT to upload it, one to claim it,
+# one for the result and one for its completion event, and two GETs (the batch, the result);
+# the client lists completions every poll interval while tasks are outstanding.
+S3_LIST_PER_WORKER_HOUR = 3600 / 2.0 + 120
+S3_GET_PER_WORKER_HOUR = 3600 / 4.0
+S3_LIST_PER_CLIENT_HOUR = 3600 / 2.0
+S3_PUTS_PER_BATCH = 4
+S3_GETS_PER_BATCH = 2
+
 # Fargate and Linux EC2 both bill per second with a one-minute minimum.
 _MINIMUM_BILLED_SECONDS = 60.0
 
 _FARGATE_VCPU = re.compile(r"^(?:[A-Z0-9]+-)?Fargate-vCPU-Hours:perCPU$")
 _FARGATE_GB = re.compile(r"^(?:[A-Z0-9]+-)?Fargate-GB-Hours$")
+_FARGATE_ARM_VCPU = re.compile(r"^(?:[A-Z0-9]+-)?Fargate-ARM-vCPU-Hours:perCPU$")
+_FARGATE_ARM_GB = re.compile(r"^(?:[A-Z0-9]+-)?Fargate-ARM-GB-Hours$")
 
 
 # --------------------------------------------------------------------------- rates
 
 
-def fargate_rates(aws: Aws, region: str, spot: bool) -> tuple[float, float, str]:
-    """Fargate Linux/x86 rates in ``region``: ``(usd_per_vcpu_hour, usd_per_gb_hour, source)``.
+def fargate_rates(
+    aws: Aws, region: str, spot: bool, architecture: str = "X86_64"
+) -> tuple[float, float, str]:
+    """Fargate Linux rates in ``region``: ``(usd_per_vcpu_hour, usd_per_gb_hour, source)``.
 
     On-Demand rates come from the Pricing API (``AmazonECS``), else from the built-in table.
     Fargate Spot prices are not published by any API, so Spot always comes from the table
-    (and the source says so).
+    (and the source says so). ``architecture="ARM64"``: the Graviton rates (On-Demand only:
+    Fargate Spot does not run ARM64, so ``spot`` is ignored for it).
 
     Never raises for an AWS failure: the table answers instead (the reason is logged).
     """
-    if spot:
+    arm = architecture.upper() == "ARM64"
+    if spot and not arm:
         row = _FARGATE.get(region)
         if row is not None:
             return row.spot_vcpu_hour, row.spot_gb_hour, f"{TABLE_SOURCE} (Fargate Spot)"
@@ -164,7 +216,7 @@ def fargate_rates(aws: Aws, region: str, spot: bool) -> tuple[float, float, str]
             f"{source} x {_FARGATE_SPOT_FRACTION:g} (typical Fargate Spot discount)",
         )
     try:
-        found = _fargate_from_api(aws, region)
+        found = _fargate_from_api(aws, region, arm)
     except AwsError as exc:
         logger.info(
             "the Pricing API did not answer for Fargate in %s (%s): using the %s",
@@ -175,11 +227,16 @@ def fargate_rates(aws: Aws, region: str, spot: bool) -> tuple[float, float, str]
         found = None
     if found is not None:
         return found[0], found[1], PRICING_API
+    factor, note = (_FARGATE_ARM_FRACTION, " (ARM64: x86 x 0.8)") if arm else (1.0, "")
     row = _FARGATE.get(region)
     if row is not None:
-        return row.vcpu_hour, row.gb_hour, TABLE_SOURCE
+        return row.vcpu_hour * factor, row.gb_hour * factor, TABLE_SOURCE + note
     row = _FARGATE["us-east-1"]
-    return row.vcpu_hour, row.gb_hour, f"{TABLE_SOURCE}, us-east-1 figures: none for {region}"
+    return (
+        row.vcpu_hour * factor,
+        row.gb_hour * factor,
+        f"{TABLE_SOURCE}, us-east-1 figures: none for {region}{note}",
+    )
 
 
 def ec2_rate(aws: Aws, region: str, instance_type: str, spot: bool) -> tuple[float, str]:
@@ -254,15 +311,78 @@ def instance_shape(aws: Aws, instance_type: str) -> tuple[int, int]:
     return int(types[0]["VCpuInfo"]["DefaultVCpus"]), int(types[0]["MemoryInfo"]["SizeInMiB"])
 
 
-def tasks_per_instance(instance_vcpus: int, instance_mib: int, cpu: float, memory_mib: int) -> int:
+def instance_enis(aws: Aws, instance_type: str) -> int:
+    """How many network interfaces an EC2 instance type supports: the table, else
+    ``ec2:DescribeInstanceTypes`` (``NetworkInfo.MaximumNetworkInterfaces``).
+
+    Raises:
+        ValueError: EC2 does not know ``instance_type``.
+    """
+    if instance_type in _ENIS:
+        return _ENIS[instance_type]
+    try:
+        types = aws.call("ec2", "describe_instance_types", InstanceTypes=[instance_type])[
+            "InstanceTypes"
+        ]
+    except AwsError as exc:
+        if exc.code in ("InvalidInstanceType", "InvalidParameterValue"):
+            raise ValueError(f"EC2 has no instance type {instance_type!r}") from exc
+        raise
+    if not types:
+        raise ValueError(f"EC2 has no instance type {instance_type!r}")
+    return int(types[0].get("NetworkInfo", {}).get("MaximumNetworkInterfaces", 2))
+
+
+def tasks_per_instance(
+    instance_vcpus: int, instance_mib: int, cpu: float, memory_mib: int, enis: int | None = None
+) -> int:
     """How many workers of ``cpu`` vCPUs and ``memory_mib`` fit on one container instance.
 
     ECS places by registered CPU units (1,024 per vCPU) and registered memory, which is less
-    than the instance's (see ``_ECS_MEMORY_FRACTION``).
+    than the instance's (see ``_ECS_MEMORY_FRACTION``). With ``enis`` (the type's network
+    interfaces), also by ENIs: each awsvpc task takes one, and the instance keeps its primary
+    one, so ``enis - 1`` tasks fit without ENI trunking (ECS developer guide, "Amazon ECS
+    task networking options for EC2": trunking needs an opt-in and Nitro types).
     """
     by_cpu = int(instance_vcpus * 1024 // round(cpu * 1024))
     by_memory = int(instance_mib * _ECS_MEMORY_FRACTION) // memory_mib
-    return min(by_cpu, by_memory)
+    fit = min(by_cpu, by_memory)
+    return fit if enis is None else min(fit, max(0, enis - 1))
+
+
+@dataclass(frozen=True)
+class Ec2Packing:
+    """How workers pack onto the EC2 capacity provider's instances.
+
+    Attributes:
+        instance_type: the type packing is computed for (the smallest fit of those setup
+            saved: the conservative one); ``vcpus``, ``memory_mib``, ``enis`` its shape.
+        per_instance: workers per instance (CPU, memory and network interfaces).
+    """
+
+    instance_type: str
+    vcpus: int
+    memory_mib: int
+    enis: int
+    per_instance: int
+
+
+def ec2_packing(aws: Aws, options: EcsOptions) -> Ec2Packing:
+    """The packing of ``options``' workers on the instance types setup saved
+    (``options.instance_types``), else ``options.instance_type``, else
+    :data:`DEFAULT_EC2_INSTANCE_TYPE`: the type holding the fewest workers.
+
+    Raises:
+        ValueError: EC2 does not know an instance type.
+    """
+    names = options.instance_types or (options.instance_type or DEFAULT_EC2_INSTANCE_TYPE,)
+    packings = []
+    for name in names:
+        vcpus, mib = instance_shape(aws, name)
+        enis = instance_enis(aws, name)
+        fit = tasks_per_instance(vcpus, mib, options.cpu, options.memory_mib, enis)
+        packings.append(Ec2Packing(name, vcpus, mib, enis, fit))
+    return min(packings, key=lambda p: (p.per_instance, p.vcpus))
 
 
 def _price_list(
@@ -296,7 +416,7 @@ def _on_demand_hourly(product: dict[str, Any]) -> float | None:
     return None
 
 
-def _fargate_from_api(aws: Aws, region: str) -> tuple[float, float] | None:
+def _fargate_from_api(aws: Aws, region: str, arm: bool = False) -> tuple[float, float] | None:
     # One query for every Fargate usage type of the region; the usage type carries a region
     # prefix ("USE1-", "EU-", ...), so it is matched by pattern rather than spelled out.
     products = _price_list(
@@ -309,12 +429,13 @@ def _fargate_from_api(aws: Aws, region: str) -> tuple[float, float] | None:
         price = _on_demand_hourly(product)
         if price is None:
             continue
-        if _FARGATE_VCPU.match(usage):
+        if (_FARGATE_ARM_VCPU if arm else _FARGATE_VCPU).match(usage):
             vcpu.append(price)
-        elif _FARGATE_GB.match(usage):
+        elif (_FARGATE_ARM_GB if arm else _FARGATE_GB).match(usage):
             gb.append(price)
     if not vcpu or not gb:
-        logger.info("the Pricing API has no Fargate Linux/x86 rates for %s", region)
+        kind = "ARM64" if arm else "x86"
+        logger.info("the Pricing API has no Fargate Linux/%s rates for %s", kind, region)
         return None
     # Should there ever be several, the highest keeps the budget guard on the safe side.
     return max(vcpu), max(gb)
@@ -394,21 +515,33 @@ def _duration(hours: float) -> str:
     return "1 hour" if hours == 1 else f"{_hours(hours)} hours"
 
 
+def s3_request_cost(put_like: float, get_like: float) -> float:
+    """USD for S3 requests: PUT/COPY/POST/LIST and GET-class counts at the Standard prices."""
+    return put_like / 1000 * S3_PUT_PER_1000 + get_like / 1000 * S3_GET_PER_1000
+
+
 @dataclass(frozen=True)
 class CostEstimate:
     """What a session's workers are expected to cost.
 
     Attributes:
-        workers: how many workers the estimate is for.
-        per_worker_hour: USD per worker-hour (EC2: the instance price shared by the workers
-            one instance holds).
-        hourly: USD per hour for all of them (EC2: whole instances).
+        workers: how many workers run at once, which the estimate prices (at most the asked
+            ``requested``: the vCPU quota runs the rest in waves, never all together).
+        per_worker_hour: USD per worker-hour: compute (EC2: the instance price shared by the
+            workers one instance holds) plus the public IPv4 address of a Fargate task.
+        hourly: USD per hour for all of them (EC2: whole instances), with public IPv4
+            addresses and an estimate of the S3 requests of polling.
         expected_hours: how long the run is expected to take, if known; ``total`` is then
             ``hourly * expected_hours``.
         source: where the rates came from ("AWS Pricing API", "built-in table, 2026-11" ...).
         launch_type: "FARGATE" or "EC2"; ``spot``: Spot capacity.
         region, cpu, memory_mib: the worker size and where it runs.
         instance_type, instances: EC2 only: the instance type and how many are needed.
+        requested: the workers asked for (``max_workers``).
+        ipv4_hourly: of ``hourly``, public IPv4 addresses ($0.005 an hour each).
+        s3_hourly: of ``hourly``, S3 requests (polling; an estimate: per-batch requests come
+            on top and depend on the work).
+        architecture: "X86_64" or "ARM64".
     """
 
     workers: int
@@ -424,20 +557,34 @@ class CostEstimate:
     memory_mib: int = 2048
     instance_type: str = ""
     instances: int = 0
+    requested: int = 0
+    ipv4_hourly: float = 0.0
+    s3_hourly: float = 0.0
+    architecture: str = "X86_64"
 
     def __str__(self) -> str:
         kind = "Fargate" if self.launch_type == "FARGATE" else "EC2"
         plural = "s" if self.workers != 1 else ""
+        arm = " ARM64" if self.architecture == "ARM64" else ""
         line = (
             f"Estimated cost: {_usd(self.hourly)}/hour for {self.workers} "
-            f"{kind}{' Spot' if self.spot else ''} worker{plural} "
+            f"{kind}{' Spot' if self.spot else ''}{arm} worker{plural} "
             f"({self.cpu:g} vCPU, {self.memory_mib / 1024:g} GB)"
         )
+        if self.requested > self.workers:
+            line += f" at once (quota waves; {self.requested} asked)"
         if self.instance_type:
             line += (
                 f" on {self.instances} {self.instance_type} "
                 f"instance{'s' if self.instances != 1 else ''}"
             )
+        extras = []
+        if self.ipv4_hourly:
+            extras.append(f"public IPv4 {_usd(self.ipv4_hourly)}")
+        if self.s3_hourly:
+            extras.append(f"S3 requests ~{_usd(self.s3_hourly)}")
+        if extras:
+            line += ", incl. " + " and ".join(extras)
         if self.total is not None and self.expected_hours is not None:
             line += f", ~{_usd(self.total)} for {_duration(self.expected_hours)}"
         return f"{line} (rates: {self.source}, {self.region})"
@@ -447,13 +594,20 @@ class CostEstimate:
 
 
 def estimate(
-    aws: Aws, options: EcsOptions, workers: int, expected_hours: float | None = None
+    aws: Aws,
+    options: EcsOptions,
+    workers: int,
+    expected_hours: float | None = None,
+    *,
+    at_once: int | None = None,
 ) -> CostEstimate:
-    """Estimate the cost of ``workers`` workers sized and placed as ``options`` says.
+    """Estimate the hourly cost of ``workers`` workers sized and placed as ``options`` says.
 
-    Fargate: ``cpu * vcpu_rate + memory_gb * gb_rate`` per worker. EC2: whole instances of
-    ``options.instance_type`` (default :data:`DEFAULT_EC2_INSTANCE_TYPE`), as many as the
-    workers need given how many fit on one (:func:`tasks_per_instance`).
+    Prices the workers that run at once: ``min(workers, at_once)`` (``at_once``: what the vCPU
+    quota allows, see :mod:`starburst_executor.aws.quota`). Fargate: ``cpu * vcpu_rate +
+    memory_gb * gb_rate`` per worker, plus a public IPv4 address per task when
+    ``assign_public_ip``. EC2: whole instances as packed by :func:`ec2_packing`. Both: the S3
+    requests of polling (``S3_*_PER_*_HOUR``).
 
     Raises:
         ValueError: ``workers < 1``, ``expected_hours <= 0``, a worker larger than the
@@ -463,30 +617,38 @@ def estimate(
         raise ValueError(f"workers must be at least 1, got {workers}")
     if expected_hours is not None and expected_hours <= 0:
         raise ValueError(f"expected_hours must be positive, got {expected_hours}")
+    running = workers if at_once is None else max(1, min(workers, at_once))
     instance_type = ""
     instances = 0
+    ipv4 = 0.0
     if options.launch_type == "FARGATE":
-        vcpu_rate, gb_rate, source = fargate_rates(aws, options.region, options.spot)
-        per_worker = options.cpu * vcpu_rate + options.memory_mib / 1024 * gb_rate
-        hourly = workers * per_worker
+        vcpu_rate, gb_rate, source = fargate_rates(
+            aws, options.region, options.spot, options.cpu_architecture
+        )
+        ipv4 = PUBLIC_IPV4_HOUR if options.assign_public_ip else 0.0
+        per_worker = options.cpu * vcpu_rate + options.memory_mib / 1024 * gb_rate + ipv4
+        compute = running * per_worker
     else:
-        instance_type = options.instance_type or DEFAULT_EC2_INSTANCE_TYPE
-        vcpus, mib = instance_shape(aws, instance_type)
-        fit = tasks_per_instance(vcpus, mib, options.cpu, options.memory_mib)
+        packing = ec2_packing(aws, options)
+        instance_type, fit = packing.instance_type, packing.per_instance
         if fit < 1:
             raise ValueError(
                 f"a worker of {options.cpu:g} vCPU and {options.memory_mib / 1024:g} GB does "
-                f"not fit on {instance_type} ({vcpus} vCPU, {mib / 1024:g} GB, about "
-                f"{_ECS_MEMORY_FRACTION:.0%} of it usable by tasks): use a larger instance_type "
-                "or smaller workers"
+                f"not fit on {instance_type} ({packing.vcpus} vCPU, "
+                f"{packing.memory_mib / 1024:g} GB, about {_ECS_MEMORY_FRACTION:.0%} of it "
+                f"usable by tasks, {packing.enis} network interfaces): use a larger "
+                "instance_type or smaller workers"
             )
         rate, source = ec2_rate(aws, options.region, instance_type, options.spot)
-        instances = math.ceil(workers / fit)
+        instances = math.ceil(running / fit)
         per_worker = rate / fit
-        hourly = instances * rate
+        compute = instances * rate
+    s3 = running * s3_request_cost(S3_LIST_PER_WORKER_HOUR, S3_GET_PER_WORKER_HOUR)
+    s3 += s3_request_cost(S3_LIST_PER_CLIENT_HOUR, 0)
+    hourly = compute + s3
     total = hourly * expected_hours if expected_hours is not None else None
     return CostEstimate(
-        workers=workers,
+        workers=running,
         per_worker_hour=per_worker,
         hourly=hourly,
         expected_hours=expected_hours,
@@ -499,6 +661,10 @@ def estimate(
         memory_mib=options.memory_mib,
         instance_type=instance_type,
         instances=instances,
+        requested=workers,
+        ipv4_hourly=running * ipv4,
+        s3_hourly=s3,
+        architecture=options.cpu_architecture,
     )
 
 
@@ -533,99 +699,3 @@ def check_budget(
             f"cost_alert_threshold={_usd(cost_alert_threshold)}"
         )
     return None
-
-
-# --------------------------------------------------------------------------- after the run
-
-
-class _WorkerLike(Protocol):
-    @property
-    def worker(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def started(self) -> float: ...
-
-
-def worker_spans(
-    workers: Iterable[_WorkerLike], last_modified: Mapping[str, float] | None = None
-) -> list[tuple[float, float | None]]:
-    """``(started, ended or None)`` per worker record, for :func:`report`.
-
-    ``ended`` is the record's ``ended`` time when set (``WorkerRecord.ended``, 0 while running);
-    for a worker that is no longer "running" without it (a record written before the field
-    existed), ``last_modified[worker]``: the record's store time, written when it exited. A
-    worker with neither counts as still running: the report errs high.
-    """
-    stamps = last_modified or {}
-    spans: list[tuple[float, float | None]] = []
-    for record in workers:
-        ended = getattr(record, "ended", None) or None
-        if ended is None and record.state != "running":
-            ended = stamps.get(record.worker)
-        spans.append((float(record.started), None if ended is None else float(ended)))
-    return spans
-
-
-@dataclass(frozen=True)
-class CostReport:
-    """The cost of measured worker runtime.
-
-    Attributes:
-        cost: USD so far.
-        worker_seconds: summed runtime, each worker billed at least a minute.
-        per_worker_hour: the rate applied (from the :class:`CostEstimate`).
-        workers: how many workers ran; ``running``: how many still run (their time counts
-            until the report's ``now``).
-    """
-
-    cost: float
-    worker_seconds: float
-    per_worker_hour: float
-    workers: int
-    running: int
-
-    @property
-    def worker_hours(self) -> float:
-        return self.worker_seconds / 3600
-
-    def __str__(self) -> str:
-        head = "Actual cost so far" if self.running else "Actual cost"
-        return (
-            f"{head}: {_usd(self.cost)} ({_hours(self.worker_hours)} worker-hours at "
-            f"{_rate(self.per_worker_hour)}/hour)"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["worker_hours"] = self.worker_hours
-        return data
-
-
-def report(
-    per_worker_hour: float, spans: Iterable[tuple[float, float | None]], now: float
-) -> CostReport:
-    """What the workers cost: summed runtime times ``per_worker_hour``.
-
-    Args:
-        per_worker_hour: USD per worker-hour (``CostEstimate.per_worker_hour``).
-        spans: ``(started, ended or None)`` per worker, on the same clock as ``now`` (the
-            store's); ``None``: still running, counted until ``now``.
-        now: the time of the report.
-    """
-    seconds = 0.0
-    count = running = 0
-    for started, ended in spans:
-        count += 1
-        if ended is None:
-            running += 1
-            ended = now
-        # Clock skew between hosts can put an end before its start: bill the minimum.
-        seconds += max(_MINIMUM_BILLED_SECONDS, ended - started)
-    return CostReport(
-        cost=seconds / 3600 * per_worker_hour,
-        worker_seconds=seconds,
-        per_worker_hour=per_worker_hour,
-        workers=count,
-        running=running,
-    )

@@ -1,13 +1,15 @@
 """``ECSLauncher``: workers as ECS tasks (Fargate, Fargate Spot, or an EC2 capacity provider).
 
-Each worker is one ECS task running the same entry point as a local worker (``python -m
-starburst_executor.worker``). What a task needs travels as follows:
+Each worker is one ECS task running the image's entry point (``python -m
+starburst_executor.worker``, the same one a local worker runs). What a task needs travels as
+follows:
 
-- the **task definition** (registered once per distinct spec, reused by every session with
-  the same image and size) carries the command, the CPU and memory, the roles, the
-  ``awslogs`` configuration (streams ``starburst/worker/{task id}``) and the signing key as
-  a ``secrets`` entry that ECS resolves from SSM Parameter Store at start: the key never
-  travels in the request, the store or a log;
+- the **task definition** (:mod:`starburst_executor.aws.task_definition`: registered once per
+  distinct spec, reused by every session with the same image and size) carries the CPU and
+  memory, the image's architecture, the roles, the ``awslogs`` configuration (streams
+  ``starburst/worker/{task id}``) and the signing key as a ``secrets`` entry that ECS
+  resolves from SSM Parameter Store at start: the key never travels in the request, the store
+  or a log. It sets no command: the image's ENTRYPOINT is the contract;
 - the RunTask **overrides** carry only small ``STARBURST_*`` settings (store URL, session id,
   poll pace) and the region: ECS limits overrides to 8,192 characters, and payloads travel
   through the store, never through the environment;
@@ -19,8 +21,17 @@ RunTask starts at most 10 tasks per call (an AWS limit); every call carries a
 starts a second batch of tasks), ``startedBy`` = the session id (what :meth:`stop` lists by)
 and a ``starburst-session`` tag. Failures in the response are reported, not ignored.
 
-On Fargate the account's vCPU quota (:mod:`starburst_executor.aws.quota`) caps how many
-workers run at once; beyond it, workers start in waves as others finish.
+The session's tasks are found by ``ListTasks`` with ``startedBy`` as the *only* filter (ECS:
+"When you specify startedBy as the filter, it must be the only filter that you use"), then
+``DescribeTasks`` and a client-side filter on their status. A launcher counts the session's
+tasks ECS already runs or is still starting (another client of a detached session, or this
+session before a reattach: Fargate takes 25-105 s to start a task, long before its worker
+registers in the store) as its own, so a reattach never runs more than ``max_workers``.
+
+The account's vCPU quota (:mod:`starburst_executor.aws.quota`: Fargate On-Demand/Spot, or the
+EC2 On-Demand/Spot Standard quotas) caps how many workers run at once; beyond it, workers
+start in waves as others finish. On EC2, an instance holds as many workers as its CPU,
+memory and network interfaces allow (each awsvpc task takes one ENI).
 
 The launcher is driven by one thread (the executor's manager thread); it is not thread-safe.
 """
@@ -36,27 +47,32 @@ import time
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
+from starburst_executor.aws import task_definition
 from starburst_executor.aws.client import Aws
-from starburst_executor.aws.cost import (
-    DEFAULT_EC2_INSTANCE_TYPE,
-    instance_shape,
-    tasks_per_instance,
-)
+from starburst_executor.aws.cost import ec2_packing
+from starburst_executor.aws.failures import explain_failure
+from starburst_executor.aws.logs import tail
 from starburst_executor.aws.options import EcsOptions
 from starburst_executor.aws.quota import Quota
+from starburst_executor.aws.task_definition import CONTAINER_NAME, STOP_TIMEOUT
 from starburst_executor.errors import AwsError, AwsLaunchError, AwsNotSetUpError, SessionError
 from starburst_executor.launchers.base import WorkerExit
 from starburst_executor.protocol import SessionManifest
 
-__all__ = ["CONTAINER_NAME", "OVERRIDES_MAX", "RUN_TASK_MAX", "ECSLauncher", "started_by"]
+__all__ = [
+    "CONTAINER_NAME",
+    "OVERRIDES_MAX",
+    "RUN_TASK_MAX",
+    "STOP_TIMEOUT",
+    "ECSLauncher",
+    "started_by",
+]
 
 logger = logging.getLogger(__name__)
 
-CONTAINER_NAME = "worker"
-WORKER_COMMAND = ["python", "-m", "starburst_executor.worker"]
-LOG_STREAM_PREFIX = "starburst"  # streams are "{prefix}/{container}/{task id}"
 SESSION_TAG = "starburst-session"
 STOP_REASON = "starburst: session ended"
 
@@ -65,10 +81,10 @@ DESCRIBE_TASKS_MAX = 100  # DescribeTasks takes at most 100 task ARNs per call
 STARTED_BY_MAX = 36  # RunTask "startedBy": up to 36 letters, digits, hyphens, underscores
 OVERRIDES_MAX = 8192  # ECS: "the total size of overrides ... cannot exceed 8,192 characters"
 _OVERRIDES_BUDGET = 2048  # we send a few small settings; anything near the limit is a bug
-STOP_TIMEOUT = 120  # seconds between SIGTERM and SIGKILL: Spot gives two minutes' notice
 EXIT_SIGTERM = 143  # a worker that ended on SIGTERM (Spot interruption, StopTask)
 _EXIT_CANNOT_START = 2  # the manager breaks the pool on this code (worker cannot start)
 FAILED_STARTS_MAX = 3  # this many tasks in a row failing to start, none running: give up
+_LOG_TAIL_LINES = 20  # of a worker that exited with an error: shown in the pool's error
 _BACKOFF_FIRST = 15.0  # after RunTask failures, wait this long before asking again ...
 _BACKOFF_MAX = 300.0  # ... doubling up to this
 
@@ -93,75 +109,6 @@ def _task_id(arn: str) -> str:
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-_FAILURE_HINTS = (
-    # (reason prefix, what to do). The reasons are ECS's documented failure codes
-    # ("Amazon ECS API failure reasons" in the ECS developer guide).
-    (
-        "RESOURCE:",
-        (
-            "the EC2 capacity provider's instances lack free {what}: wait for its Auto "
-            "Scaling group to add instances, raise its maximum size, or ask for smaller "
-            "workers (cpu=, memory=)"
-        ),
-    ),
-    ("AGENT", "the ECS agent on the container instance is disconnected: check the instance"),
-    (
-        "ATTRIBUTE",
-        (
-            "no container instance has the attributes the task needs (architecture, "
-            "platform): check the capacity provider's instance type"
-        ),
-    ),
-    (
-        "MISSING",
-        (
-            "ECS could not find a resource the task needs ({arn}): check that cluster "
-            "{cluster} exists in {region} (run `starburst setup`) and that the task "
-            "definition is active"
-        ),
-    ),
-    ("INACTIVE", "the cluster or container instance is inactive: run `starburst setup` again"),
-    (
-        "Capacity is unavailable",
-        (
-            "AWS has no {capacity} capacity for this size right now: it "
-            "will be retried; more subnets in other Availability Zones "
-            "help, or spot=False"
-        ),
-    ),
-    (
-        "You've reached the limit",
-        (
-            "the account's Fargate vCPU quota is used up: request an "
-            "increase in Service Quotas (fargate L-3032A538 On-Demand, "
-            "L-36FBB829 Spot)"
-        ),
-    ),
-)
-
-
-def _explain_failure(failure: dict[str, Any], options: EcsOptions) -> str:
-    reason = str(failure.get("reason", "unknown"))
-    detail = str(failure.get("detail", "") or "")
-    arn = str(failure.get("arn", "") or "")
-    if options.launch_type != "FARGATE":
-        capacity = "EC2"
-    else:
-        capacity = "Fargate Spot" if options.spot else "Fargate"
-    text = f"{reason}" + (f" ({detail})" if detail else "") + (f" for {arn}" if arn else "")
-    for prefix, hint in _FAILURE_HINTS:
-        if reason.startswith(prefix):
-            what = reason.split(":", 1)[1].lower() if ":" in reason else "resources"
-            return f"{text}: " + hint.format(
-                what=what,
-                arn=arn or "?",
-                cluster=options.cluster,
-                region=options.region,
-                capacity=capacity,
-            )
-    return text
 
 
 class ECSLauncher:
@@ -210,6 +157,7 @@ class ECSLauncher:
         self._backoff_until = 0.0
         self._backoff = _BACKOFF_FIRST
         self._failed_starts = 0  # consecutive tasks that failed to start
+        self._adopted = False  # the session's tasks already in ECS have been counted
 
     @classmethod
     def for_session(cls, manifest: SessionManifest, poll_max: float) -> ECSLauncher:
@@ -250,78 +198,24 @@ class ECSLauncher:
 
     def task_definition_spec(self) -> dict[str, Any]:
         """The RegisterTaskDefinition request (without ``family``), as sent to ECS."""
-        o = self.options
-        cpu_units = round(o.cpu * 1024)  # ECS counts 1,024 CPU units per vCPU
-        container: dict[str, Any] = {
-            "name": CONTAINER_NAME,
-            "image": o.image,
-            "essential": True,
-            "command": list(WORKER_COMMAND),
-            # The task-level memory is what Fargate enforces; the container-level hard limit
-            # equals it (moto's RunTask fails without one; AWS accepts it as harmless).
-            "memory": o.memory_mib,
-            "environment": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
-            "secrets": [{"name": "STARBURST_SECRET_KEY", "valueFrom": self._secret_arn()}],
-            # SIGTERM, then this long to hand back claims before SIGKILL. Fargate allows up to
-            # 120 s, which is also the notice a Spot interruption gives.
-            "stopTimeout": STOP_TIMEOUT,
-            "logConfiguration": {
-                "logDriver": "awslogs",
-                "options": {
-                    "awslogs-group": o.log_group,
-                    "awslogs-region": o.region,
-                    "awslogs-stream-prefix": LOG_STREAM_PREFIX,
-                },
-            },
-        }
-        spec: dict[str, Any] = {
-            "networkMode": "awsvpc",
-            "requiresCompatibilities": [o.launch_type],
-            "cpu": str(cpu_units),
-            "memory": str(o.memory_mib),
-            "containerDefinitions": [container],
-        }
-        if o.execution_role_arn:
-            spec["executionRoleArn"] = o.execution_role_arn
-        if o.task_role_arn:
-            spec["taskRoleArn"] = o.task_role_arn
-        return spec
+        return task_definition.spec(self.options, self._secret_arn())
 
     def ensure_task_definition(self) -> str:
-        """The ARN of a task definition for these options, registered if none exists.
-
-        The family is ``{task_family}-{hash of the spec}``: identical specs (same image, size,
-        roles, log group, secret) share one family and one revision across sessions, and a
-        changed spec gets its own family instead of piling revisions onto one. Looked up
-        first (DescribeTaskDefinition), registered only when absent; cached per launcher.
+        """The ARN of an ACTIVE task definition for these options, registered if none exists
+        (see :mod:`starburst_executor.aws.task_definition`); cached per launcher. When this
+        call registers a new one, older unused definitions of the prefix are retired.
 
         Raises:
             AwsError: ECS refused the registration (the message names the call).
         """
         if self._task_definition is not None:
             return self._task_definition
-        spec = self.task_definition_spec()
-        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-        family = f"{self.options.task_family}-{digest}"
-        arn = ""
-        try:
-            found = self.aws.call("ecs", "describe_task_definition", taskDefinition=family)
-            definition = found["taskDefinition"]
-            if definition.get("status", "ACTIVE") == "ACTIVE":
-                arn = str(definition["taskDefinitionArn"])
-        except AwsError as exc:
-            if exc.code != "ClientException":  # ECS's answer for "no such task definition"
-                raise
-        if not arn:
-            registered = self.aws.call(
-                "ecs",
-                "register_task_definition",
-                family=family,
-                tags=[{"key": "managed-by", "value": "starburst"}],
-                **spec,
-            )
-            arn = str(registered["taskDefinition"]["taskDefinitionArn"])
+        arn, registered = task_definition.ensure(
+            self.aws, self.options, self.task_definition_spec()
+        )
+        if registered:
             logger.info("session %s: registered task definition %s", self.session_id, arn)
+            task_definition.retire_unused(self.aws, self.options, keep=arn)
         self._task_definition = arn
         return arn
 
@@ -382,15 +276,20 @@ class ECSLauncher:
         }
 
     def _at_once(self) -> int | None:
-        """How many workers may run at once (Fargate quota), ``None`` when unlimited."""
+        """How many workers may run at once (the vCPU quota), ``None`` when unlimited."""
         if not self._limit_known:
+            quota = self._quota or Quota(self.aws)
+            self._quota = quota
             if self.options.launch_type == "FARGATE":
-                quota = self._quota or Quota(self.aws)
-                self._quota = quota
                 self._limit = quota.max_workers(self.options.cpu, self.options.spot)
-                for notice in quota.notices:
-                    if notice not in self.notices:
-                        self.notices.append(notice)
+            else:
+                packing = ec2_packing(self.aws, self.options)
+                self._limit = quota.max_ec2_workers(
+                    packing.vcpus, packing.per_instance, self.options.spot
+                )
+            for notice in quota.notices:
+                if notice not in self.notices:
+                    self.notices.append(notice)
             self._limit_known = True
         return self._limit
 
@@ -415,6 +314,7 @@ class ECSLauncher:
         """
         if count <= 0:
             return []
+        self._adopt()
         limit = self._at_once()
         running = len(self._running)
         allowed = count if limit is None else max(0, min(count, limit - running))
@@ -431,7 +331,7 @@ class ECSLauncher:
             return []
         overrides = self._overrides()  # local checks first: no AWS call if they fail
         placement = self._placement()
-        definition = self.ensure_task_definition()
+        self.ensure_task_definition()
         self._ensure_ec2_capacity(running + allowed)
         started: list[str] = []
         failures: list[dict[str, Any]] = []
@@ -440,7 +340,7 @@ class ECSLauncher:
             batch = min(RUN_TASK_MAX, remaining)
             remaining -= batch
             try:
-                answer = self._run_task(definition, batch, overrides, placement)
+                answer = self._run_task(batch, overrides, placement)
             except AwsLaunchError as exc:
                 if not self._running:
                     raise
@@ -490,10 +390,7 @@ class ECSLauncher:
                 )
             arn = str(providers[0]["autoScalingGroupProvider"]["autoScalingGroupArn"])
             self._asg_name = arn.split("autoScalingGroupName/")[-1]
-        vcpus, mib = instance_shape(
-            self.aws, self.options.instance_type or DEFAULT_EC2_INSTANCE_TYPE
-        )
-        per = max(1, tasks_per_instance(vcpus, mib, self.options.cpu, self.options.memory_mib))
+        per = max(1, ec2_packing(self.aws, self.options).per_instance)
         needed = math.ceil(workers / per)
         groups = self.aws.call(
             "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[self._asg_name]
@@ -508,6 +405,25 @@ class ECSLauncher:
             self._note(f"raised the EC2 group's MaxSize to {needed} instances ({per} workers each)")
 
     def _run_task(
+        self, count: int, overrides: dict[str, Any], placement: dict[str, Any]
+    ) -> dict[str, Any]:
+        definition = self.ensure_task_definition()
+        try:
+            return self._run_task_with(definition, count, overrides, placement)
+        except AwsLaunchError as exc:
+            # Another client may have retired our cached definition (task_definition's rule):
+            # register it again, once. Decided by its status, not by the error's text.
+            if exc.code != "ClientException" or task_definition.is_active(self.aws, definition):
+                raise
+            logger.info(
+                "session %s: task definition %s was deregistered; registering it again",
+                self.session_id,
+                definition,
+            )
+            self._task_definition = None
+            return self._run_task_with(self.ensure_task_definition(), count, overrides, placement)
+
+    def _run_task_with(
         self, definition: str, count: int, overrides: dict[str, Any], placement: dict[str, Any]
     ) -> dict[str, Any]:
         # One token per logical call: Aws.call retries with these same parameters, so a retry
@@ -545,7 +461,7 @@ class ECSLauncher:
             raise
 
     def _failed_run(self, failures: list[dict[str, Any]], started: list[str], asked: int) -> None:
-        reasons = sorted({_explain_failure(f, self.options) for f in failures})
+        reasons = sorted({explain_failure(f, self.options) for f in failures})
         self._backoff_until = time.monotonic() + self._backoff
         wait, self._backoff = self._backoff, min(self._backoff * 2, _BACKOFF_MAX)
         if not started and not self._running:
@@ -566,12 +482,38 @@ class ECSLauncher:
     # -- following tasks ---------------------------------------------------------------------
 
     def running(self) -> int:
-        """Workers started and not yet seen STOPPED."""
+        """Workers started and not yet seen STOPPED, counting the session's tasks that ECS
+        already ran or was starting when this launcher first looked (see the module doc)."""
+        self._adopt()
         return len(self._running)
 
     def worker_ids(self) -> dict[str, str]:
         """Worker ids by task ARN, of the tasks not yet seen STOPPED."""
         return dict(self._running)
+
+    def _adopt(self) -> None:
+        """Once per launcher: count the session's tasks already in ECS (desired RUNNING, any
+        last status from PROVISIONING to RUNNING) as this launcher's own, so that it starts
+        only what is missing. A failed look is logged and retried at the next call."""
+        if self._adopted:
+            return
+        try:
+            tasks = self._session_tasks(wanted_running=True)
+        except AwsError as exc:
+            logger.warning(
+                "session %s: cannot list its ECS tasks (%s); will try again", self.session_id, exc
+            )
+            return
+        self._adopted = True
+        for arn in tasks:
+            if arn not in self._running:
+                self._running[arn] = f"ecs-{_task_id(arn)}"
+        if tasks:
+            logger.info(
+                "session %s: %d of its ECS worker(s) already run or start",
+                self.session_id,
+                len(tasks),
+            )
 
     def _describe(self, arns: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         tasks: list[dict[str, Any]] = []
@@ -612,7 +554,12 @@ class ECSLauncher:
                 self._failed_starts = 0
             if status != "STOPPED":
                 continue
-            ended.append(self._exit_of(self._running.pop(arn), task))
+            exit_ = self._exit_of(self._running.pop(arn), task)
+            if exit_.code not in (None, 0, EXIT_SIGTERM) and exit_.reason.startswith("exit code"):
+                # It failed by itself: its explanation is only in CloudWatch (the manager
+                # shows it when the pool breaks: "could not start ... Its log:").
+                exit_ = replace(exit_, log_tail=self._log_tail(exit_.worker))
+            ended.append(exit_)
         for failure in failures:
             arn = str(failure.get("arn", ""))
             if failure.get("reason") == "MISSING" and arn in self._running:
@@ -634,6 +581,12 @@ class ECSLauncher:
                 exit_.reason,
             )
         return ended
+
+    def _log_tail(self, worker: str) -> str:
+        try:
+            return tail(self.aws, self.options.log_group, worker, _LOG_TAIL_LINES)
+        except AwsError as exc:
+            return f"(its CloudWatch log could not be read: {exc})"
 
     def _exit_of(self, worker: str, task: dict[str, Any]) -> WorkerExit:
         """A stopped task as a :class:`WorkerExit` with a readable reason."""
@@ -694,20 +647,34 @@ class ECSLauncher:
 
     # -- stopping ----------------------------------------------------------------------------
 
-    def _session_tasks(self) -> set[str]:
-        """Every task of this session that ECS still wants running, including those started
-        by another launcher (another client of a detached session)."""
-        listed = set(
-            self.aws.paginate(
+    def _session_tasks(self, *, wanted_running: bool) -> set[str]:
+        """This session's tasks that have not stopped, including those started by another
+        launcher (another client of a detached session).
+
+        ``ListTasks`` gets ``startedBy`` alone (ECS: it "must be the only filter that you
+        use"); the status filter is applied here, on ``DescribeTasks``' answer.
+
+        Args:
+            wanted_running: only tasks ECS still wants running (desired status RUNNING);
+                False: also those already asked to stop and still stopping.
+        """
+        listed = [
+            str(arn)
+            for arn in self.aws.paginate(
                 "ecs",
                 "list_tasks",
                 "taskArns",
                 cluster=self.options.cluster,
                 startedBy=self.started_by,
-                desiredStatus="RUNNING",
             )
-        )
-        return listed | set(self._running)
+        ]
+        tasks, _ = self._describe(listed) if listed else ([], [])
+        return {
+            str(t["taskArn"])
+            for t in tasks
+            if t.get("lastStatus") != "STOPPED"
+            and (not wanted_running or t.get("desiredStatus") == "RUNNING")
+        }
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every task of this session (StopTask: ECS sends SIGTERM, the workers hand
@@ -717,7 +684,7 @@ class ECSLauncher:
         stopping them (SIGKILL after the task definition's ``stopTimeout``).
         """
         try:
-            arns = sorted(self._session_tasks())
+            arns = sorted(self._session_tasks(wanted_running=False) | set(self._running))
         except AwsError as exc:
             logger.error(
                 "session %s: cannot list its ECS tasks to stop them (%s); stopping "

@@ -5,6 +5,7 @@ definition uses the stream prefix ``starburst`` and the container name ``worker`
 ``ecs-{task id}`` writes to ``starburst/worker/{task id}`` (:func:`stream_name`).
 
 - :func:`read_logs`: every event of some workers, stream by stream (``GetLogEvents``).
+- :func:`tail`: the last lines of one worker's stream (a start failure's explanation).
 - :func:`follow_logs`: new events of the log group as they arrive (``FilterLogEvents``), until
   told to stop.
 """
@@ -21,7 +22,15 @@ from typing import Any
 from starburst_executor.aws.client import Aws
 from starburst_executor.errors import AwsError
 
-__all__ = ["STREAM_PREFIX", "LogLine", "follow_logs", "read_logs", "stream_name", "worker_id"]
+__all__ = [
+    "STREAM_PREFIX",
+    "LogLine",
+    "follow_logs",
+    "read_logs",
+    "stream_name",
+    "tail",
+    "worker_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +139,32 @@ def read_logs(
             if not new or new == token:
                 break
             token = params["nextToken"] = new
+
+
+def tail(aws: Aws, log_group: str, worker: str, lines: int = 20) -> str:
+    """The last ``lines`` lines of a worker's stream, oldest first, as one text; ``""`` when
+    the stream does not exist (yet) or the worker did not run on ECS.
+
+    Raises:
+        AwsError: CloudWatch Logs refused (other than a missing stream or group).
+    """
+    if not worker.startswith(_ECS_WORKER) or len(worker) == len(_ECS_WORKER):
+        return ""
+    try:
+        page = aws.call(
+            "logs",
+            "get_log_events",
+            logGroupName=log_group,
+            logStreamName=stream_name(worker),
+            startFromHead=False,  # the newest page: the end of the stream
+            limit=lines,
+        )
+    except AwsError as exc:
+        if exc.code != "ResourceNotFoundException":
+            raise
+        return ""
+    events = sorted(page.get("events", ()), key=lambda e: int(e["timestamp"]))
+    return "\n".join(_line(worker, e).message for e in events[-lines:])
 
 
 def follow_logs(

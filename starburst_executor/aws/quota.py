@@ -1,9 +1,14 @@
-"""``Quota``: how many Fargate workers the account lets one session run at once.
+"""``Quota``: how many workers the account lets one session run at once (Fargate or EC2).
 
 Fargate limits the vCPUs an account runs concurrently per region, separately for On-Demand
 (Service Quotas code ``L-3032A538``) and Spot (``L-36FBB829``). A session that asks for more
 workers than fit would see RunTask fail for the excess, so the launcher starts at most
 ``floor(quota / cpu)`` workers and runs the rest in waves as workers finish.
+
+On EC2, the instances count against the account's EC2 vCPU quotas: "Running On-Demand
+Standard (A, C, D, H, I, M, R, T, Z) instances" (``ec2`` ``L-1216C47A``) and "All Standard
+(A, C, D, H, I, M, R, T, Z) Spot Instance Requests" (``L-34B43A08``), both in vCPUs. The
+launcher runs at most ``floor(quota / instance vCPUs) * workers per instance`` at once.
 
 The quota is read once per kind from Service Quotas (``servicequotas:GetServiceQuota``).
 When it cannot be read (no permission, the API is not offered, moto), a stated default is
@@ -19,13 +24,24 @@ import math
 from starburst_executor.aws.client import Aws
 from starburst_executor.errors import AwsCredentialsError, AwsError, AwsLaunchError
 
-__all__ = ["DEFAULT_FARGATE_VCPUS", "FARGATE_ON_DEMAND_VCPU", "FARGATE_SPOT_VCPU", "Quota"]
+__all__ = [
+    "DEFAULT_EC2_VCPUS",
+    "DEFAULT_FARGATE_VCPUS",
+    "EC2_ON_DEMAND_VCPU",
+    "EC2_SPOT_VCPU",
+    "FARGATE_ON_DEMAND_VCPU",
+    "FARGATE_SPOT_VCPU",
+    "Quota",
+]
 
 logger = logging.getLogger(__name__)
 
 FARGATE_SERVICE_CODE = "fargate"
 FARGATE_ON_DEMAND_VCPU = "L-3032A538"  # "Fargate On-Demand vCPU resource count"
 FARGATE_SPOT_VCPU = "L-36FBB829"  # "Fargate Spot vCPU resource count"
+EC2_SERVICE_CODE = "ec2"
+EC2_ON_DEMAND_VCPU = "L-1216C47A"  # "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z)"
+EC2_SPOT_VCPU = "L-34B43A08"  # "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"
 
 # Used when Service Quotas cannot be read. The ECS developer guide ("Amazon ECS service
 # quotas", docs.aws.amazon.com/AmazonECS/latest/developerguide/service-quotas.html) warns
@@ -36,6 +52,10 @@ FARGATE_SPOT_VCPU = "L-36FBB829"  # "Fargate Spot vCPU resource count"
 # that are too small cost time, while RunTask calls beyond the quota fail. The notice tells
 # the user how to let us read the real value.
 DEFAULT_FARGATE_VCPUS = 6.0
+# The same caution for EC2: new accounts have started with as little as 5 vCPUs for both
+# Standard quotas (the EC2 "On-Demand Instance quotas" page calls them "default quotas
+# [that] might be lower for new accounts"); assume the low value when unreadable.
+DEFAULT_EC2_VCPUS = 5.0
 
 
 class Quota:
@@ -56,7 +76,7 @@ class Quota:
             raise ValueError(f"vcpus must be >= 0, not {vcpus}")
         self._aws = aws
         self._fixed = vcpus
-        self._cache: dict[bool, tuple[float, str]] = {}
+        self._cache: dict[str, tuple[float, str]] = {}  # quota code -> (limit, source)
         self.notices: list[str] = []
 
     @property
@@ -74,19 +94,30 @@ class Quota:
         Raises:
             AwsCredentialsError: the credentials were rejected.
         """
+        code = FARGATE_SPOT_VCPU if spot else FARGATE_ON_DEMAND_VCPU
+        kind = "Fargate Spot" if spot else "Fargate On-Demand"
+        return self._read(FARGATE_SERVICE_CODE, code, kind, DEFAULT_FARGATE_VCPUS)
+
+    def ec2_vcpus(self, spot: bool) -> tuple[float, str]:
+        """The account's EC2 Standard-instance vCPU limit (Spot or On-Demand) and where it
+        came from, as :meth:`fargate_vcpus` (default :data:`DEFAULT_EC2_VCPUS`).
+
+        Raises:
+            AwsCredentialsError: the credentials were rejected.
+        """
+        code = EC2_SPOT_VCPU if spot else EC2_ON_DEMAND_VCPU
+        kind = "EC2 Spot" if spot else "EC2 On-Demand"
+        return self._read(EC2_SERVICE_CODE, code, kind, DEFAULT_EC2_VCPUS)
+
+    def _read(self, service: str, code: str, kind: str, default: float) -> tuple[float, str]:
         if self._fixed is not None:
             return self._fixed, "fixed"
-        if spot in self._cache:
-            return self._cache[spot]
+        if code in self._cache:
+            return self._cache[code]
         assert self._aws is not None
-        code = FARGATE_SPOT_VCPU if spot else FARGATE_ON_DEMAND_VCPU
-        kind = "Spot" if spot else "On-Demand"
         try:
             answer = self._aws.call(
-                "service-quotas",
-                "get_service_quota",
-                ServiceCode=FARGATE_SERVICE_CODE,
-                QuotaCode=code,
+                "service-quotas", "get_service_quota", ServiceCode=service, QuotaCode=code
             )
             result = (float(answer["Quota"]["Value"]), "service-quotas")
         except AwsCredentialsError:
@@ -100,24 +131,44 @@ class Quota:
                 else f"Service Quotas answered {exc.code or exc}"
             )
             notice = (
-                f"could not read your Fargate {kind} vCPU quota ({code}) in {self.region}: "
-                f"{why}; assuming {DEFAULT_FARGATE_VCPUS:g} vCPU, the value new accounts start "
+                f"could not read your {kind} vCPU quota ({code}) in {self.region}: "
+                f"{why}; assuming {default:g} vCPU, the value new accounts start "
                 f"with. Check it with `aws service-quotas get-service-quota --service-code "
-                f"fargate --quota-code {code} --region {self.region}`"
+                f"{service} --quota-code {code} --region {self.region}`"
             )
             logger.info("%s", notice)
             self.notices.append(notice)
-            result = (DEFAULT_FARGATE_VCPUS, "default")
+            result = (default, "default")
         except (KeyError, TypeError, ValueError) as exc:
             logger.info(
-                "Service Quotas gave no value for %s (%r); assuming %g vCPU",
-                code,
-                exc,
-                DEFAULT_FARGATE_VCPUS,
+                "Service Quotas gave no value for %s (%r); assuming %g vCPU", code, exc, default
             )
-            result = (DEFAULT_FARGATE_VCPUS, "default")
-        self._cache[spot] = result
+            result = (default, "default")
+        self._cache[code] = result
         return result
+
+    def max_ec2_workers(self, instance_vcpus: int, per_instance: int, spot: bool) -> int:
+        """How many workers the EC2 vCPU quota lets run at once: whole instances of
+        ``instance_vcpus`` within the quota, ``per_instance`` workers each.
+
+        Raises:
+            AwsLaunchError: not even one instance fits; the message says how to ask for more.
+        """
+        limit, source = self.ec2_vcpus(spot)
+        instances = math.floor(limit / max(1, instance_vcpus) + 1e-9)
+        if instances >= 1 and per_instance >= 1:
+            return instances * per_instance
+        code = EC2_SPOT_VCPU if spot else EC2_ON_DEMAND_VCPU
+        kind = "Spot" if spot else "On-Demand"
+        region = self.region or "your region"
+        raise AwsLaunchError(
+            f"your EC2 {kind} Standard vCPU quota ({limit:g} vCPU, {source}) in {region} "
+            f"does not hold one {instance_vcpus}-vCPU instance: request an increase "
+            f"(`aws service-quotas request-service-quota-increase --service-code ec2 "
+            f"--quota-code {code} --desired-value 64 --region {region}`)"
+            + ("; or use spot=False (On-Demand has its own quota)" if spot else ""),
+            "QuotaExceeded",
+        )
 
     def max_workers(self, cpu: float, spot: bool) -> int:
         """How many workers of ``cpu`` vCPUs fit in the quota at once: ``floor(limit / cpu)``.

@@ -5,8 +5,13 @@ every ``interval`` seconds) and turns each new task into a local process, built 
 what ECS itself would hand a container, so a test proves that the launch request carries
 everything the worker needs:
 
-- the command of the task definition's container (a leading ``python`` becomes
-  ``sys.executable``);
+- the argv Docker would run: the image has no existence here, so its ENTRYPOINT is taken to
+  be :data:`IMAGE_ENTRYPOINT` (``python -m starburst_executor.worker``, what the project's
+  Dockerfile sets) with an empty CMD; the task definition's ``entryPoint`` replaces it and
+  its ``command`` is appended to it, exactly as ``docker run --entrypoint ... IMAGE CMD``
+  does (:func:`docker_argv`; a leading ``python`` becomes ``sys.executable``). So a task
+  definition whose ``command`` repeats the entry point runs the worker with bogus arguments
+  and exits 2, as it would on ECS;
 - the environment: the task definition's ``environment``, then the RunTask container
   overrides, then the ``secrets`` resolved from moto's SSM Parameter Store (``valueFrom``),
   over a base of the test's ``AWS_*`` settings (endpoint, dummy credentials: what the task
@@ -15,6 +20,15 @@ everything the worker needs:
 - the ECS task metadata endpoint v4, emulated by a small HTTP server on 127.0.0.1
   (``GET /{task id}/task`` answers ``{"TaskARN": ...}``), passed as
   ``ECS_CONTAINER_METADATA_URI_V4``, so the real worker code names itself ``ecs-{task id}``.
+
+The process's output goes to ``{task id}.log`` and, when it exits, to moto's CloudWatch Logs
+(PutLogEvents) under the stream the ``awslogs`` driver would use,
+``{awslogs-stream-prefix}/{container name}/{task id}`` in ``awslogs-group``: one event per
+line, shipped before the task is reported stopped (the driver flushes at container exit).
+
+``ListTasks`` is made as strict as AWS documents it while the agent runs
+(:func:`strict_list_tasks`): "When you specify startedBy as the filter, it must be the only
+filter that you use"; moto would apply both.
 
 Stopping, as ECS does it: when moto shows a task's ``desiredStatus`` STOPPED (someone called
 StopTask) the agent sends SIGTERM, and SIGKILL ``kill_after`` seconds later. When a process
@@ -40,6 +54,7 @@ What moto (5.2) cannot record, and what the agent does about it:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -54,18 +69,57 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import boto3
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["SPOT_REASON", "LocalEcsAgent", "provision_world"]
+__all__ = ["IMAGE_ENTRYPOINT", "SPOT_REASON", "LocalEcsAgent", "docker_argv", "provision_world",
+           "strict_list_tasks"]
 
 logger = logging.getLogger(__name__)
 
 SPOT_REASON = "Your Spot Task was interrupted."
 _BASE_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+# The ENTRYPOINT of the project's worker image (worker/Dockerfile); its CMD is empty.
+IMAGE_ENTRYPOINT = ("python", "-m", "starburst_executor.worker")
+_LIST_TASKS_FILTERS = ("containerInstance", "family", "serviceName", "desiredStatus",
+                       "launchType")
+
+
+def docker_argv(container: dict[str, Any], entrypoint: tuple[str, ...] = IMAGE_ENTRYPOINT,
+                cmd: tuple[str, ...] = ()) -> list[str]:
+    """What Docker runs for an ECS container definition on an image with this ENTRYPOINT and
+    CMD: ``entryPoint`` replaces the ENTRYPOINT (and, as ``docker run --entrypoint`` does,
+    drops the image's CMD); ``command`` replaces CMD; the argv is ENTRYPOINT + CMD."""
+    entry = container.get("entryPoint")
+    command = container.get("command")
+    if entry:
+        return [*entry, *(command or [])]
+    return [*entrypoint, *(command if command else cmd)]
+
+
+@contextlib.contextmanager
+def strict_list_tasks() -> Iterator[None]:
+    """Make the in-process moto refuse ``ListTasks`` with ``startedBy`` and another filter
+    (AWS: startedBy "must be the only filter that you use"; moto applies both)."""
+    from moto.ecs.exceptions import InvalidParameterException
+    from moto.ecs.responses import EC2ContainerServiceResponse
+
+    original = EC2ContainerServiceResponse.list_tasks
+
+    def list_tasks(self: Any) -> Any:
+        if self._get_param("startedBy"):
+            others = [f for f in _LIST_TASKS_FILTERS if self._get_param(f)]
+            if others:
+                raise InvalidParameterException(
+                    f"startedBy must be the only filter; also given: {', '.join(others)}")
+        return original(self)
+
+    with mock.patch.object(EC2ContainerServiceResponse, "list_tasks", list_tasks):
+        yield
 
 
 @dataclass
@@ -79,6 +133,9 @@ class _Task:
     stopped_in_ecs: bool = False  # desiredStatus STOPPED seen or set by us
     interrupted: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    log_group: str = ""  # where the awslogs driver would ship the output ("" : nowhere)
+    log_stream: str = ""
+    kill_after: float | None = None  # the task's own stopTimeout (None: the agent's)
 
 
 class LocalEcsAgent:
@@ -91,20 +148,25 @@ class LocalEcsAgent:
         interval: seconds between looks at ECS.
         kill_after: seconds between SIGTERM and SIGKILL (ECS: the ``stopTimeout``).
         env: extra environment for every process (applied under the task's own).
+        session: the boto3 session of the agent's own ECS and SSM calls (default: a new one
+            from the environment).
     """
 
     def __init__(self, log_dir: Path, *, region: str = "us-east-1",
                  endpoint_url: str | None = None, interval: float = 0.2,
-                 kill_after: float = 10.0, env: dict[str, str] | None = None) -> None:
+                 kill_after: float = 10.0, env: dict[str, str] | None = None,
+                 session: Any = None) -> None:
         self.log_dir = Path(log_dir)
         self.region = region
         self.interval = interval
         self.kill_after = kill_after
         self._extra_env = dict(env or {})
-        session = boto3.session.Session()
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        session = session or boto3.session.Session()
+        self._endpoint = endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
         self._ecs: Any = session.client("ecs", region_name=region, endpoint_url=endpoint)
         self._ssm: Any = session.client("ssm", region_name=region, endpoint_url=endpoint)
+        self._logs: Any = session.client("logs", region_name=region, endpoint_url=endpoint)
+        self._strict = strict_list_tasks()
         self._lock = threading.Lock()
         self._tasks: dict[str, _Task] = {}
         self._ignored: set[str] = set()  # tasks seen already stopped, or failed to launch
@@ -145,6 +207,7 @@ class LocalEcsAgent:
         threading.Thread(target=self._server.serve_forever, name="ecs-agent-metadata",
                          daemon=True).start()
         self._thread = threading.Thread(target=self._run, name="ecs-agent", daemon=True)
+        self._strict.__enter__()
         self._thread.start()
         return self
 
@@ -157,13 +220,13 @@ class LocalEcsAgent:
             tasks = list(self._tasks.values())
         for task in tasks:
             if task.proc.poll() is None:
-                task.proc.send_signal(signal.SIGTERM)
+                self._send_term(task)
         deadline = time.monotonic() + self.kill_after
         for task in tasks:
             try:
                 task.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                task.proc.kill()
+                self._send_kill(task)
                 task.proc.wait()
             with self._lock:
                 if task.exit_code is None:
@@ -173,6 +236,8 @@ class LocalEcsAgent:
             self._server.server_close()
         self._ecs.close()
         self._ssm.close()
+        self._logs.close()
+        self._strict.__exit__(None, None, None)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -310,7 +375,15 @@ class LocalEcsAgent:
                 return
             task.term_at = time.monotonic()
         if task.proc.poll() is None:
-            task.proc.send_signal(signal.SIGTERM)
+            self._send_term(task)
+
+    def _send_term(self, task: _Task) -> None:
+        """Ask a task to stop (SIGTERM to its process)."""
+        task.proc.send_signal(signal.SIGTERM)
+
+    def _send_kill(self, task: _Task) -> None:
+        """Stop a task that outlived its stop timeout (SIGKILL to its process)."""
+        task.proc.kill()
 
     def _reap(self) -> None:
         with self._lock:
@@ -318,8 +391,9 @@ class LocalEcsAgent:
         for task in tasks:
             code = task.proc.poll()
             if code is None:
-                if task.term_at is not None and time.monotonic() - task.term_at > self.kill_after:
-                    task.proc.kill()
+                grace = self.kill_after if task.kill_after is None else task.kill_after
+                if task.term_at is not None and time.monotonic() - task.term_at > grace:
+                    self._send_kill(task)
                 continue
             with self._lock:
                 if task.exit_code is not None:
@@ -327,12 +401,29 @@ class LocalEcsAgent:
                 task.exit_code = code
                 stopped = task.stopped_in_ecs
                 task.stopped_in_ecs = True
+            self._ship_logs(task)  # before ECS shows the task stopped, as the driver flushes
             if stopped:
                 self._mirror(task.arn, exit_code=code)
             else:
                 self._mirror(task.arn, exit_code=code, stop_code="EssentialContainerExited")
                 self._ecs.stop_task(cluster=task.cluster, task=task.arn,
                                     reason=f"Essential container in task exited (exit code {code})")
+
+    def _ship_logs(self, task: _Task) -> None:
+        """Put the process's output into moto's CloudWatch Logs, one event per line, under
+        the stream the awslogs driver would write (see the module docstring)."""
+        if not task.log_group:
+            return
+        text = task.log.read_text(errors="replace") if task.log.exists() else ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        with contextlib.suppress(self._logs.exceptions.ResourceAlreadyExistsException):
+            self._logs.create_log_stream(logGroupName=task.log_group,
+                                         logStreamName=task.log_stream)
+        now = int(time.time() * 1000)
+        for i in range(0, len(lines), 1000):
+            self._logs.put_log_events(
+                logGroupName=task.log_group, logStreamName=task.log_stream,
+                logEvents=[{"timestamp": now, "message": line} for line in lines[i:i + 1000]])
 
     # -- launching ---------------------------------------------------------------------------
 
@@ -355,7 +446,7 @@ class LocalEcsAgent:
             definition = self._definition(task["taskDefinitionArn"])
             container = definition["containerDefinitions"][0]
             name = container["name"]
-            command = list(container.get("entryPoint") or []) + list(container.get("command") or [])
+            command = docker_argv(container)
             if command and command[0] in ("python", "python3"):
                 command[0] = sys.executable
             env = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in _BASE_ENV}
@@ -369,6 +460,9 @@ class LocalEcsAgent:
             for secret in container.get("secrets", []):
                 env[secret["name"]] = self._secret(secret["valueFrom"])
             env["ECS_CONTAINER_METADATA_URI_V4"] = f"{self.metadata_url}/{task_id}"
+            log_options = (container.get("logConfiguration") or {}).get("options", {})
+            log_group = str(log_options.get("awslogs-group", ""))
+            log_stream = f"{log_options.get('awslogs-stream-prefix', '')}/{name}/{task_id}"
         except Exception as exc:  # a task ECS could not start either: record it, move on
             logger.exception("ECS agent cannot start task %s", arn)
             self.errors.append(f"{arn}: {exc!r}")
@@ -381,7 +475,8 @@ class LocalEcsAgent:
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     close_fds=True)
         with self._lock:
-            self._tasks[arn] = _Task(arn, cluster, proc, log, env=env)
+            self._tasks[arn] = _Task(arn, cluster, proc, log, env=env, log_group=log_group,
+                                     log_stream=log_stream)
         # moto reports exitCode 0 from RunTask on; AWS has none until the container exits.
         self._mirror(arn, exit_code=None, clear_exit=True)
         logger.info("ECS agent: task %s runs as pid %d", task_id, proc.pid)

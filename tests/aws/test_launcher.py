@@ -132,7 +132,9 @@ def test_task_definition_carries_logs_secret_memory_and_no_payload(aws: Aws, opt
     (container,) = td["containerDefinitions"]
     assert container["name"] == "worker"
     assert container["image"] == options.image
-    assert container["command"] == ["python", "-m", "starburst_executor.worker"]
+    # The image's ENTRYPOINT starts the worker; a command would be appended to it (Docker).
+    assert "command" not in container and "entryPoint" not in container
+    assert td["runtimePlatform"] == {"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"}
     assert container["memory"] == 2048
     assert container["stopTimeout"] == 120
     assert container["logConfiguration"] == {"logDriver": "awslogs", "options": {
