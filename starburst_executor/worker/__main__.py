@@ -40,6 +40,18 @@ def _ecs_worker_id() -> str | None:
     return f"ecs-{str(arn).rsplit('/', 1)[-1]}"
 
 
+def _configure_logging(level: str) -> None:
+    """The worker's own loggers (``starburst_executor.*``) at ``level``, every other logger at
+    WARNING: botocore, boto3 and urllib3 log each credential lookup and connection at INFO,
+    which would bury the worker's lines in every CloudWatch stream."""
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s worker %(process)d %(name)s: %(message)s",
+    )
+    logging.getLogger("starburst_executor").setLevel(level.upper())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m starburst_executor.worker",
@@ -66,15 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         default=float(os.environ.get("STARBURST_POLL_MAX", "0.5")),
         help="longest wait between looks for work, seconds",
     )
-    parser.add_argument("--log-level", default=os.environ.get("STARBURST_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("STARBURST_LOG_LEVEL", "INFO"),
+        help="level of the worker's own log lines (other libraries log at WARNING); "
+        "env STARBURST_LOG_LEVEL",
+    )
     args = parser.parse_args(argv)
     if not args.store or not args.session:
         parser.error("--store and --session are required (or STARBURST_STORE / STARBURST_SESSION)")
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s worker %(process)d %(name)s: %(message)s",
-    )
+    _configure_logging(args.log_level)
     worker_id = (
         args.worker_id
         or _ecs_worker_id()
@@ -92,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("starburst_executor.worker").error("cannot start: %s", exc)
         return 2
     worker.handle_sigterm()
+    # The first line of every worker's log: the container reached the worker.
+    logging.getLogger("starburst_executor.worker").info(
+        "worker %s of session %s starts (store %s, Python %d.%d)",
+        worker_id,
+        args.session,
+        args.store,
+        *sys.version_info[:2],
+    )
     return worker.run()
 
 

@@ -1,5 +1,12 @@
-"""The worker image: environment capture, the Dockerfile, build-and-push with a fake docker
-against moto's ECR, and a session's code shipped as a zip."""
+"""The worker image: environment capture, worker/Dockerfile and the build context,
+build-and-push against moto's ECR, the wheel's package data, and a session's code shipped as
+a zip.
+
+The build-and-push tests here use a fake ``docker`` that records its command lines: they
+prove which commands run in which order with which arguments (login on stdin, --platform,
+BASE_IMAGE, the digest read back from ``docker push``), NOT that the image builds or starts.
+That is proven with real Docker in tests/aws/test_container_image.py and by
+:func:`test_an_installed_wheel_builds_a_working_image` below."""
 
 from __future__ import annotations
 
@@ -20,10 +27,12 @@ from starburst_executor import code_files
 from starburst_executor.aws import image
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.image import (
+    ENTRYPOINT,
     Environment,
+    WorkerImage,
     build_and_push,
     capture_environment,
-    render_dockerfile,
+    ecr_registry,
 )
 from starburst_executor.code_files import install_code, pack_code
 from starburst_executor.errors import AwsNotSetUpError, ImageBuildError
@@ -47,6 +56,10 @@ def test_capture_of_installed_distributions_is_deterministic() -> None:
              for line in first.requirements]
     assert names == sorted(names)
     assert "boto3" in names and "starburst-executor" not in names
+    assert not {"pip", "setuptools", "wheel"} & set(names)  # the base image brings its own
+    skipped = {line.split(" ", 1)[0].lower(): line for line in first.skipped}
+    for tool in ("pip", "setuptools"):
+        assert skipped[tool].endswith("(packaging tool: the base image brings its own)")
     pinned = dict(line.split("==", 1) for line in first.requirements if "==" in line)
     assert pinned["boto3"] == importlib.metadata.version("boto3")
 
@@ -96,34 +109,118 @@ def test_digest_ignores_the_patch_version_and_follows_the_minor() -> None:
     assert newer.digest != env.digest and newer.tag.startswith("py3.12-")
 
 
-# --------------------------------------------------------------------------- Dockerfile
+def write_dist(site_dir: Path, name: str, version: str, tag: str) -> None:
+    info = site_dir / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "WHEEL").write_text(f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n")
 
 
-def test_rendered_dockerfile_matches_the_client(tmp_path: Path) -> None:
+def test_capture_skips_packages_for_other_platforms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site_dir = tmp_path / "site"
+    write_dist(site_dir, "pywin32", "306", "cp311-cp311-win_amd64")
+    write_dist(site_dir, "macthing", "1.0", "cp311-cp311-macosx_11_0_arm64")
+    write_dist(site_dir, "pyobjc-core", "10.0", "py3-none-any")
+    write_dist(site_dir, "linuxthing", "1.0", "cp311-cp311-manylinux_2_17_x86_64")
+    monkeypatch.setattr(sys, "path", [str(site_dir), *sys.path])
+    env = capture_environment()
+    assert "pywin32 (for Windows or macOS only)" in env.skipped
+    assert "pyobjc-core (for Windows or macOS only)" in env.skipped
+    assert "macthing (built for macosx only)" in env.skipped
+    # (not in site-packages, so left out too, but for that reason, not its platform)
+    assert "linuxthing (not in site-packages: ship it with code_files)" in env.skipped
+    assert not any(line.startswith(("pywin32", "macthing", "pyobjc")) for line in env.requirements)
+
+
+def test_requirements_file_drops_platform_only_lines_without_a_marker(tmp_path: Path) -> None:
     reqs = tmp_path / "requirements.txt"
-    reqs.write_text("numpy==2.1.0\n")
-    text = render_dockerfile(capture_environment(reqs))
-    lines = text.splitlines()
-    assert lines[[line.startswith("FROM ") for line in lines].index(True)] == (
-        f"FROM python:{MINOR}-slim")
-    assert "ENV PYTHONUNBUFFERED=1 \\" in lines
-    assert lines[-1] == 'ENTRYPOINT ["python", "-m", "starburst_executor.worker"]'
-    users = [line for line in lines if line.startswith("USER ")]
-    assert users == ["USER starburst"]
+    reqs.write_text("numpy==2.1.0\npywin32==306\nappnope==0.1.4 ; sys_platform == 'darwin'\n"
+                    "pip==24.0\n")
+    env = capture_environment(reqs)
+    # A marker lets pip decide in the image; a lock file's own pip pin is the user's choice.
+    assert env.requirements == ("numpy==2.1.0", "appnope==0.1.4 ; sys_platform == 'darwin'",
+                                "pip==24.0")
+    assert env.skipped == ("pywin32 (for Windows or macOS only)",)
+
+
+# --------------------------------------------------------------------------- worker/
+
+
+def dockerfile_lines() -> list[str]:
+    return (REPO_ROOT / "worker" / "Dockerfile").read_text().splitlines()
+
+
+def test_the_one_dockerfile_is_worker_dockerfile() -> None:
+    assert not (REPO_ROOT / "Dockerfile").exists()  # no second copy to keep equal
+    assert image.worker_files().resolve() == (REPO_ROOT / "worker").resolve()
+    lines = dockerfile_lines()
+    assert lines[lines.index("ARG BASE_IMAGE=python:3.11-slim") + 1] == "FROM ${BASE_IMAGE}"
+    assert f"ENTRYPOINT {json.dumps(list(ENTRYPOINT))}" in lines
+    assert "CMD []" in lines  # a base image's CMD would be appended to the ENTRYPOINT
+    entry = (REPO_ROOT / "worker" / "entrypoint.sh").read_text()
+    assert 'exec python -m starburst_executor.worker "$@"' in entry
+
+
+def test_the_dockerfile_runs_nothing_as_the_user_and_layers_requirements_first() -> None:
+    lines = dockerfile_lines()
+    assert [line for line in lines if line.startswith("USER ")] == ["USER starburst"]
     assert lines.index("USER starburst") > max(
         i for i, line in enumerate(lines) if line.startswith("RUN "))  # no RUN as the user
-    requirements_at = next(i for i, line in enumerate(lines)
-                           if "pip install --no-cache-dir -r" in line)
+    requirements_at = next(i for i, line in enumerate(lines) if "-r /tmp/starburst-build" in line)
     package_at = next(i for i, line in enumerate(lines)
-                      if "pip install --no-cache-dir /tmp/starburst-src" in line)
+                      if "pip-install.sh /tmp/starburst-src" in line)
     assert requirements_at < package_at  # the requirements layer survives package edits
+    # The environment label comes last: a new digest must not rebuild the layers above.
+    assert lines[-1].startswith("LABEL io.starburst.environment=")
 
 
-def test_the_repository_dockerfile_is_the_plain_rendering() -> None:
-    text = (REPO_ROOT / "Dockerfile").read_text()
-    assert text == render_dockerfile(None)
-    assert "ARG PYTHON_VERSION=3.11\nFROM python:${PYTHON_VERSION}-slim\n" in text
-    assert "requirements.txt" not in text
+def test_the_build_context_mirrors_a_checkout_with_the_ca_bundle(
+    captured: Environment, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "corp-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    dockerfile = image.write_context(captured, tmp_path / "ctx", ca_bundle=bundle)
+    ctx = tmp_path / "ctx"
+    assert dockerfile == ctx / "worker" / "Dockerfile"
+    assert dockerfile.read_text() == (REPO_ROOT / "worker" / "Dockerfile").read_text()
+    assert (ctx / "worker" / "requirements.txt").read_text() == "six==1.16.0\n"
+    assert (ctx / "worker" / "ca-bundle.crt").read_bytes() == bundle.read_bytes()
+    for script in ("entrypoint.sh", "pip-install.sh"):
+        assert os.access(ctx / "worker" / script, os.X_OK)
+    assert not (ctx / "starburst_executor" / "_worker_image").exists()
+
+
+def test_the_host_ca_bundle_is_the_first_existing_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    second = tmp_path / "ssl.pem"
+    second.write_text("x")
+    monkeypatch.setenv("PIP_CERT", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(second))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/hostname")
+    assert image.host_ca_bundle() == second
+    for name in image.CA_BUNDLE_VARIABLES:
+        monkeypatch.delenv(name)
+    assert image.host_ca_bundle() is None
+
+
+def test_ecr_registries_are_partition_aware() -> None:
+    assert ecr_registry("123456789012", "us-east-1") == "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    cn = ecr_registry("123456789012", "cn-north-1")
+    assert cn == "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"
+    assert image._split_uri(f"{cn}/starburst-worker") == (cn, "starburst-worker")
+    with pytest.raises(ValueError, match="not an ECR repository URI"):
+        image._split_uri(f"{cn}/starburst-worker:tag")
+
+
+def test_ecs_architectures() -> None:
+    assert image.ecs_architecture("amd64") == "X86_64"
+    assert image.ecs_architecture("linux/arm64") == "ARM64"
+    assert image.ecs_architecture("linux/arm64/v8") == "ARM64"
+    with pytest.raises(ImageBuildError, match="neither amd64 nor arm64"):
+        image.ecs_architecture("s390x")
 
 
 # --------------------------------------------------------------------------- build and push
@@ -138,6 +235,10 @@ with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
 if args and args[0] == os.environ.get("FAKE_DOCKER_FAIL"):
     sys.stderr.write("step 1/9\\nERROR: failed to solve: no space left on device\\n")
     sys.exit(1)
+if args[:2] == ["image", "inspect"]:
+    print(os.environ.get("FAKE_DOCKER_ARCH", "amd64"))
+if args[:1] == ["push"]:
+    print(args[1].rsplit(":", 1)[1] + ": digest: sha256:" + "d" * 64 + " size: 1570")
 """
 
 
@@ -182,21 +283,26 @@ def test_build_and_push_logs_in_builds_and_pushes(
     aws, repo_uri = ecr
     context = tmp_path / "context"
     messages: list[str] = []
-    uri = build_and_push(aws, repo_uri, captured, context_dir=context, notify=messages.append)
+    built = build_and_push(aws, repo_uri, captured, context_dir=context, notify=messages.append,
+                           base_image="example.com/python:3.11")
 
-    assert uri == f"{repo_uri}:{captured.tag}"
+    uri = f"{repo_uri}:{captured.tag}-amd64"
+    assert built == WorkerImage(f"{repo_uri}@sha256:{'d' * 64}", uri, "X86_64")
     registry = repo_uri.split("/", 1)[0]
     token = aws.call("ecr", "get_authorization_token")["authorizationData"][0]
     password = base64.b64decode(token["authorizationToken"]).decode().split(":", 1)[1]
     assert calls(fake_docker) == [
         {"argv": ["login", "--username", "AWS", "--password-stdin", registry],
          "stdin": password},  # the password travels on stdin, never in argv
-        {"argv": ["build", "-t", uri, "-f", str(context / "Dockerfile"), str(context)],
+        {"argv": ["build", "--platform", "linux/amd64",
+                  "--build-arg", "BASE_IMAGE=example.com/python:3.11",
+                  "--build-arg", f"STARBURST_ENVIRONMENT={captured.digest}",
+                  "-t", uri, "-f", str(context / "worker" / "Dockerfile"), str(context)],
          "stdin": None},
+        {"argv": ["image", "inspect", "--format", "{{.Architecture}}", uri], "stdin": None},
         {"argv": ["push", uri], "stdin": None},
     ]
-    assert (context / "Dockerfile").read_text() == render_dockerfile(captured)
-    assert (context / "requirements.txt").read_text() == "six==1.16.0\n"
+    assert (context / "worker" / "requirements.txt").read_text() == "six==1.16.0\n"
     assert (context / "pyproject.toml").is_file() and (context / "README.md").is_file()
     assert (context / "starburst_executor" / "worker" / "__main__.py").is_file()
     assert not list(context.rglob("__pycache__"))
@@ -213,14 +319,16 @@ def test_an_image_already_in_ecr_is_reused_without_docker(
                 "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
                            "size": 7023, "digest": "sha256:" + "a" * 64},
                 "layers": []}
-    aws.call("ecr", "put_image", repositoryName="starburst-worker",
-             imageManifest=json.dumps(manifest), imageTag=captured.tag)
+    put = aws.call("ecr", "put_image", repositoryName="starburst-worker",
+                   imageManifest=json.dumps(manifest), imageTag=f"{captured.tag}-amd64")
+    digest = put["image"]["imageId"]["imageDigest"]
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # docker is not even needed
     messages: list[str] = []
-    uri = build_and_push(aws, repo_uri, captured, context_dir=tmp_path / "ctx",
-                         notify=messages.append)
-    assert uri == f"{repo_uri}:{captured.tag}"
-    assert messages == [f"environment unchanged: reusing {uri}"]
+    built = build_and_push(aws, repo_uri, captured, context_dir=tmp_path / "ctx",
+                           notify=messages.append)
+    assert built == WorkerImage(f"{repo_uri}@{digest}", f"{repo_uri}:{captured.tag}-amd64",
+                                "X86_64")
+    assert messages == [f"environment unchanged: reusing {built.tag_uri}"]
     assert calls(fake_docker) == [] and not (tmp_path / "ctx").exists()
 
 
@@ -245,15 +353,27 @@ def test_a_failed_docker_command_shows_its_stderr(
 ) -> None:
     monkeypatch.setenv("FAKE_DOCKER_FAIL", "build")
     with pytest.raises(ImageBuildError, match=r"(?s)building the worker image failed \(exit "
-                       r"status 1\) running `.*docker build -t .*no space left on device"):
+                       r"status 1\) running `.*docker build --platform linux/amd64 .*no space left on device"):
         build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx", push=False)
     assert [c["argv"][0] for c in calls(fake_docker)] == ["build"]  # type: ignore[index]
 
 
 def test_build_only_makes_no_aws_call(captured: Environment, fake_docker: Path, tmp_path: Path) -> None:
-    uri = build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx", push=False)
-    assert [c["argv"][0] for c in calls(fake_docker)] == ["build"]  # type: ignore[index]
-    assert uri == f"{REPO_URI}:{captured.tag}"
+    built = build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx",
+                           push=False)
+    assert [c["argv"][0] for c in calls(fake_docker)] == ["build", "image"]  # type: ignore[index]
+    assert built == WorkerImage(f"{REPO_URI}:{captured.tag}-amd64",
+                                f"{REPO_URI}:{captured.tag}-amd64", "X86_64")
+
+
+def test_an_arm64_build_is_tagged_and_recorded_arm64(
+    captured: Environment, fake_docker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_DOCKER_ARCH", "arm64")
+    built = build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx",
+                           push=False, platform="linux/arm64")
+    assert built.architecture == "ARM64" and built.uri.endswith("-arm64")
+    assert calls(fake_docker)[0]["argv"][1:3] == ["--platform", "linux/arm64"]  # type: ignore[index]
 
 
 def test_a_missing_repository_points_at_setup(
@@ -350,11 +470,72 @@ def test_context_from_an_installed_wheel(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(image, "source_tree", no_checkout)
     env = capture_environment()
-    dockerfile = image.write_context(env, tmp_path / "ctx")
-    ctx = dockerfile.parent
+    ctx = tmp_path / "ctx"
+    assert image.write_context(env, ctx) == ctx / "worker" / "Dockerfile"
     pyproject = (ctx / "pyproject.toml").read_text()
     assert 'name = "starburst-executor"' in pyproject
     assert "cloudpickle" in pyproject and "boto3" in pyproject  # its runtime dependencies
     assert "pytest" not in pyproject  # not the test extra
     assert (ctx / "starburst_executor" / "worker" / "__main__.py").is_file()
+    assert (ctx / "worker" / "Dockerfile").is_file() and (ctx / "worker" / "entrypoint.sh").is_file()
     assert not list(ctx.rglob("__pycache__"))
+
+
+WHEEL_SCRIPT = """
+import json, sys
+from pathlib import Path
+from starburst_executor.aws import image
+out = {"worker_files": str(image.worker_files()), "package": image.__file__}
+try:
+    image.source_tree()
+except image.ImageBuildError:
+    out["source_tree"] = None
+reqs = Path(sys.argv[1]) / "requirements.txt"
+reqs.write_text("")
+built = image.build_image(image.capture_environment(reqs), sys.argv[2],
+                          context_dir=Path(sys.argv[1]) / "ctx", base_image=sys.argv[3])
+out["architecture"] = built.architecture
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_builds_a_working_image(docker: str, tmp_path: Path) -> None:
+    """`pip install starburst-executor` (no checkout): the wheel carries worker/ as package
+    data, and the image built from the installed package starts the worker."""
+    import subprocess
+
+    from containers import base_image
+
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO_ROOT), "--no-deps",
+                    "-q", "-w", str(wheels)], check=True, timeout=300)
+    (wheel,) = wheels.glob("starburst_executor-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in ("Dockerfile", "entrypoint.sh", "pip-install.sh", "requirements.txt",
+                 "base/build-base-image", "base/Dockerfile"):
+        assert f"starburst_executor/_worker_image/{name}" in names
+    venv = tmp_path / "venv"
+    # The dependencies come from this interpreter; the package itself only from the wheel.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+                   check=True, timeout=300)
+    tag = f"starburst-worker-test:wheel-{os.getpid()}"
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        done = subprocess.run([str(python), "-c", WHEEL_SCRIPT, str(work), tag, base_image()],
+                              cwd=work, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": ""})
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        assert out["package"].startswith(str(venv))  # the wheel's copy, not the checkout
+        assert out["worker_files"].startswith(str(venv)) and out["source_tree"] is None
+        assert out["architecture"] == "X86_64"
+        usage = subprocess.run([docker, "run", "--rm", tag, "--help"], capture_output=True,
+                               text=True, timeout=120)
+        assert usage.returncode == 0 and "starburst_executor.worker" in usage.stdout
+    finally:
+        subprocess.run([docker, "rmi", "-f", tag], capture_output=True, timeout=120)
