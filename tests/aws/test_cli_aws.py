@@ -69,7 +69,10 @@ def test_image_build_runs_docker_and_records_the_image(moto: str, tmp_path: Path
     fake = tmp_path / "bin" / "docker"
     fake.parent.mkdir()
     fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                    f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+                    f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                    # docker's answers: the built image's architecture, the pushed digest
+                    "if sys.argv[1:3] == ['image', 'inspect']: print('amd64')\n"
+                    "if sys.argv[1] == 'push': print('t: digest: sha256:' + 'e' * 64 + ' size: 9')\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("numpy==2.1.0\n")
@@ -77,10 +80,11 @@ def test_image_build_runs_docker_and_records_the_image(moto: str, tmp_path: Path
     built = starburst("image", "build", "--requirements", str(reqs), env=env)
     assert built.returncode == 0, built.stderr
     commands = [json.loads(line)[0] for line in calls.read_text().splitlines()]
-    assert commands == ["login", "build", "push"]
-    image = AwsSettings.load().image
-    assert ".dkr.ecr.us-east-1.amazonaws.com/" in image and ":py3." in image
-    assert image in built.stdout
+    assert commands == ["login", "build", "image", "push"]
+    settings = AwsSettings.load()
+    assert settings.image.endswith(f".dkr.ecr.us-east-1.amazonaws.com/starburst-worker@sha256:{'e' * 64}")
+    assert settings.image_architecture == "X86_64"
+    assert settings.image in built.stdout
 
 
 def test_image_build_without_docker_says_what_to_do(moto: str, tmp_path: Path) -> None:
