@@ -178,31 +178,43 @@ def _image(args: argparse.Namespace) -> int:
     if args.no_push:
         print(f"built {built.uri} ({built.architecture}); not pushed, the profile is unchanged")
     else:
-        recorded = {"image": built.uri, "image_architecture": built.architecture}
-        dataclasses.replace(settings, **recorded).save(args.profile)
+        updated = dataclasses.replace(
+            settings, image=built.uri, image_architecture=built.architecture
+        )
+        updated.save(args.profile)
         print(f"the profile now uses {built.uri} ({built.architecture})")
     return EXIT_OK
 
 
 def ecs_logs(reader: Any, worker: str | None, follow: bool) -> int:
-    """Print the CloudWatch logs of an ECS session's workers (``starburst logs``)."""
+    """Print the CloudWatch logs of an ECS session's workers (``starburst logs``).
+
+    Only the session's streams are read: its registered workers' and, with ``--follow``, its
+    ECS tasks' (a task whose worker cannot start never registers, and its log says why).
+    Following starts at the session's creation and returns once the session has ended: done,
+    closed, cancelled or expired, and none of its ECS tasks still running.
+    """
+    from starburst_executor.aws.launcher import ECSLauncher
     from starburst_executor.aws.logs import follow_logs, read_logs
     from starburst_executor.aws.options import EcsOptions
 
     options = EcsOptions.from_dict(reader.manifest.extra["aws"])
     aws = _aws(options.region)
+    launcher = ECSLauncher(aws, options, reader.manifest.session_id, reader.manifest.store_url)
+    live: list[str] = []
 
     def workers() -> list[str]:
-        ids = [w.worker for w in reader.workers()]
-        return [w for w in ids if worker is None or w == worker]
+        ids = {w.worker for w in reader.workers()} | set(live)
+        return sorted(w for w in ids if worker is None or w == worker)
 
     def finished() -> bool:
+        live[:] = launcher.live_workers()
         status = reader.status()
         terminal = status.done or status.state in ("cancelled", "expired", "closed")
-        return bool(terminal and not status.workers)
+        return bool(terminal and not live)
 
     lines = (
-        follow_logs(aws, options.log_group, workers, finished)
+        follow_logs(aws, options.log_group, workers, finished, start_time=reader.manifest.created)
         if follow
         else read_logs(aws, options.log_group, workers())
     )

@@ -156,8 +156,7 @@ def test_a_container_started_from_the_task_definition_reaches_the_worker(
     launcher = offline_launcher(worker_image, session_id, store_url)
     (container,) = launcher.task_definition_spec()["containerDefinitions"]
     overrides = {
-        e["name"]: e["value"]
-        for e in launcher._overrides()["containerOverrides"][0]["environment"]
+        e["name"]: e["value"] for e in launcher._overrides()["containerOverrides"][0]["environment"]
     }
     done = ecs_docker_run(docker, container, overrides, {SECRET_ARN: SECRET_HEX}, reach)
     output = done.stdout + done.stderr
@@ -217,8 +216,12 @@ def test_the_worker_logs_botocore_at_warning_and_itself_at_info(
     opens the S3 store: a worker configuring INFO for every logger put that (and every
     connection) into each CloudWatch stream."""
     store_url, session_id, reach = s3_session
-    env = {"PATH": "/usr/bin:/bin", "STARBURST_SECRET_KEY": SECRET_HEX,
-           "AWS_DEFAULT_REGION": "us-east-1", **reach}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "STARBURST_SECRET_KEY": SECRET_HEX,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        **reach,
+    }
     # Control: with the root logger at INFO, opening the store does log the line.
     control = subprocess.run(
         [sys.executable, "-c", "import logging, sys; logging.basicConfig(level='INFO'); "

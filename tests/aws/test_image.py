@@ -539,3 +539,31 @@ def test_an_installed_wheel_builds_a_working_image(docker: str, tmp_path: Path) 
         assert usage.returncode == 0 and "starburst_executor.worker" in usage.stdout
     finally:
         subprocess.run([docker, "rmi", "-f", tag], capture_output=True, timeout=120)
+
+
+def test_image_build_command_passes_base_image_and_platform(
+    aws_env: str, fake_docker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`starburst image build --no-push --base-image --platform` (fake docker: the command
+    line, not the image); in a China region the registry is amazonaws.com.cn."""
+    from starburst_executor.aws.settings import AwsSettings
+    from starburst_executor.cli import main
+
+    AwsSettings(region="cn-north-1", bucket="b").save()
+    monkeypatch.setenv("FAKE_DOCKER_ARCH", "arm64")
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("six==1.16.0\npywin32==306\n")
+    code = main(["image", "build", "--no-push", "--requirements", str(reqs),
+                 "--base-image", "registry.example/python:3.11", "--platform", "linux/arm64"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "not in the image: pywin32 (for Windows or macOS only)" in out.err
+    build = next(c["argv"] for c in calls(fake_docker) if c["argv"][0] == "build")  # type: ignore[index]
+    assert build[1:5] == ["--platform", "linux/arm64", "--build-arg",  # type: ignore[index]
+                          "BASE_IMAGE=registry.example/python:3.11"]
+    tag = build[build.index("-t") + 1]  # type: ignore[union-attr]
+    assert re.fullmatch(r"\d{12}\.dkr\.ecr\.cn-north-1\.amazonaws\.com\.cn/starburst-worker:"
+                        r"py3\.\d+-[0-9a-f]{12}-arm64", tag)
+    assert f"built {tag} (ARM64); not pushed" in out.out
+    assert AwsSettings.load().image == ""  # a local build leaves the profile alone
