@@ -75,14 +75,39 @@ _DENIED = frozenset(
         "Forbidden",
     }
 )
-# boto3 service names whose IAM prefix differs
+# boto3 service names whose IAM prefix differs from the service name.
 _IAM_PREFIX = {
     "service-quotas": "servicequotas",
-    "autoscaling": "autoscaling",
-    "s3": "s3",
-    "logs": "logs",
-    "pricing": "pricing",
+    "resourcegroupstaggingapi": "tag",
+    "elbv2": "elasticloadbalancing",
 }
+# Operations whose IAM action is not the operation's own name (Service Authorization
+# Reference, "Actions defined by Amazon S3": several S3 operations are authorised as another
+# action). The first action is the primary one (named in messages); the rest are also needed.
+_ACTIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("s3", "head_bucket"): ("s3:ListBucket",),
+    ("s3", "list_objects"): ("s3:ListBucket",),
+    ("s3", "list_objects_v2"): ("s3:ListBucket",),
+    ("s3", "list_object_versions"): ("s3:ListBucketVersions",),
+    ("s3", "list_buckets"): ("s3:ListAllMyBuckets",),
+    ("s3", "head_object"): ("s3:GetObject",),
+    ("s3", "delete_objects"): ("s3:DeleteObject",),
+    ("s3", "copy_object"): ("s3:PutObject", "s3:GetObject"),
+    ("s3", "create_multipart_upload"): ("s3:PutObject",),
+    ("s3", "upload_part"): ("s3:PutObject",),
+    ("s3", "complete_multipart_upload"): ("s3:PutObject",),
+    ("s3", "get_bucket_encryption"): ("s3:GetEncryptionConfiguration",),
+    ("s3", "put_bucket_encryption"): ("s3:PutEncryptionConfiguration",),
+    ("s3", "delete_bucket_encryption"): ("s3:PutEncryptionConfiguration",),
+    ("s3", "get_public_access_block"): ("s3:GetBucketPublicAccessBlock",),
+    ("s3", "put_public_access_block"): ("s3:PutBucketPublicAccessBlock",),
+    ("s3", "delete_public_access_block"): ("s3:PutBucketPublicAccessBlock",),
+    ("s3", "get_bucket_lifecycle_configuration"): ("s3:GetLifecycleConfiguration",),
+    ("s3", "put_bucket_lifecycle_configuration"): ("s3:PutLifecycleConfiguration",),
+    ("s3", "delete_bucket_lifecycle"): ("s3:PutLifecycleConfiguration",),
+}
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, CONNECTION_ERRORS):
         return True
@@ -174,9 +199,19 @@ class Aws:
 
     @staticmethod
     def action(service: str, operation: str) -> str:
-        """The IAM action of a boto3 call: ``("ecs", "run_task")`` -> ``"ecs:RunTask"``."""
+        """The IAM action of a boto3 call: ``("ecs", "run_task")`` -> ``"ecs:RunTask"``,
+        ``("s3", "list_objects_v2")`` -> ``"s3:ListBucket"`` (the primary one when a call
+        needs several: see :meth:`actions`)."""
+        return Aws.actions(service, operation)[0]
+
+    @staticmethod
+    def actions(service: str, operation: str) -> tuple[str, ...]:
+        """Every IAM action a boto3 call needs (``copy_object``: put and get)."""
+        known = _ACTIONS.get((service, operation))
+        if known is not None:
+            return known
         prefix = _IAM_PREFIX.get(service, service)
-        return f"{prefix}:{''.join(w.capitalize() for w in operation.split('_'))}"
+        return (f"{prefix}:{''.join(w.capitalize() for w in operation.split('_'))}",)
 
     def translate(
         self, exc: botocore.exceptions.ClientError, service: str, operation: str
@@ -208,5 +243,6 @@ _TOKENS = {
     ("pricing", "get_products"): ("NextToken", "NextToken"),
     ("service-quotas", "list_service_quotas"): ("NextToken", "NextToken"),
     ("iam", "list_attached_role_policies"): ("Marker", "Marker"),
+    ("iam", "list_role_policies"): ("Marker", "Marker"),
     ("ecr", "describe_images"): ("nextToken", "nextToken"),
 }

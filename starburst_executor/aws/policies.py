@@ -12,8 +12,13 @@ Exceptions, each listed here and checked by the tests:
   Config's ``s3-bucket-ssl-requests-only`` rule and Security Hub's S3.5 look for exactly
   this statement). A wildcard widens a deny; it never grants anything.
 
-``sts:GetCallerIdentity`` appears nowhere: AWS answers it for any valid credentials, even
-with an explicit deny.
+``sts:GetCallerIdentity`` is granted although AWS answers it for any valid credentials (even
+with an explicit deny): the policies list every action the code calls, so that a recorded
+call can be checked against them one by one.
+
+:func:`setup_policy` is what an administrator grants to whoever runs ``starburst setup`` and
+``starburst teardown`` (``starburst setup --print-policy``); :func:`user_policy` is what a
+person running sessions needs (``starburst setup --print-policy user``).
 
 The functions return plain dicts ready for ``json.dumps``; setup creates roles from them,
 ``starburst doctor`` compares the live policies against them, and ``user_policy`` prints what
@@ -30,6 +35,7 @@ from typing import Any
 __all__ = [
     "EC2_INSTANCE_MANAGED_POLICY",
     "ECS_EXECUTION_MANAGED_POLICY",
+    "SETUP_STAR_ACTIONS",
     "STAR_ONLY_ACTIONS",
     "TLS_SID",
     "Scope",
@@ -42,6 +48,7 @@ __all__ = [
     "parameter_arn",
     "parse_document",
     "same_policy",
+    "setup_policy",
     "task_role_policy",
     "tls_statement",
     "user_policy",
@@ -68,6 +75,27 @@ STAR_ONLY_ACTIONS: frozenset[str] = frozenset(
         "pricing:GetProducts",
         "servicequotas:GetServiceQuota",
         "autoscaling:DescribeAutoScalingGroups",
+        "ec2:DescribeInstanceTypes",
+        "ec2:DescribeRouteTables",
+        "ec2:DescribeVpcEndpoints",
+        "ec2:DescribeLaunchTemplates",
+        "ec2:DescribeLaunchTemplateVersions",
+        "ecs:DescribeCapacityProviders",
+        "ecs:DeregisterTaskDefinition",
+        "ecs:ListTaskDefinitions",
+        "ecs:ListTaskDefinitionFamilies",
+        "sts:GetCallerIdentity",
+    }
+)
+# More actions setup needs on "*": EC2's other Describe calls (no resource-level
+# permissions), the log group listing, and kms:DescribeKey for an adopted bucket's key, which
+# is not known before setup reads the bucket (read-only metadata).
+SETUP_STAR_ACTIONS: frozenset[str] = STAR_ONLY_ACTIONS | frozenset(
+    {
+        "ec2:DescribeVpcs",
+        "ec2:DescribeImages",
+        "logs:DescribeLogGroups",
+        "kms:DescribeKey",
     }
 )
 
@@ -146,15 +174,28 @@ def _s3_session_statements(bucket: str, prefix: str, partition: str) -> list[Pol
     ]
 
 
-def task_role_policy(*, bucket: str, prefix: str, partition: str = "aws") -> Policy:
-    """The workers' role: read, write and delete objects under ``bucket/prefix/`` only.
+def _kms_statement(key_arn: str) -> Policy:
+    # SSE-KMS with a customer-managed key: reading an object decrypts its data key, writing
+    # one generates (and encrypts) a data key, both on the caller's behalf through S3.
+    return _allow("UseBucketKey", ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"], [key_arn])
+
+
+def task_role_policy(
+    *, bucket: str, prefix: str, partition: str = "aws", kms_key: str = ""
+) -> Policy:
+    """The workers' role: read, write and delete objects under ``bucket/prefix/`` only (and
+    use the bucket's customer-managed KMS key, when it has one).
 
     Args:
         bucket: the session bucket.
         prefix: the key prefix inside it ("" for the whole bucket).
         partition: ``aws``, ``aws-cn`` or ``aws-us-gov``.
+        kms_key: ARN of the customer-managed KMS key encrypting the bucket ("" for none).
     """
-    return _doc(*_s3_session_statements(bucket, prefix, partition))
+    statements = _s3_session_statements(bucket, prefix, partition)
+    if kms_key:
+        statements.append(_kms_statement(kms_key))
+    return _doc(*statements)
 
 
 def parameter_arn(name: str, *, partition: str, region: str, account: str) -> str:
@@ -255,6 +296,9 @@ class Scope:
         log_group: CloudWatch log group of the workers.
         ecr_repository: repository of the worker image.
         autoscaling_group: the EC2 capacity provider's Auto Scaling group ("" for none).
+        kms_key: the customer-managed KMS key encrypting the bucket ("" for none).
+        instance_role: the EC2 instances' role name ("" without EC2; setup policy only).
+        security_group_name: the workers' group name (setup policy only).
     """
 
     partition: str
@@ -270,43 +314,62 @@ class Scope:
     log_group: str
     ecr_repository: str
     autoscaling_group: str = ""
+    kms_key: str = ""
+    instance_role: str = ""
+    security_group_name: str = ""
+
+
+def _arns(scope: Scope) -> dict[str, str]:
+    p, r, a = scope.partition, scope.region, scope.account
+    return {
+        "cluster": f"arn:{p}:ecs:{r}:{a}:cluster/{scope.cluster}",
+        "tasks": f"arn:{p}:ecs:{r}:{a}:task/{scope.cluster}/*",
+        "container_instances": f"arn:{p}:ecs:{r}:{a}:container-instance/{scope.cluster}/*",
+        # The launcher registers one family per worker spec: "{task_family}-{digest}".
+        "definitions": f"arn:{p}:ecs:{r}:{a}:task-definition/{scope.task_family}-*",
+        "repository": f"arn:{p}:ecr:{r}:{a}:repository/{scope.ecr_repository}",
+        "parameter": parameter_arn(scope.secret_parameter, partition=p, region=r, account=a),
+        "group": (
+            f"arn:{p}:autoscaling:{r}:{a}:autoScalingGroup:*:"
+            f"autoScalingGroupName/{scope.autoscaling_group}"
+        ),
+    }
 
 
 def user_policy(scope: Scope) -> Policy:
     """What the person (or CI role) running the client needs: start, watch and stop workers
     in one cluster, read and write the session prefix, read the signing key and the logs,
-    push the worker image, estimate costs, and run ``starburst doctor``.
+    build and push the worker image, estimate costs, and run ``starburst doctor``.
 
     It does not cover ``starburst setup`` itself, which creates roles and needs an
-    administrator.
+    administrator (:func:`setup_policy`).
     """
     p, r, a = scope.partition, scope.region, scope.account
-    cluster = f"arn:{p}:ecs:{r}:{a}:cluster/{scope.cluster}"
-    in_cluster = {"ArnEquals": {"ecs:cluster": cluster}}
-    tasks = f"arn:{p}:ecs:{r}:{a}:task/{scope.cluster}/*"
-    repository = f"arn:{p}:ecr:{r}:{a}:repository/{scope.ecr_repository}"
-    # The launcher registers one family per worker spec: "{task_family}-{digest}".
-    definitions = f"arn:{p}:ecs:{r}:{a}:task-definition/{scope.task_family}*"
+    arns = _arns(scope)
+    in_cluster = {"ArnEquals": {"ecs:cluster": arns["cluster"]}}
+    star = STAR_ONLY_ACTIONS
+    if not scope.autoscaling_group:
+        star = star - {"autoscaling:DescribeAutoScalingGroups"}
     statements = [
-        _allow("RunWorkers", ["ecs:RunTask"], [definitions], in_cluster),
+        _allow("RunWorkers", ["ecs:RunTask"], [arns["definitions"]], in_cluster),
         # Tags given to RegisterTaskDefinition or RunTask are authorised as ecs:TagResource
         # on the new resource, only at creation.
         _allow(
             "TagAtCreation",
             ["ecs:TagResource"],
-            [tasks, definitions],
+            [arns["tasks"], arns["definitions"]],
             {"StringEquals": {"ecs:CreateAction": ["RunTask", "RegisterTaskDefinition"]}},
         ),
-        _allow("WatchAndStopWorkers", ["ecs:DescribeTasks", "ecs:StopTask"], [tasks], in_cluster),
-        # ListTasks is authorised against the cluster's container-instance ARNs (Service
-        # Authorization Reference); the ecs:cluster condition pins it to this cluster.
         _allow(
-            "ListWorkers",
-            ["ecs:ListTasks"],
-            [f"arn:{p}:ecs:{r}:{a}:container-instance/{scope.cluster}/*"],
+            "WatchAndStopWorkers",
+            ["ecs:DescribeTasks", "ecs:StopTask"],
+            [arns["tasks"]],
             in_cluster,
         ),
-        _allow("DescribeCluster", ["ecs:DescribeClusters"], [cluster]),
+        # ListTasks is authorised against the cluster's container-instance ARNs (Service
+        # Authorization Reference); the ecs:cluster condition pins it to this cluster.
+        _allow("ListWorkers", ["ecs:ListTasks"], [arns["container_instances"]], in_cluster),
+        _allow("DescribeCluster", ["ecs:DescribeClusters"], [arns["cluster"]]),
         _allow(
             "PassWorkerRoles",
             ["iam:PassRole"],
@@ -329,11 +392,7 @@ def user_policy(scope: Scope) -> Policy:
             ],
             [_bucket_arn(scope.bucket, p)],
         ),
-        _allow(
-            "ReadSigningKey",
-            ["ssm:GetParameter"],
-            [parameter_arn(scope.secret_parameter, partition=p, region=r, account=a)],
-        ),
+        _allow("ReadSigningKey", ["ssm:GetParameter"], [arns["parameter"]]),
         _allow(
             "ReadWorkerLogs",
             ["logs:DescribeLogStreams", "logs:FilterLogEvents", "logs:GetLogEvents"],
@@ -346,35 +405,235 @@ def user_policy(scope: Scope) -> Policy:
                 "ecr:BatchGetImage",
                 "ecr:CompleteLayerUpload",
                 "ecr:DescribeImages",
+                "ecr:DescribeRepositories",
                 "ecr:GetDownloadUrlForLayer",
+                "ecr:GetLifecyclePolicy",
                 "ecr:InitiateLayerUpload",
                 "ecr:PutImage",
                 "ecr:UploadLayerPart",
             ],
-            [repository],
+            [arns["repository"]],
         ),
-        _allow(
-            "ResourceLessActions",
-            sorted(
-                STAR_ONLY_ACTIONS
-                if scope.autoscaling_group
-                else STAR_ONLY_ACTIONS - {"autoscaling:DescribeAutoScalingGroups"}
-            ),
-            ["*"],
-        ),
+        _allow("ResourceLessActions", sorted(star), ["*"]),
     ]
+    if scope.kms_key:
+        statements.append(_kms_statement(scope.kms_key))
+        statements.append(_allow("InspectBucketKey", ["kms:DescribeKey"], [scope.kms_key]))
     if scope.autoscaling_group:
         # The EC2 group is parked at MaxSize 0; a session raises the ceiling it may scale to.
         statements.append(
-            _allow(
-                "SizeEc2Capacity",
-                ["autoscaling:UpdateAutoScalingGroup"],
-                [
-                    (
-                        f"arn:{p}:autoscaling:{r}:{a}:autoScalingGroup:*:"
-                        f"autoScalingGroupName/{scope.autoscaling_group}"
-                    )
-                ],
-            )
+            _allow("SizeEc2Capacity", ["autoscaling:UpdateAutoScalingGroup"], [arns["group"]])
         )
+    return _doc(*statements)
+
+
+def setup_policy(scope: Scope) -> Policy:
+    """What whoever runs ``starburst setup`` and ``starburst teardown`` needs (an
+    administrator grants exactly this): create, repair and remove the resources named in
+    ``scope``, and read what setup adopts.
+
+    IAM, S3, SSM, logs, ECR, ECS and Auto Scaling actions name their resources. EC2's
+    creating actions (security group, VPC endpoint, launch template, and RunInstances, which
+    CreateAutoScalingGroup checks on the caller) are scoped to this account and region: EC2
+    ids are random, so no name can be given before the resources exist. Set
+    ``scope.autoscaling_group`` and ``scope.instance_role`` for ``--ec2``.
+    """
+    p, r, a = scope.partition, scope.region, scope.account
+    arns = _arns(scope)
+    role = f"arn:{p}:iam::{a}:role"
+    roles = [scope.execution_role_arn, scope.task_role_arn]
+    if scope.instance_role:
+        roles.append(f"{role}/{scope.instance_role}")
+    bucket = _bucket_arn(scope.bucket, p)
+    provider = f"arn:{p}:ecs:{r}:{a}:capacity-provider/{scope.autoscaling_group or scope.cluster}"
+    statements = [
+        _allow(
+            "Roles",
+            [
+                "iam:AttachRolePolicy",
+                "iam:CreateRole",
+                "iam:DeleteRole",
+                "iam:DeleteRolePolicy",
+                "iam:DetachRolePolicy",
+                "iam:GetRole",
+                "iam:GetRolePolicy",
+                "iam:ListAttachedRolePolicies",
+                "iam:ListInstanceProfilesForRole",
+                "iam:ListRolePolicies",
+                "iam:PutRolePolicy",
+                "iam:TagRole",
+                "iam:UpdateAssumeRolePolicy",
+            ],
+            roles,
+        ),
+        _allow(
+            "EcsServiceLinkedRole",
+            ["iam:CreateServiceLinkedRole", "iam:GetRole"],
+            [
+                f"{role}/aws-service-role/ecs.amazonaws.com/AWSServiceRoleForECS",
+                (f"{role}/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"),
+            ],
+            {
+                "StringLike": {
+                    "iam:AWSServiceName": ["ecs.amazonaws.com", "autoscaling.amazonaws.com"]
+                }
+            },
+        ),
+        _allow(
+            "Bucket",
+            [
+                "s3:CreateBucket",
+                "s3:DeleteBucket",
+                "s3:GetBucketLocation",
+                "s3:GetBucketPolicy",
+                "s3:GetBucketPublicAccessBlock",
+                "s3:GetBucketTagging",
+                "s3:GetEncryptionConfiguration",
+                "s3:GetLifecycleConfiguration",
+                "s3:ListBucket",
+                "s3:ListBucketVersions",
+                "s3:PutBucketPolicy",
+                "s3:PutBucketPublicAccessBlock",
+                "s3:PutBucketTagging",
+                "s3:PutEncryptionConfiguration",
+                "s3:PutLifecycleConfiguration",
+            ],
+            [bucket],
+        ),
+        _allow("EmptyBucket", ["s3:DeleteObject", "s3:DeleteObjectVersion"], [f"{bucket}/*"]),
+        _allow(
+            "SigningKey",
+            [
+                "ssm:AddTagsToResource",
+                "ssm:DeleteParameter",
+                "ssm:GetParameter",
+                "ssm:PutParameter",
+            ],
+            [arns["parameter"]],
+        ),
+        _allow(
+            "LogGroup",
+            [
+                "logs:CreateLogGroup",
+                "logs:DeleteLogGroup",
+                "logs:PutRetentionPolicy",
+                "logs:TagResource",
+            ],
+            log_group_arns(scope.log_group, partition=p, region=r, account=a),
+        ),
+        _allow(
+            "Repository",
+            [
+                "ecr:CreateRepository",
+                "ecr:DeleteRepository",
+                "ecr:DescribeRepositories",
+                "ecr:GetLifecyclePolicy",
+                "ecr:PutImageScanningConfiguration",
+                "ecr:PutLifecyclePolicy",
+                "ecr:TagResource",
+            ],
+            [arns["repository"]],
+        ),
+        _allow(
+            "Cluster",
+            [
+                "ecs:CreateCluster",
+                "ecs:DeleteCluster",
+                "ecs:DescribeClusters",
+                "ecs:PutClusterCapacityProviders",
+                "ecs:TagResource",
+            ],
+            [arns["cluster"]],
+        ),
+        _allow(
+            "WorkerTaskDefinitions",
+            ["ecs:DeleteTaskDefinitions"],
+            [arns["definitions"]],
+        ),
+        _allow("ResourceLessActions", sorted(SETUP_STAR_ACTIONS), ["*"]),
+        _allow(
+            "Network",
+            [
+                "ec2:CreateSecurityGroup",
+                "ec2:CreateTags",
+                "ec2:CreateVpcEndpoint",
+                "ec2:DeleteSecurityGroup",
+                "ec2:DeleteVpcEndpoints",
+                "ec2:ModifyVpcEndpoint",
+                "ec2:RevokeSecurityGroupIngress",
+            ],
+            [
+                f"arn:{p}:ec2:{r}:{a}:{kind}/*"
+                for kind in ("vpc", "subnet", "security-group", "route-table", "vpc-endpoint")
+            ],
+        ),
+    ]
+    if scope.autoscaling_group:
+        statements += [
+            _allow(
+                "Ec2Capacity",
+                [
+                    "ecs:CreateCapacityProvider",
+                    "ecs:DeleteCapacityProvider",
+                    "ecs:TagResource",
+                ],
+                [provider],
+            ),
+            _allow(
+                "AutoScalingGroup",
+                [
+                    "autoscaling:CreateAutoScalingGroup",
+                    "autoscaling:CreateOrUpdateTags",
+                    "autoscaling:DeleteAutoScalingGroup",
+                    "autoscaling:UpdateAutoScalingGroup",
+                ],
+                [arns["group"]],
+            ),
+            _allow(
+                "LaunchTemplate",
+                [
+                    "ec2:CreateLaunchTemplate",
+                    "ec2:CreateLaunchTemplateVersion",
+                    "ec2:CreateTags",
+                    "ec2:DeleteLaunchTemplate",
+                    "ec2:ModifyLaunchTemplate",
+                    "ec2:RunInstances",
+                ],
+                [
+                    f"arn:{p}:ec2:{r}:{a}:{kind}/*"
+                    for kind in (
+                        "launch-template",
+                        "instance",
+                        "network-interface",
+                        "security-group",
+                        "subnet",
+                        "volume",
+                    )
+                ]
+                + [f"arn:{p}:ec2:{r}::image/*"],
+            ),
+            _allow(
+                "InstanceProfile",
+                [
+                    "iam:AddRoleToInstanceProfile",
+                    "iam:CreateInstanceProfile",
+                    "iam:DeleteInstanceProfile",
+                    "iam:GetInstanceProfile",
+                    "iam:RemoveRoleFromInstanceProfile",
+                    "iam:TagInstanceProfile",
+                ],
+                [f"arn:{p}:iam::{a}:instance-profile/{scope.instance_role}"],
+            ),
+            _allow(
+                "PassInstanceRole",
+                ["iam:PassRole"],
+                [f"{role}/{scope.instance_role}"],
+                {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+            ),
+            _allow(
+                "EcsOptimisedAmi",
+                ["ssm:GetParameter"],
+                [f"arn:{p}:ssm:{r}::parameter/aws/service/ecs/*"],
+            ),
+        ]
     return _doc(*statements)

@@ -48,6 +48,11 @@ class AwsSettings:
         launch_type: "FARGATE" or "EC2"; ``spot``: use Spot capacity where it saves money.
         assign_public_ip: give Fargate tasks a public IP (needed in a default VPC without a
             NAT gateway to reach ECR and S3).
+        vpc_id: the VPC of ``subnets``.
+        instance_types: the EC2 instance types the Auto Scaling group launches (setup
+            ``--instance-types``), for packing workers onto instances; () without EC2.
+        bucket_kms_key: the ARN of the customer-managed KMS key that encrypts an adopted
+            bucket ("" for SSE-S3 or the AWS-managed key); the task role may use it.
     """
 
     region: str
@@ -73,6 +78,9 @@ class AwsSettings:
     launch_type: str = "FARGATE"
     spot: bool = True
     assign_public_ip: bool = True
+    vpc_id: str = ""
+    instance_types: tuple[str, ...] = ()
+    bucket_kms_key: str = ""
 
     @property
     def store_url(self) -> str:
@@ -80,15 +88,18 @@ class AwsSettings:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["subnets"] = list(self.subnets)
+        for name, value in d.items():
+            if isinstance(value, tuple):  # JSON has lists
+                d[name] = list(value)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AwsSettings:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
-        if "subnets" in data:
-            data["subnets"] = tuple(data["subnets"])
+        for name, value in data.items():
+            if isinstance(value, list):  # tuple fields (subnets, instance_types ...)
+                data[name] = tuple(value)
         return cls(**data)
 
     def with_env(self) -> AwsSettings:

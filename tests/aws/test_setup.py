@@ -247,7 +247,12 @@ def test_ec2_capacity_spot_parked_at_zero(moto_aws_client: Aws) -> None:
                           Versions=["$Default"])["LaunchTemplateVersions"]
     data = version["LaunchTemplateData"]
     assert data["ImageId"] == expected_ami["Parameter"]["Value"]
-    assert "ECS_CLUSTER=starburst\n" in base64.b64decode(data["UserData"]).decode()
+    user_data = base64.b64decode(data["UserData"]).decode()
+    assert "ECS_CLUSTER=starburst\n" in user_data
+    # awsvpc tasks must not reach the instance role through the metadata service
+    assert "ECS_AWSVPC_BLOCK_IMDS=true\n" in user_data
+    assert "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true\n" in user_data
+    assert s.instance_types == ("c7a.xlarge", "c6a.xlarge")  # saved for the launcher
     assert data["IamInstanceProfile"]["Name"] == names.instance_role
     assert data["NetworkInterfaces"][0]["Groups"] == [s.security_group]
 
@@ -311,7 +316,7 @@ def test_teardown_removes_everything_but_the_bucket(moto_aws_client: Aws) -> Non
         "capacity provider": "removed", "Auto Scaling group": "removed",
         "launch template": "removed", "ECS cluster": "removed", "security group": "removed",
         "log group": "removed", "ECR repository": "removed", "SSM parameter": "removed",
-        "S3 bucket": "kept",
+        "S3 bucket": "kept", "S3 endpoint": "removed", "task definitions": "absent",
     }
     assert {r.status for r in report.resources if r.kind == "IAM role"} == {"removed"}
     assert "kept" in str(report) and "delete_bucket=True" in str(report)
@@ -374,7 +379,8 @@ def test_access_denied_names_the_missing_permission(moto_aws_client: Aws) -> Non
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"prefix": "/"}, "prefix must not be empty"),
-    ({"cluster": "a" * 40}, "cluster name"),
+    ({"cluster": "a" * 256}, "cluster name"),
+    ({"cluster": "no spaces"}, "cluster name"),
     ({"lifecycle_days": 0}, "lifecycle_days"),
     ({"log_retention_days": 10}, "log_retention_days"),
     ({"ec2": True, "instance_types": ()}, "instance type"),
@@ -418,3 +424,239 @@ def test_ec2_waits_for_a_new_instance_profile_to_reach_ec2(
     report = setup(moto_aws_client, ec2=True)
     assert status_of(report, "Auto Scaling group") == "created"
     assert sleeps == [setup_module.IAM_PROPAGATION_DELAY]
+
+
+# -- issue 7: real-account failures ------------------------------------------------------------
+
+
+def default_vpc(aws: Aws) -> str:
+    (vpc,) = aws.call("ec2", "describe_vpcs",
+                      Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    return str(vpc["VpcId"])
+
+
+def s3_endpoints(aws: Aws, vpc: str) -> list[dict[str, Any]]:
+    found = aws.call("ec2", "describe_vpc_endpoints",
+                     Filters=[{"Name": "vpc-id", "Values": [vpc]}])["VpcEndpoints"]
+    return [e for e in found if e["ServiceName"] == "com.amazonaws.us-east-1.s3"
+            and e["State"].lower() not in ("deleted", "deleting")]
+
+
+def test_ec2_workers_get_an_s3_gateway_endpoint(moto_aws_client: Aws) -> None:
+    # awsvpc tasks on EC2 get no public IP and a default VPC has no NAT: without a gateway
+    # endpoint on the subnets' route table the workers cannot reach S3.
+    aws = moto_aws_client
+    report = setup(aws, ec2=True)
+    vpc = default_vpc(aws)
+    (endpoint,) = s3_endpoints(aws, vpc)
+    assert endpoint["VpcEndpointType"] == "Gateway"
+    (main,) = [t["RouteTableId"] for t in aws.call("ec2", "describe_route_tables", Filters=[
+        {"Name": "vpc-id", "Values": [vpc]}])["RouteTables"]
+        if any(a.get("Main") for a in t.get("Associations", []))]
+    assert endpoint["RouteTableIds"] == [main]
+    assert {"Key": "starburst:cluster", "Value": "starburst"} in endpoint["Tags"]
+    assert status_of(report, "S3 endpoint") == "created"
+    assert report.settings.vpc_id == vpc
+
+    again = setup(aws, ec2=True)
+    assert status_of(again, "S3 endpoint") == "exists" and not again.changed
+    assert len(s3_endpoints(aws, vpc)) == 1
+
+
+def test_fargate_only_setup_leaves_the_vpc_routes_alone(moto_aws_client: Aws) -> None:
+    aws = moto_aws_client
+    setup(aws)
+    assert s3_endpoints(aws, default_vpc(aws)) == []
+
+
+def test_an_existing_s3_endpoint_is_used_and_kept(moto_aws_client: Aws) -> None:
+    aws = moto_aws_client
+    vpc = default_vpc(aws)
+    tables = [t["RouteTableId"] for t in aws.call("ec2", "describe_route_tables", Filters=[
+        {"Name": "vpc-id", "Values": [vpc]}])["RouteTables"]]
+    theirs = aws.call("ec2", "create_vpc_endpoint", VpcId=vpc, VpcEndpointType="Gateway",
+                      ServiceName="com.amazonaws.us-east-1.s3",
+                      RouteTableIds=tables)["VpcEndpoint"]["VpcEndpointId"]
+    settings = setup(aws, ec2=True).settings
+    assert [e["VpcEndpointId"] for e in s3_endpoints(aws, vpc)] == [theirs]
+    report = teardown(aws, settings)
+    assert [r.status for r in report.resources if r.kind == "S3 endpoint"] == ["absent"]
+    assert [e["VpcEndpointId"] for e in s3_endpoints(aws, vpc)] == [theirs]
+
+
+def test_teardown_with_delete_bucket_leaves_nothing(moto_aws_client: Aws,
+                                                    moto_serves_tls: None) -> None:
+    aws = moto_aws_client
+    s = setup(aws, ec2=True).settings
+    container = [{"name": "worker", "image": "x", "memory": 512}]
+    for family in ("starburst-worker-0123456789ab", "starburst-worker-0123456789ab",
+                   "starburst-worker-ba9876543210"):
+        aws.call("ecs", "register_task_definition", family=family,
+                 containerDefinitions=container)
+    # another cluster's family shares the prefix: not ours
+    aws.call("ecs", "register_task_definition", family="starburst-worker-x-worker-0123456789ab",
+             containerDefinitions=container)
+    aws.call("s3", "put_object", Bucket=s.bucket, Key="starburst/s1/0", Body=b"x")
+
+    report = teardown(aws, s, delete_bucket=True)
+    assert report.ok, str(report)
+    (definitions,) = [r for r in report.resources if r.kind == "task definitions"]
+    assert definitions.status == "removed" and "3 revision(s) in 2 families" in definitions.detail
+    listed = set(aws.call("ecs", "list_task_definitions")["taskDefinitionArns"])
+    assert {a.rsplit("/", 1)[-1] for a in listed} == {"starburst-worker-x-worker-0123456789ab:1"}
+    assert s3_endpoints(aws, s.vpc_id) == []
+    assert s.bucket not in {b["Name"] for b in aws.call("s3", "list_buckets")["Buckets"]}
+    with pytest.raises(AwsError, match="ParameterNotFound"):
+        aws.call("ssm", "get_parameter", Name=s.secret_parameter)
+    groups = aws.call("ec2", "describe_security_groups", Filters=[
+        {"Name": "group-name", "Values": ["starburst-workers"]}])["SecurityGroups"]
+    assert groups == []
+    assert aws.call("ec2", "describe_launch_templates")["LaunchTemplates"] == []
+    assert aws.call("ecs", "describe_capacity_providers",
+                    capacityProviders=[s.ec2_capacity_provider])["capacityProviders"] == []
+
+
+def test_setup_uses_the_named_subnets_of_the_named_vpc(moto_aws_client: Aws) -> None:
+    aws = moto_aws_client
+    vpc = default_vpc(aws)
+    subnets = sorted(x["SubnetId"] for x in aws.call("ec2", "describe_subnets", Filters=[
+        {"Name": "vpc-id", "Values": [vpc]}])["Subnets"])[:2]
+    report = setup(aws, vpc_id=vpc, subnets=subnets)
+    assert sorted(report.settings.subnets) == subnets
+    assert report.settings.vpc_id == vpc
+    (sg,) = aws.call("ec2", "describe_security_groups",
+                     GroupIds=[report.settings.security_group])["SecurityGroups"]
+    assert sg["VpcId"] == vpc
+    # the VPC follows from the subnets when not named
+    assert setup(aws, subnets=subnets).settings.vpc_id == vpc
+
+
+def test_setup_refuses_subnets_of_another_vpc(moto_aws_client: Aws) -> None:
+    aws = moto_aws_client
+    other = aws.call("ec2", "create_vpc", CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    foreign = aws.call("ec2", "create_subnet", VpcId=other,
+                       CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    with pytest.raises(ValueError, match=f"{foreign} is in {other}"):
+        setup(aws, vpc_id=default_vpc(aws), subnets=[foreign])
+    with pytest.raises(ValueError, match="no subnet subnet-00000000"):
+        setup(aws, subnets=["subnet-00000000"])
+
+
+def test_at_most_16_subnets_spread_over_the_zones(moto_aws_client: Aws) -> None:
+    # RunTask's awsvpcConfiguration takes at most 16 subnets.
+    aws = moto_aws_client
+    vpc = aws.call("ec2", "create_vpc", CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    zones = ["us-east-1a", "us-east-1b", "us-east-1c"]
+    for i in range(20):
+        aws.call("ec2", "create_subnet", VpcId=vpc, CidrBlock=f"10.8.{i}.0/24",
+                 AvailabilityZone=zones[i % 3])
+    report = setup(aws, vpc_id=vpc)
+    chosen = aws.call("ec2", "describe_subnets",
+                      SubnetIds=list(report.settings.subnets))["Subnets"]
+    assert len(chosen) == 16
+    per_zone = sorted(sum(s["AvailabilityZone"] == z for s in chosen) for z in zones)
+    assert per_zone == [5, 5, 6]
+    assert any("16 of them" in n for n in report.notes)
+    assert not setup(aws, vpc_id=vpc).changed
+
+
+@pytest.mark.parametrize("region", ["ap-southeast-2", "us-gov-west-1"])
+def test_long_cluster_names_fit_every_limit(moto_one_account: str, _shared_boto3_session: Any,
+                                            region: str) -> None:
+    aws = Aws(region, session=_shared_boto3_session, retry_sleep=lambda _: None)
+    cluster = "c" * 60
+    names = resource_names(cluster, region)
+    for role in (names.execution_role, names.task_role, names.instance_role):
+        assert len(role) <= 64, role
+        assert role.endswith(region)
+    assert len(names.ec2) <= 128
+    assert names.execution_role != resource_names("c" * 59 + "d", region).execution_role
+    # moto has no ECS-optimised AMI (parameter or image) in GovCloud: EC2 capacity (launch
+    # template, group, instance role) is created in ap-southeast-2 only.
+    ec2 = not region.startswith("us-gov")
+    report = setup(aws, cluster=cluster, ec2=ec2)
+    assert report.settings.execution_role_arn.endswith("/" + names.execution_role)
+    assert report.settings.execution_role_arn.startswith(
+        "arn:aws-us-gov:" if not ec2 else "arn:aws:")
+    assert not setup(aws, cluster=cluster, ec2=ec2).changed  # found again
+    assert teardown(aws, report.settings, delete_bucket=True).ok
+
+
+def create_kms_bucket(aws: Aws, bucket: str, key_id: str) -> None:
+    aws.call("s3", "create_bucket", Bucket=bucket)
+    aws.call("s3", "put_bucket_encryption", Bucket=bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {
+            "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_id}}]})
+
+
+def test_an_adopted_bucket_with_a_customer_key_grants_the_key(moto_aws_client: Aws) -> None:
+    aws = moto_aws_client
+    key = aws.call("kms", "create_key", Description="lab data")["KeyMetadata"]
+    create_kms_bucket(aws, "lab-encrypted", key["KeyId"])  # a key id, not an ARN
+    report = setup(aws, bucket="lab-encrypted")
+    s = report.settings
+    assert s.bucket_kms_key == key["Arn"]
+    stored = aws.call("iam", "get_role_policy", RoleName=s.task_role_arn.rsplit("/", 1)[-1],
+                      PolicyName="starburst")["PolicyDocument"]
+    by_sid = {st["Sid"]: st for st in policies.parse_document(stored)["Statement"]}
+    assert by_sid["UseBucketKey"]["Action"] == ["kms:Decrypt", "kms:Encrypt",
+                                                "kms:GenerateDataKey"]
+    assert by_sid["UseBucketKey"]["Resource"] == [key["Arn"]]
+    # the bucket's encryption is the owner's: kept
+    rules = aws.call("s3", "get_bucket_encryption", Bucket="lab-encrypted")[
+        "ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    from starburst_executor.aws.resources.base import Place
+    from starburst_executor.aws.setup import scope
+    user = policies.user_policy(scope(Place(aws, ACCOUNT, "aws"), s))
+    granted = {a for st in user["Statement"] if key["Arn"] in st["Resource"]
+               for a in st["Action"]}
+    assert {"kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"} <= granted
+    assert not setup(aws, bucket="lab-encrypted").changed
+
+
+def test_the_aws_managed_s3_key_needs_no_grant(moto_aws_client: Aws) -> None:
+    aws = moto_aws_client
+    create_kms_bucket(aws, "lab-managed-key", "alias/aws/s3")
+    s = setup(aws, bucket="lab-managed-key").settings
+    assert s.bucket_kms_key == ""
+
+
+def test_ecs_service_linked_role_is_created_before_capacity_providers(
+        moto_aws_client: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    from starburst_executor.aws import setup as setup_module
+
+    order: list[str] = []
+    sleeps: list[float] = []
+    monkeypatch.setattr(setup_module.time, "sleep", sleeps.append)
+    real_call = Aws.call
+    refusals = ["Unable to assume the service linked role. Please verify that the ECS service "
+                "linked role exists."]
+
+    def call(self: Aws, service: str, operation: str, **params: Any) -> dict[str, Any]:
+        order.append(operation)
+        if operation == "put_cluster_capacity_providers" and refusals:
+            raise AwsError(refusals.pop(), "InvalidParameterException")
+        return real_call(self, service, operation, **params)
+
+    monkeypatch.setattr(Aws, "call", call)
+    report = setup(moto_aws_client)
+    assert status_of(report, "service-linked role") == "created"
+    assert order.index("create_service_linked_role") < order.index(
+        "put_cluster_capacity_providers")
+    assert sleeps == [setup_module.IAM_PROPAGATION_DELAY]  # waited for it once
+    assert status_of(setup(moto_aws_client), "service-linked role") == "exists"
+
+
+def test_a_taken_service_linked_role_name_means_it_exists(
+        moto_aws_client: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_call = Aws.call
+
+    def call(self: Aws, service: str, operation: str, **params: Any) -> dict[str, Any]:
+        if operation == "create_service_linked_role":
+            raise AwsError("Service role name AWSServiceRoleForECS has been taken in this "
+                           "account, please try a different suffix.", "InvalidInput")
+        return real_call(self, service, operation, **params)
+
+    monkeypatch.setattr(Aws, "call", call)
+    assert status_of(setup(moto_aws_client), "service-linked role") == "exists"
