@@ -68,7 +68,7 @@ def docker_available() -> bool:
 def ensure_dockerd(timeout: float = DOCKERD_START_TIMEOUT) -> None:
     """Start ``dockerd`` in the background when no daemon answers, and wait for it.
 
-    The same logic as ``.ci/services`` (which also installs docker.io when missing), for
+    The same logic as ``tests/host-services`` (which also installs docker.io when missing), for
     developer machines. Needs root and ``dockerd`` on PATH; the daemon outlives the tests.
 
     Raises:
@@ -80,7 +80,7 @@ def ensure_dockerd(timeout: float = DOCKERD_START_TIMEOUT) -> None:
     dockerd = shutil.which("dockerd")
     if _docker() is None or dockerd is None:
         raise RuntimeError(
-            "docker is not installed: run .ci/services as root (it installs Debian's docker.io "
+            "docker is not installed: run tests/host-services as root (it installs Debian's docker.io "
             "and debootstrap and starts dockerd)"
         )
     if os.geteuid() != 0:
@@ -168,7 +168,7 @@ def base_image() -> str:
         if _image_exists(name):  # another process built it while we waited
             return name
         if shutil.which("debootstrap") is None:
-            raise RuntimeError("debootstrap is not installed: run .ci/services as root")
+            raise RuntimeError("debootstrap is not installed: run tests/host-services as root")
         started = time.monotonic()
         done = subprocess.run(
             [str(BASE_RECIPE / "build-base-image"), name],
