@@ -23,6 +23,7 @@ match action, resource and the condition keys this module can derive from the re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -67,7 +68,39 @@ def _keep(value: Any) -> Any:
     return None
 
 
-def _handler(model: Any, params: Mapping[str, Any], request_signer: Any = None, **_: Any) -> None:
+_CONTEXT_KEY = "starburst_call_log_params"
+_paused = threading.local()
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Record nothing this thread calls meanwhile (a test's deliberate probes)."""
+    _paused.on = True
+    try:
+        yield
+    finally:
+        _paused.on = False
+
+
+def _keep_params(
+    params: Mapping[str, Any], context: dict[str, Any] | None = None, **_: Any
+) -> None:
+    # before-parameter-build: the API parameters as the caller gave them. before-call sees
+    # only the serialised request, but both events share the request's context dict.
+    if context is None:
+        return
+    kept = {k: _keep(params[k]) for k in _KEPT_PARAMS if k in params}
+    delete = params.get("Delete")
+    if isinstance(delete, Mapping):  # DeleteObjects: the keys it deletes are its resources
+        kept["DeleteKeys"] = [str(o.get("Key")) for o in delete.get("Objects", [])]
+    context[_CONTEXT_KEY] = kept
+
+
+def _handler(
+    model: Any, request_signer: Any = None, context: dict[str, Any] | None = None, **_: Any
+) -> None:
+    if getattr(_paused, "on", False):
+        return
     key = None
     credentials = getattr(request_signer, "_credentials", None)  # botocore has no public one
     if credentials is not None:
@@ -77,10 +110,7 @@ def _handler(model: Any, params: Mapping[str, Any], request_signer: Any = None, 
             key = None
     if "dir" not in _state:  # uninstalled: sessions made earlier still call this
         return
-    kept = {k: _keep(params[k]) for k in _KEPT_PARAMS if k in params}
-    delete = params.get("Delete")
-    if isinstance(delete, Mapping):  # DeleteObjects: the keys it deletes are its resources
-        kept["DeleteKeys"] = [str(o.get("Key")) for o in delete.get("Objects", [])]
+    kept = (context or {}).get(_CONTEXT_KEY, {})
     line = {
         "who": _state["who"],
         "service": model.service_model.service_name,
@@ -109,6 +139,7 @@ def install(directory: str | os.PathLike[str], who: str) -> None:
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
+        self.register("before-parameter-build", _keep_params, unique_id="starburst-call-params")
         self.register("before-call", _handler, unique_id="starburst-call-log")
 
     botocore.session.Session.__init__ = init  # type: ignore[method-assign]

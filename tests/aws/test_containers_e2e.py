@@ -273,32 +273,34 @@ def _check_containers(world: World, arns: list[str]) -> None:
 
 def test_iam_is_enforced(as_user: World) -> None:
     world = as_user
-    # Someone without a policy is refused ecs:RunTask; the user is refused what the generated
-    # policy does not give (creating roles); both by moto, before anything runs.
-    ecs = world.nobody.session(REGION).client("ecs")
-    with pytest.raises(ecs.exceptions.ClientError, match="AccessDenied"):
-        ecs.run_task(cluster=world.settings.cluster, taskDefinition="anything")
-    ecs.close()
-    iam = world.user.session(REGION).client("iam")
-    with pytest.raises(iam.exceptions.ClientError, match="AccessDenied"):
-        iam.create_role(RoleName="escalate", AssumeRolePolicyDocument="{}")
-    iam.close()
-    nobody = Aws(REGION, session=world.nobody.session(REGION), retry_sleep=lambda _: None)
-    # moto answers a JSON-protocol service's denial in XML, which botocore cannot parse into a
-    # code: the choke point names the action and the 403 (AWS sends AccessDeniedException).
-    with pytest.raises(AwsError, match="ecs:ListTasks.*403"):
-        nobody.call("ecs", "list_tasks", cluster=world.settings.cluster)
-    # The task role reaches the session prefix only.
-    creds = world.agent._assume(world.settings.task_role_arn, "probe")
-    s3 = boto3.session.Session(
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["Token"],
-    ).client("s3", region_name=REGION)
-    s3.put_object(Bucket=world.settings.bucket, Key=f"{world.settings.prefix}/probe", Body=b"x")
-    with pytest.raises(s3.exceptions.ClientError, match="AccessDenied"):
-        s3.put_object(Bucket=world.settings.bucket, Key="elsewhere/probe", Body=b"x")
-    s3.close()
+    # Deliberate denials: not part of what the client or workers do.
+    with call_log.paused():
+        # Someone without a policy is refused ecs:RunTask; the user is refused what the generated
+        # policy does not give (creating roles); both by moto, before anything runs.
+        ecs = world.nobody.session(REGION).client("ecs")
+        with pytest.raises(ecs.exceptions.ClientError, match="AccessDenied"):
+            ecs.run_task(cluster=world.settings.cluster, taskDefinition="anything")
+        ecs.close()
+        iam = world.user.session(REGION).client("iam")
+        with pytest.raises(iam.exceptions.ClientError, match="AccessDenied"):
+            iam.create_role(RoleName="escalate", AssumeRolePolicyDocument="{}")
+        iam.close()
+        nobody = Aws(REGION, session=world.nobody.session(REGION), retry_sleep=lambda _: None)
+        # moto answers a JSON-protocol service's denial in XML, which botocore cannot parse into a
+        # code: the choke point names the action and the 403 (AWS sends AccessDeniedException).
+        with pytest.raises(AwsError, match="ecs:ListTasks.*403"):
+            nobody.call("ecs", "list_tasks", cluster=world.settings.cluster)
+        # The task role reaches the session prefix only.
+        creds = world.agent._assume(world.settings.task_role_arn, "probe")
+        s3 = boto3.session.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["Token"],
+        ).client("s3", region_name=REGION)
+        s3.put_object(Bucket=world.settings.bucket, Key=f"{world.settings.prefix}/probe", Body=b"x")
+        with pytest.raises(s3.exceptions.ClientError, match="AccessDenied"):
+            s3.put_object(Bucket=world.settings.bucket, Key="elsewhere/probe", Body=b"x")
+        s3.close()
 
 
 def test_executor_maps_100_items_over_two_containers(as_user: World) -> None:
@@ -470,6 +472,13 @@ def test_every_recorded_call_is_allowed_by_the_generated_policies(as_user: World
     operations = sorted({f"{c.who}:{c.service}.{c.operation}" for c in client + worker})
     print("\nrecorded operations:", ", ".join(operations))
     assert problems == [], "\n".join(problems)
+    # And the check has teeth: the task role without its listing statement is caught.
+    listing_removed = {
+        **task_policy,
+        "Statement": [st for st in task_policy["Statement"] if "s3:ListBucket" not in st["Action"]],
+    }
+    missing = call_log.violations(worker, [listing_removed], **scope)
+    assert missing and all("s3:ListBucket" in m for m in missing)
 
 
 def test_setup_again_changes_nothing_and_teardown_leaves_nothing(as_user: World) -> None:
