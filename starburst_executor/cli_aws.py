@@ -63,17 +63,39 @@ def add_commands(sub: Any) -> None:
         help="session data expires from the bucket after this many days",
     )
     p.add_argument("--log-retention-days", type=int, default=14, help="CloudWatch log retention")
+    p.add_argument(
+        "--vpc-id", help="VPC for the workers (default: the subnets', else the default VPC)"
+    )
+    p.add_argument(
+        "--subnets",
+        default="",
+        help="comma-separated subnets for the workers (default: every subnet of the VPC; at "
+        "most 16 are used, spread over the availability zones)",
+    )
+    p.add_argument(
+        "--print-policy",
+        nargs="?",
+        const="setup",
+        choices=["setup", "user"],
+        help="print the IAM policy to grant and create nothing: 'setup' (default) for whoever "
+        "runs setup and teardown, 'user' for whoever runs sessions",
+    )
     p = add("teardown", "Remove what `starburst setup` created.", "starburst teardown")
     p.add_argument(
         "--delete-bucket",
         action="store_true",
         help="also empty and delete the bucket (default: keep it and its results)",
     )
-    add(
+    p = add(
         "doctor",
         "Check credentials, region, bucket, roles, cluster, image and quota; print "
         "the fix for each problem.",
         "starburst doctor",
+    )
+    p.add_argument(
+        "--docker",
+        default="docker",
+        help="the docker executable that reads the image's config (else: ECR's API)",
     )
     p = add(
         "image",
@@ -109,8 +131,22 @@ def _aws(region: str | None = None) -> Any:
 
 
 def _setup(args: argparse.Namespace) -> int:
-    from starburst_executor.aws.setup import setup
+    import json
 
+    from starburst_executor.aws.setup import policy, setup
+
+    if args.print_policy:
+        document = policy(
+            _aws(args.region),
+            args.print_policy,
+            bucket=args.bucket,
+            prefix=args.prefix,
+            cluster=args.cluster,
+            ec2=args.ec2,
+            profile=args.profile,
+        )
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
     report = setup(
         _aws(args.region),
         bucket=args.bucket,
@@ -121,6 +157,8 @@ def _setup(args: argparse.Namespace) -> int:
         lifecycle_days=args.lifecycle_days,
         log_retention_days=args.log_retention_days,
         profile=args.profile,
+        vpc_id=args.vpc_id,
+        subnets=tuple(s for s in args.subnets.split(",") if s),
     )
     print(report)
     return EXIT_OK
@@ -144,7 +182,7 @@ def _doctor(args: argparse.Namespace) -> int:
         settings: Any = AwsSettings.load(args.profile)
     except AwsNotSetUpError:
         settings = None
-    checks = doctor(_aws(settings.region if settings else None), settings)
+    checks = doctor(_aws(settings.region if settings else None), settings, docker=args.docker)
     print(format_checks(checks))
     return EXIT_OK if all(c.ok for c in checks) else EXIT_ERROR
 

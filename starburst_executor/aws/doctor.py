@@ -2,9 +2,15 @@
 fix what is wrong.
 
 Each :class:`Check` names one thing (credentials, region, profile, bucket, roles, cluster,
-log group, network, signing key, image, Fargate quota), whether it is fine, what was found,
-and the command or IAM permission that fixes it. Checks that cannot mean anything without an
-earlier one (no credentials, no profile, the wrong region) are not run.
+log group, network, EC2 capacity, signing key, repository, image, Fargate quota), whether it
+is fine, what was found, and the command or IAM permission that fixes it. Checks that cannot
+mean anything without an earlier one (no credentials, no profile, the wrong region) are not
+run.
+
+The resource checks are the very ones setup judges by (each resource module's ``check``,
+:mod:`starburst_executor.aws.resources`), so doctor and setup cannot disagree. Beyond them,
+doctor checks that the image will start (:mod:`starburst_executor.aws.image_check`) and reads
+the Fargate quota.
 
 Reads only, except one probe object put and deleted under the bucket prefix. The calls are
 the read actions of :func:`~starburst_executor.aws.policies.user_policy`, so a user holding
@@ -13,15 +19,19 @@ that policy gets a clean report.
 
 from __future__ import annotations
 
-import json
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starburst_executor.aws import policies
+from starburst_executor.aws import image_check
 from starburst_executor.aws.client import Aws
+from starburst_executor.aws.resources import bucket as bucket_resource
+from starburst_executor.aws.resources import cluster as cluster_resource
+from starburst_executor.aws.resources import ec2 as ec2_resource
+from starburst_executor.aws.resources import iam, log_group, network, repository, signing_key
+from starburst_executor.aws.resources.base import CheckFailed, Place, absent
+from starburst_executor.aws.resources.names import resource_names
 from starburst_executor.aws.settings import AwsSettings
 from starburst_executor.errors import AwsCredentialsError, AwsError, AwsPermissionError
 
@@ -33,7 +43,6 @@ FARGATE_QUOTAS = {"L-3032A538": "on-demand", "L-36FBB829": "Spot"}
 # cannot be read.
 DEFAULT_FARGATE_VCPU = 6
 
-SETUP_FIX = "run `starburst setup` (it creates or repairs this, and changes nothing else)"
 IMAGE_FIX = "run `starburst image build` (it pushes the worker image and records it)"
 CREDENTIALS_FIX = (
     "configure AWS credentials: `aws configure` or `aws sso login` and set AWS_PROFILE, or "
@@ -65,33 +74,11 @@ class Check:
     warning: bool = False
 
 
-class _Failed(Exception):
-    """Raised inside a check to fail it with a detail and a fix."""
-
-    def __init__(self, detail: str, fix: str = SETUP_FIX) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.fix = fix
-
-
-def _absent(
-    aws: Aws, service: str, operation: str, codes: tuple[str, ...], **params: Any
-) -> dict[str, Any] | None:
-    try:
-        return aws.call(service, operation, **params)
-    except (AwsCredentialsError, AwsPermissionError):
-        raise
-    except AwsError as exc:
-        if exc.code in codes:
-            return None
-        raise
-
-
 def _run(name: str, fn: Callable[[], str | Check]) -> Check:
     """Run one check; translate failures into a failed :class:`Check` with its fix."""
     try:
         result = fn()
-    except _Failed as exc:
+    except CheckFailed as exc:
         return Check(name, False, exc.detail, exc.fix)
     except AwsPermissionError as exc:
         return Check(
@@ -99,7 +86,8 @@ def _run(name: str, fn: Callable[[], str | Check]) -> Check:
             False,
             str(exc),
             f"allow the IAM action {exc.permission or '(see message)'} to your "
-            "credentials (policies.user_policy lists every action the client needs)",
+            "credentials (`starburst setup --print-policy user` prints every action the "
+            "client needs)",
         )
     except AwsCredentialsError as exc:
         return Check(name, False, str(exc), CREDENTIALS_FIX)
@@ -108,12 +96,13 @@ def _run(name: str, fn: Callable[[], str | Check]) -> Check:
     return result if isinstance(result, Check) else Check(name, True, result)
 
 
-def doctor(aws: Aws, settings: AwsSettings | None) -> list[Check]:
+def doctor(aws: Aws, settings: AwsSettings | None, *, docker: str = "docker") -> list[Check]:
     """Check the credentials, the profile and every resource a session uses.
 
     Args:
         aws: the AWS client the sessions would use (its region is the one checked).
         settings: the saved profile, or None if there is none.
+        docker: the docker executable that reads the image's config (when it is there).
 
     Returns:
         The checks, in order; later checks are left out when an earlier one makes them
@@ -157,340 +146,165 @@ def doctor(aws: Aws, settings: AwsSettings | None) -> list[Check]:
     )
     if not identity or not region_ok:
         return checks
-    run = _Doctor(aws, settings, str(identity["Account"]), str(identity["Arn"]).split(":")[1])
+    place = Place(aws, str(identity["Account"]), str(identity["Arn"]).split(":")[1])
+    checks += [(_run(name, fn)) for name, fn in _resource_checks(place, settings, docker)]
+    return checks
+
+
+def _resource_checks(
+    place: Place, settings: AwsSettings, docker: str
+) -> list[tuple[str, Callable[[], str | Check]]]:
+    # Imported here: setup imports this module's neighbours, not this module.
+    from starburst_executor.aws.setup import role_specs
+
+    s = settings
+    spec = bucket_resource.BucketSpec(s.bucket, s.prefix, s.lifecycle_days)
+    execution, task, _ = role_specs(place, s)
+    providers = [*cluster_resource.FARGATE_PROVIDERS]
+    checks: list[tuple[str, Callable[[], str | Check]]] = [
+        ("bucket", lambda: bucket_resource.check_reachable(place, spec)),
+        ("bucket security", lambda: bucket_resource.check(place, spec, s.bucket_kms_key)),
+        ("execution role", lambda: _role(place, s.execution_role_arn, "execution", execution)),
+        ("task role", lambda: _role(place, s.task_role_arn, "task", task)),
+    ]
+    if s.ec2_capacity_provider:
+        providers.append(s.ec2_capacity_provider)
     checks += [
-        _run("bucket", run.bucket),
-        _run("bucket security", run.bucket_security),
-        _run("execution role", run.execution_role),
-        _run("task role", run.task_role),
-        _run("ECS cluster", run.cluster),
-        _run("log group", run.log_group),
-        _run("network", run.network),
-        _run("signing key", run.secret),
-        _run("worker image", run.image),
-        _run("Fargate vCPU quota", run.quota),
+        ("ECS cluster", lambda: cluster_resource.check(place, s.cluster, providers)),
+        ("log group", lambda: log_group.check(place, s.log_group)),
+        ("network", lambda: network.check(place, s.subnets, s.security_group)),
+    ]
+    if s.ec2_capacity_provider:
+        names = resource_names(s.cluster, s.region)
+        capacity = ec2_resource.Capacity(
+            name=s.ec2_capacity_provider,
+            cluster=s.cluster,
+            instance_profile=names.instance_role,
+            instance_types=s.instance_types,
+            security_group=s.security_group,
+            subnets=s.subnets,
+        )
+        where = network.Network(s.vpc_id, s.subnets)
+        checks += [
+            ("EC2 capacity", lambda: ec2_resource.check(place, capacity)),
+            ("S3 endpoint", lambda: _endpoint(place, where, s.cluster)),
+        ]
+    checks += [
+        ("signing key", lambda: signing_key.check(place, s.secret_parameter)),
+        ("ECR repository", lambda: repository.check(place, s.ecr_repository)),
+        ("worker image", lambda: _image(place, s)),
+        ("image starts", lambda: _image_starts(place, s, docker)),
+        ("Fargate vCPU quota", lambda: _quota(place, s)),
     ]
     return checks
 
 
-@dataclass
-class _Doctor:
-    aws: Aws
-    settings: AwsSettings
-    account: str
-    partition: str
-
-    def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
-        return self.aws.call(service, operation, **params)
-
-    # -- S3 ----------------------------------------------------------------------------------
-
-    def bucket(self) -> str:
-        s = self.settings
-        prefix = f"{s.prefix}/" if s.prefix else ""
-        # A prefixed listing, not HeadBucket: the client policy allows ListBucket only under
-        # the prefix, which HeadBucket (no prefix) would not satisfy.
-        if (
-            _absent(
-                self.aws,
-                "s3",
-                "list_objects_v2",
-                ("NoSuchBucket",),
-                Bucket=s.bucket,
-                Prefix=prefix,
-                MaxKeys=1,
-            )
-            is None
-        ):
-            raise _Failed(f"the bucket {s.bucket} does not exist")
-        probe = f"{prefix}.starburst-doctor/{uuid.uuid4().hex}"
-        self.call("s3", "put_object", Bucket=s.bucket, Key=probe, Body=b"")
-        self.call("s3", "delete_object", Bucket=s.bucket, Key=probe)
-        return f"s3://{s.bucket}/{prefix} is reachable and writable"
-
-    def bucket_security(self) -> str:
-        s = self.settings
-        problems: list[str] = []
-        found = _absent(
-            self.aws,
-            "s3",
-            "get_bucket_encryption",
-            ("ServerSideEncryptionConfigurationNotFoundError",),
-            Bucket=s.bucket,
-        )
-        rules = (found or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
-        algorithms = [
-            r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") for r in rules
-        ]
-        if not any(algorithms):
-            problems.append("no default encryption")
-        policy = _absent(
-            self.aws, "s3", "get_bucket_policy", ("NoSuchBucketPolicy",), Bucket=s.bucket
-        )
-        statements = json.loads(policy["Policy"]).get("Statement", []) if policy else []
-        statements = [statements] if isinstance(statements, dict) else statements
-        if not any(_denies_plain_http(st) for st in statements):
-            problems.append("no policy denying plain-HTTP requests")
-        block = _absent(
-            self.aws,
-            "s3",
-            "get_public_access_block",
-            ("NoSuchPublicAccessBlockConfiguration",),
-            Bucket=s.bucket,
-        )
-        config = (block or {}).get("PublicAccessBlockConfiguration", {})
-        if not all(
-            config.get(k)
-            for k in (
-                "BlockPublicAcls",
-                "IgnorePublicAcls",
-                "BlockPublicPolicy",
-                "RestrictPublicBuckets",
-            )
-        ):
-            problems.append("public access not fully blocked")
-        lifecycle = _absent(
-            self.aws,
-            "s3",
-            "get_bucket_lifecycle_configuration",
-            ("NoSuchLifecycleConfiguration",),
-            Bucket=s.bucket,
-        )
-        prefix = f"{s.prefix}/" if s.prefix else ""
-        expiring = [
-            r
-            for r in (lifecycle or {}).get("Rules", [])
-            if r.get("Status") == "Enabled"
-            and r.get("Expiration", {}).get("Days")
-            and r.get("Filter", {}).get("Prefix", r.get("Prefix")) == prefix
-        ]
-        if not expiring:
-            problems.append(f"no lifecycle rule expiring {prefix or 'its objects'}")
-        if problems:
-            raise _Failed(f"the bucket {s.bucket} has " + "; ".join(problems))
-        days = expiring[0]["Expiration"]["Days"]
-        return (
-            f"encrypted ({', '.join(a for a in algorithms if a)}), TLS only, not public, "
-            f"sessions expire after {days} days"
-        )
-
-    # -- IAM ---------------------------------------------------------------------------------
-
-    def _role(self, arn: str, label: str, inline: dict[str, Any], managed: list[str]) -> str:
-        if not arn:
-            raise _Failed(f"the profile names no {label} role")
-        name = arn.rsplit("/", 1)[-1]
-        found = _absent(self.aws, "iam", "get_role", ("NoSuchEntity",), RoleName=name)
-        if found is None:
-            raise _Failed(f"the role {name} does not exist")
-        trust = policies.parse_document(found["Role"].get("AssumeRolePolicyDocument", {}))
-        services: list[str] = []
-        for statement in trust.get("Statement", []):
-            service = statement.get("Principal", {}).get("Service", [])
-            services += [service] if isinstance(service, str) else list(service)
-        if "ecs-tasks.amazonaws.com" not in services:
-            raise _Failed(f"the role {name} cannot be assumed by ECS tasks (trust policy)")
-        current = _absent(
-            self.aws,
-            "iam",
-            "get_role_policy",
-            ("NoSuchEntity",),
-            RoleName=name,
-            PolicyName="starburst",
-        )
-        if current is None:
-            raise _Failed(f"the role {name} lacks its inline policy 'starburst'")
-        if not policies.same_policy(current["PolicyDocument"], inline):
-            raise _Failed(
-                f"the role {name}'s inline policy differs from what setup writes "
-                "(names changed, or edited by hand)"
-            )
-        attached = {
-            p["PolicyArn"]
-            for p in self.aws.paginate(
-                "iam", "list_attached_role_policies", "AttachedPolicies", RoleName=name
-            )
-        }
-        missing = [m for m in managed if m not in attached]
-        if missing:
-            raise _Failed(f"the role {name} lacks the managed policy {', '.join(missing)}")
-        return f"{name} with the expected policies"
-
-    def execution_role(self) -> str:
-        s = self.settings
-        return self._role(
-            s.execution_role_arn,
-            "execution",
-            policies.execution_role_policy(
-                secret_parameter=s.secret_parameter,
-                log_group=s.log_group,
-                region=s.region,
-                account=self.account,
-                partition=self.partition,
-            ),
-            [policies.managed_policy_arn(policies.ECS_EXECUTION_MANAGED_POLICY, self.partition)],
-        )
-
-    def task_role(self) -> str:
-        s = self.settings
-        return self._role(
-            s.task_role_arn,
-            "task",
-            policies.task_role_policy(bucket=s.bucket, prefix=s.prefix, partition=self.partition),
-            [],
-        )
-
-    # -- ECS, logs, network ------------------------------------------------------------------
-
-    def cluster(self) -> str:
-        s = self.settings
-        found = [
-            c
-            for c in self.call("ecs", "describe_clusters", clusters=[s.cluster])["clusters"]
-            if c.get("status") == "ACTIVE"
-        ]
-        if not found:
-            raise _Failed(f"the ECS cluster {s.cluster} does not exist (or is inactive)")
-        providers = found[0].get("capacityProviders", [])
-        wanted = ["FARGATE", "FARGATE_SPOT"] + (
-            [s.ec2_capacity_provider] if s.ec2_capacity_provider else []
-        )
-        missing = [p for p in wanted if p not in providers]
-        if missing:
-            raise _Failed(
-                f"the cluster {s.cluster} lacks the capacity provider(s) {', '.join(missing)}"
-            )
-        return f"{s.cluster} ACTIVE with {', '.join(providers)}"
-
-    def log_group(self) -> str:
-        name = self.settings.log_group
-        if (
-            _absent(
-                self.aws,
-                "logs",
-                "describe_log_streams",
-                ("ResourceNotFoundException",),
-                logGroupName=name,
-                limit=1,
-            )
-            is None
-        ):
-            raise _Failed(f"the log group {name} does not exist")
-        return f"{name} exists"
-
-    def network(self) -> str:
-        s = self.settings
-        if not s.subnets or not s.security_group:
-            raise _Failed("the profile names no subnets or no security group")
-        subnets = _absent(
-            self.aws,
-            "ec2",
-            "describe_subnets",
-            ("InvalidSubnetID.NotFound",),
-            SubnetIds=list(s.subnets),
-        )
-        if subnets is None or len(subnets.get("Subnets", [])) != len(s.subnets):
-            raise _Failed(f"some of the subnets {', '.join(s.subnets)} no longer exist")
-        groups = _absent(
-            self.aws,
-            "ec2",
-            "describe_security_groups",
-            ("InvalidGroup.NotFound", "InvalidGroupId.NotFound"),
-            GroupIds=[s.security_group],
-        )
-        if groups is None or not groups.get("SecurityGroups"):
-            raise _Failed(f"the security group {s.security_group} does not exist")
-        group = groups["SecurityGroups"][0]
-        if group.get("IpPermissions"):
-            raise _Failed(
-                f"the security group {s.security_group} allows inbound traffic; "
-                "workers accept no connections"
-            )
-        if not group.get("IpPermissionsEgress"):
-            raise _Failed(
-                f"the security group {s.security_group} allows no outbound traffic: "
-                "workers could not reach S3 or ECR",
-                f"allow outbound HTTPS in {s.security_group} (setup creates it so)",
-            )
-        return f"{len(s.subnets)} subnets; security group {s.security_group} has no inbound rules"
-
-    def secret(self) -> str:
-        name = self.settings.secret_parameter
-        found = _absent(
-            self.aws, "ssm", "get_parameter", ("ParameterNotFound",), Name=name, WithDecryption=True
-        )
-        if found is None:
-            raise _Failed(f"the SSM parameter {name} does not exist")
-        kind = found["Parameter"].get("Type")
-        if kind != "SecureString":
-            raise _Failed(f"the SSM parameter {name} is a {kind}, not a SecureString")
-        return f"{name} is a readable SecureString"
-
-    # -- image, quota ------------------------------------------------------------------------
-
-    def image(self) -> str:
-        image = self.settings.image
-        if not image:
-            raise _Failed("the profile names no worker image", IMAGE_FIX)
-        match = _ECR_IMAGE.match(image)
-        if match is None:
-            return f"{image} (not in ECR: not checked)"
-        image_id = (
-            {"imageDigest": match["digest"]}
-            if match["digest"]
-            else {"imageTag": match["tag"] or "latest"}
-        )
-        found = _absent(
-            self.aws,
-            "ecr",
-            "describe_images",
-            ("ImageNotFoundException", "RepositoryNotFoundException"),
-            registryId=match["registry"],
-            repositoryName=match["repository"],
-            imageIds=[image_id],
-        )
-        if found is None or not found.get("imageDetails"):
-            raise _Failed(f"the image {image} is not in ECR", IMAGE_FIX)
-        return f"{image} is in ECR"
-
-    def quota(self) -> Check:
-        values: dict[str, float] = {}
-        reason = ""
-        for code, label in FARGATE_QUOTAS.items():
-            try:
-                quota = self.call(
-                    "service-quotas", "get_service_quota", ServiceCode="fargate", QuotaCode=code
-                )["Quota"]
-            except AwsCredentialsError:
-                raise
-            except AwsError as exc:  # not offered here, denied, or an emulator without it
-                reason = str(exc)
-                break
-            values[label] = float(quota["Value"])
-        name = "Fargate vCPU quota"
-        if reason:
-            return Check(
-                name,
-                True,
-                f"unknown (default assumed: {DEFAULT_FARGATE_VCPU} vCPU): {reason}",
-                "see Service Quotas > AWS Fargate in the console; sessions asking for more "
-                "vCPUs than the quota start fewer workers",
-                warning=True,
-            )
-        cpu = self.settings.cpu
-        detail = ", ".join(
-            f"{label} {value:g} vCPU (~{int(value // cpu)} workers of {cpu:g} vCPU)"
-            for label, value in values.items()
-        )
-        return Check(name, True, detail)
+def _role(place: Place, arn: str, label: str, spec: iam.RoleSpec) -> str:
+    if not arn:
+        raise CheckFailed(f"the profile names no {label} role")
+    return iam.check_role(place, spec)
 
 
-def _denies_plain_http(statement: dict[str, Any]) -> bool:
-    condition = statement.get("Condition", {}).get("Bool", {})
-    return bool(
-        statement.get("Effect") == "Deny"
-        and str(condition.get("aws:SecureTransport", "")).lower() == "false"
+def _endpoint(place: Place, where: network.Network, cluster: str) -> str:
+    if not where.vpc_id:
+        raise CheckFailed("the profile names no VPC (it predates the S3 endpoint)")
+    return network.check_endpoint(place, where, cluster)
+
+
+def _ecr_id(image: str) -> tuple[str, str, dict[str, str]] | None:
+    match = _ECR_IMAGE.match(image)
+    if match is None:
+        return None
+    image_id = (
+        {"imageDigest": match["digest"]}
+        if match["digest"]
+        else {"imageTag": match["tag"] or "latest"}
     )
+    return match["registry"], match["repository"], image_id
+
+
+def _image(place: Place, settings: AwsSettings) -> str:
+    image = settings.image
+    if not image:
+        raise CheckFailed("the profile names no worker image", IMAGE_FIX)
+    ecr = _ecr_id(image)
+    if ecr is None:
+        return f"{image} (not in ECR: not checked)"
+    registry, name, image_id = ecr
+    found = absent(
+        place.aws,
+        "ecr",
+        "describe_images",
+        ("ImageNotFoundException", "RepositoryNotFoundException"),
+        registryId=registry,
+        repositoryName=name,
+        imageIds=[image_id],
+    )
+    if found is None or not found.get("imageDetails"):
+        raise CheckFailed(f"the image {image} is not in ECR", IMAGE_FIX)
+    return f"{image} is in ECR"
+
+
+def _image_starts(place: Place, settings: AwsSettings, docker: str) -> str | Check:
+    """Its architecture is the one tasks request, its ENTRYPOINT is the worker, and its CMD
+    adds nothing (ECS would pass it to the worker as arguments)."""
+    image = settings.image
+    if not image:
+        raise CheckFailed("the profile names no worker image", IMAGE_FIX)
+    wanted = (getattr(settings, "image_architecture", "") or "X86_64").upper()
+    config, why = image_check.read_config(place.aws, image, _ecr_id(image), docker)
+    if config is None:
+        return Check(
+            "image starts",
+            True,
+            f"not verified: {why}",
+            "install docker (or allow ecr:BatchGetImage and ecr:GetDownloadUrlForLayer) "
+            "and run `starburst doctor` again",
+            warning=True,
+        )
+    found = image_check.problems(config, wanted)
+    if found:
+        raise CheckFailed(
+            f"{image}: " + "; ".join(found),
+            "run `starburst image build` (it builds for the recorded architecture with the "
+            "worker as ENTRYPOINT, and records both)",
+        )
+    return (
+        f"{image_check.ecs_architecture(config.architecture)}, ENTRYPOINT "
+        f"{list(config.entrypoint)} (read with {config.source})"
+    )
+
+
+def _quota(place: Place, settings: AwsSettings) -> Check:
+    values: dict[str, float] = {}
+    reason = ""
+    for code, label in FARGATE_QUOTAS.items():
+        try:
+            quota = place.call(
+                "service-quotas", "get_service_quota", ServiceCode="fargate", QuotaCode=code
+            )["Quota"]
+        except AwsCredentialsError:
+            raise
+        except AwsError as exc:  # not offered here, denied, or an emulator without it
+            reason = str(exc)
+            break
+        values[label] = float(quota["Value"])
+    name = "Fargate vCPU quota"
+    if reason:
+        return Check(
+            name,
+            True,
+            f"unknown (default assumed: {DEFAULT_FARGATE_VCPU} vCPU): {reason}",
+            "see Service Quotas > AWS Fargate in the console; sessions asking for more "
+            "vCPUs than the quota start fewer workers",
+            warning=True,
+        )
+    cpu = settings.cpu
+    detail = ", ".join(
+        f"{label} {value:g} vCPU (~{int(value // cpu)} workers of {cpu:g} vCPU)"
+        for label, value in values.items()
+    )
+    return Check(name, True, detail)
 
 
 def format_checks(checks: list[Check]) -> str:

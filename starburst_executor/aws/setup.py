@@ -39,6 +39,7 @@ import time  # noqa: F401  (tests patch time.sleep through this module)
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from starburst_executor.aws import policies
 from starburst_executor.aws.client import Aws
@@ -92,6 +93,7 @@ __all__ = [
     "ResourceStatus",
     "SetupReport",
     "TeardownReport",
+    "policy",
     "resource_names",
     "role_specs",
     "scope",
@@ -439,6 +441,53 @@ def _keep_choices(run: Run, previous: AwsSettings, settings: AwsSettings) -> Aws
     present = {f.name for f in fields(AwsSettings)}
     kept = {name: getattr(previous, name) for name in chosen if name in present}
     return replace(settings, image=image, **kept)
+
+
+def policy(
+    aws: Aws,
+    which: str = "setup",
+    *,
+    bucket: str | None = None,
+    prefix: str = "starburst",
+    cluster: str = "starburst",
+    ec2: bool = False,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    """The IAM policy an administrator grants: ``"setup"`` for whoever runs setup and
+    teardown with these arguments, ``"user"`` for whoever runs sessions. Creates nothing
+    (one ``sts:GetCallerIdentity`` for the account).
+
+    The saved profile is used when it is this region's and cluster's (it knows an adopted
+    bucket's KMS key and the EC2 capacity); otherwise the names setup would give.
+
+    Raises:
+        ValueError: ``which`` is neither "setup" nor "user".
+    """
+    if which not in ("setup", "user"):
+        raise ValueError(f"which policy? 'setup' or 'user', not {which!r}")
+    place = Place.of(aws)
+    names = resource_names(cluster, aws.region)
+    previous = _load_profile_file(profile)
+    if previous is not None and (previous.region, previous.cluster) == (aws.region, cluster):
+        settings = previous
+        if ec2 and not settings.ec2_capacity_provider:
+            settings = replace(settings, ec2_capacity_provider=names.ec2)
+    else:
+        settings = AwsSettings(
+            region=aws.region,
+            bucket=bucket or f"starburst-{place.account}-{aws.region}",
+            prefix=prefix.strip("/"),
+            cluster=cluster,
+            ecr_repository=names.repository,
+            log_group=names.log_group,
+            secret_parameter=names.secret_parameter,
+            task_family=names.task_family,
+            ec2_capacity_provider=names.ec2 if ec2 else "",
+        )
+    names_scope = scope(place, settings)
+    if which == "user":
+        return policies.user_policy(names_scope)
+    return policies.setup_policy(names_scope)
 
 
 # -- teardown --------------------------------------------------------------------------------

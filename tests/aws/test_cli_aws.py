@@ -51,7 +51,8 @@ def test_setup_twice_then_doctor_then_teardown(moto: str) -> None:
     assert second.returncode == 0, second.stderr
     assert "nothing to do" in second.stdout.lower()
 
-    doctor = starburst("doctor")
+    # no docker: a real one would try to pull the image from AWS
+    doctor = starburst("doctor", "--docker", "/nonexistent/docker")
     assert doctor.returncode == 1  # no image yet
     assert "starburst image build" in doctor.stdout
 
@@ -100,3 +101,37 @@ def test_commands_before_setup_say_to_run_setup(moto: str) -> None:
     result = starburst("teardown")
     assert result.returncode == 1
     assert "starburst setup" in result.stderr
+
+
+def test_setup_with_named_subnets(moto: str) -> None:
+    ec2 = boto3.session.Session().client("ec2", region_name="us-east-1")
+    (vpc,) = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets(
+        Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"])[:2]
+    done = starburst("setup", "--region", "us-east-1", "--vpc-id", vpc["VpcId"],
+                     "--subnets", ",".join(subnets))
+    assert done.returncode == 0, done.stderr
+    assert sorted(AwsSettings.load().subnets) == subnets
+
+    other = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
+    refused = starburst("setup", "--region", "us-east-1", "--vpc-id", other,
+                        "--subnets", subnets[0])
+    assert refused.returncode == 1
+    assert f"{subnets[0]} is in {vpc['VpcId']}" in refused.stderr
+
+
+def test_setup_prints_the_policies_and_creates_nothing(moto: str) -> None:
+    printed = starburst("setup", "--region", "us-east-1", "--ec2", "--print-policy")
+    assert printed.returncode == 0, printed.stderr
+    document = json.loads(printed.stdout)
+    actions = {a for s in document["Statement"] for a in s["Action"]}
+    assert {"iam:CreateRole", "ec2:CreateVpcEndpoint", "iam:CreateServiceLinkedRole",
+            "autoscaling:CreateAutoScalingGroup", "ecs:DeleteTaskDefinitions"} <= actions
+    user = json.loads(starburst("setup", "--region", "us-east-1",
+                                "--print-policy", "user").stdout)
+    user_actions = {a for s in user["Statement"] for a in s["Action"]}
+    assert {"ecs:RunTask", "ecs:DescribeCapacityProviders", "ec2:DescribeInstanceTypes",
+            "sts:GetCallerIdentity"} <= user_actions
+    ecs = boto3.session.Session().client("ecs", region_name="us-east-1")
+    assert ecs.list_clusters()["clusterArns"] == []
+    assert starburst("teardown").returncode == 1  # no profile was written

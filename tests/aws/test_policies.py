@@ -22,6 +22,9 @@ SCOPE = policies.Scope(
     ecr_repository="starburst-worker", autoscaling_group="starburst-ec2",
 )
 
+KMS_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+SCOPE_EC2 = policies.Scope(**{**SCOPE.__dict__, "instance_role": f"starburst-ec2-{REGION}"})
+
 GRANTS = {
     "task role": policies.task_role_policy(bucket=BUCKET, prefix=PREFIX),
     "execution role": policies.execution_role_policy(
@@ -30,6 +33,13 @@ GRANTS = {
     "user": policies.user_policy(SCOPE),
     "user without EC2": policies.user_policy(
         policies.Scope(**{**SCOPE.__dict__, "autoscaling_group": ""})),
+    "user with a KMS bucket": policies.user_policy(
+        policies.Scope(**{**SCOPE.__dict__, "kms_key": KMS_KEY})),
+    "setup": policies.setup_policy(SCOPE_EC2),
+    "setup without EC2": policies.setup_policy(
+        policies.Scope(**{**SCOPE.__dict__, "autoscaling_group": "", "instance_role": ""})),
+    "task role with a KMS bucket": policies.task_role_policy(
+        bucket=BUCKET, prefix=PREFIX, kms_key=KMS_KEY),
 }
 TRUSTS = {
     "ecs tasks": policies.ecs_tasks_trust_policy(ACCOUNT),
@@ -62,7 +72,9 @@ def test_only_resourceless_actions_use_a_star_resource(name: str) -> None:
         resources = as_list(statement["Resource"])
         if "*" in resources:
             assert resources == ["*"]
-            assert set(as_list(statement["Action"])) <= policies.STAR_ONLY_ACTIONS, statement
+            allowed = (policies.SETUP_STAR_ACTIONS if name.startswith("setup")
+                       else policies.STAR_ONLY_ACTIONS)
+            assert set(as_list(statement["Action"])) <= allowed, statement
         else:
             for resource in resources:
                 assert resource.startswith("arn:aws:"), resource
@@ -76,8 +88,14 @@ def test_star_only_actions_are_the_documented_ones() -> None:
         "ecr:GetAuthorizationToken", "ecs:RegisterTaskDefinition",
         "ecs:DescribeTaskDefinition", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
         "ec2:DescribeSpotPriceHistory", "pricing:GetProducts", "servicequotas:GetServiceQuota",
-        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstanceTypes",
+        "ec2:DescribeRouteTables", "ec2:DescribeVpcEndpoints", "ec2:DescribeLaunchTemplates",
+        "ec2:DescribeLaunchTemplateVersions", "ecs:DescribeCapacityProviders",
+        "ecs:DeregisterTaskDefinition", "ecs:ListTaskDefinitions",
+        "ecs:ListTaskDefinitionFamilies", "sts:GetCallerIdentity",
     } == policies.STAR_ONLY_ACTIONS
+    assert policies.SETUP_STAR_ACTIONS - policies.STAR_ONLY_ACTIONS == {
+        "ec2:DescribeVpcs", "ec2:DescribeImages", "logs:DescribeLogGroups", "kms:DescribeKey"}
 
 
 def test_task_role_reaches_only_the_prefix() -> None:
@@ -141,7 +159,7 @@ def test_user_policy_covers_the_client_and_scopes_ecs_to_the_cluster() -> None:
     cluster = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/starburst"
     by_sid = {s["Sid"]: s for s in statements(document)}
     assert by_sid["RunWorkers"]["Resource"] == [
-        f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/starburst-worker*"]
+        f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/starburst-worker-*"]
     for sid in ("RunWorkers", "WatchAndStopWorkers", "ListWorkers"):
         assert by_sid[sid]["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}, sid
     passing = by_sid["PassWorkerRoles"]
@@ -174,3 +192,141 @@ def test_iam_accepts_every_document(moto_aws_client: Any) -> None:
     aws.call("s3", "create_bucket", Bucket=BUCKET)
     aws.call("s3", "put_bucket_policy", Bucket=BUCKET,
              Policy=json.dumps(policies.bucket_tls_policy(BUCKET)))
+
+
+# -- Aws.action(): IAM names of the calls ------------------------------------------------------
+
+@pytest.mark.parametrize("service, operation, expected", [
+    ("s3", "list_objects_v2", ("s3:ListBucket",)),
+    ("s3", "list_objects", ("s3:ListBucket",)),
+    ("s3", "head_bucket", ("s3:ListBucket",)),
+    ("s3", "get_bucket_encryption", ("s3:GetEncryptionConfiguration",)),
+    ("s3", "put_bucket_encryption", ("s3:PutEncryptionConfiguration",)),
+    ("s3", "delete_objects", ("s3:DeleteObject",)),
+    ("s3", "head_object", ("s3:GetObject",)),
+    ("s3", "get_public_access_block", ("s3:GetBucketPublicAccessBlock",)),
+    ("s3", "put_public_access_block", ("s3:PutBucketPublicAccessBlock",)),
+    ("s3", "get_bucket_lifecycle_configuration", ("s3:GetLifecycleConfiguration",)),
+    ("s3", "put_bucket_lifecycle_configuration", ("s3:PutLifecycleConfiguration",)),
+    ("s3", "delete_bucket_lifecycle", ("s3:PutLifecycleConfiguration",)),
+    ("s3", "list_object_versions", ("s3:ListBucketVersions",)),
+    ("s3", "get_bucket_location", ("s3:GetBucketLocation",)),
+    ("s3", "copy_object", ("s3:PutObject", "s3:GetObject")),
+    ("s3", "get_object", ("s3:GetObject",)),
+    ("logs", "filter_log_events", ("logs:FilterLogEvents",)),
+    ("ecs", "run_task", ("ecs:RunTask",)),
+    ("ecs", "describe_capacity_providers", ("ecs:DescribeCapacityProviders",)),
+    ("service-quotas", "get_service_quota", ("servicequotas:GetServiceQuota",)),
+    ("autoscaling", "update_auto_scaling_group", ("autoscaling:UpdateAutoScalingGroup",)),
+    ("sts", "get_caller_identity", ("sts:GetCallerIdentity",)),
+    ("iam", "create_service_linked_role", ("iam:CreateServiceLinkedRole",)),
+])
+def test_aws_action_names_the_iam_action(service: str, operation: str,
+                                         expected: tuple[str, ...]) -> None:
+    from starburst_executor.aws.client import Aws
+
+    assert Aws.actions(service, operation) == expected
+    assert Aws.action(service, operation) == expected[0]
+
+
+# -- the policies cover every call -------------------------------------------------------------
+
+def granted(document: dict[str, Any]) -> set[str]:
+    return {a for s in statements(document) for a in as_list(s["Action"])}
+
+
+def _package_calls() -> set[tuple[str, str]]:
+    """Every (service, operation) the package calls outside setup/teardown: ``aws.call`` and
+    ``aws.paginate`` with literal names, and the S3 store's boto3 client methods."""
+    import ast
+    from pathlib import Path
+
+    import starburst_executor
+
+    root = Path(starburst_executor.__file__).parent
+    setup_only = {root / "aws" / "setup.py"} | set((root / "aws" / "resources").glob("*.py"))
+    found: set[tuple[str, str]] = set()
+    for path in root.rglob("*.py"):
+        if path in setup_only:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            args = node.args
+            if node.func.attr in ("call", "paginate") and len(args) >= 2 and all(
+                    isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args[:2]):
+                found.add((str(args[0].value), str(args[1].value)))  # type: ignore[union-attr]
+            target = node.func.value
+            if (path.name == "s3.py" and isinstance(target, ast.Attribute)
+                    and target.attr == "_client" and node.func.attr != "close"):
+                found.add(("s3", node.func.attr))
+    return found
+
+
+def test_the_user_policy_covers_every_call_the_package_makes() -> None:
+    from starburst_executor.aws.client import Aws
+
+    calls = _package_calls()
+    assert ("ecs", "describe_capacity_providers") in calls and ("s3", "get_object") in calls
+    user = granted(policies.user_policy(SCOPE))
+    missing = {f"{s}.{o}: {a}" for s, o in calls for a in Aws.actions(s, o) if a not in user}
+    assert missing == set()
+
+
+class Recorder:
+    """Every (service, operation) that goes through ``Aws.call`` meanwhile."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from starburst_executor.aws.client import Aws
+
+        self.calls: set[tuple[str, str]] = set()
+        real = Aws.call
+
+        def call(aws: Aws, service: str, operation: str, **params: Any) -> dict[str, Any]:
+            self.calls.add((service, operation))
+            return real(aws, service, operation, **params)
+
+        monkeypatch.setattr(Aws, "call", call)
+
+    def missing_from(self, document: dict[str, Any]) -> set[str]:
+        from starburst_executor.aws.client import Aws
+
+        allowed = granted(document)
+        return {a for s, o in self.calls for a in Aws.actions(s, o) if a not in allowed}
+
+
+def test_setup_and_teardown_call_only_what_the_setup_policy_grants(
+        moto_aws_client: Any, moto_serves_tls: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from starburst_executor.aws.resources.base import Place
+    from starburst_executor.aws.setup import scope, setup, teardown
+
+    aws = moto_aws_client
+    key = aws.call("kms", "create_key")["KeyMetadata"]
+    aws.call("kms", "create_alias", AliasName="alias/lab", TargetKeyId=key["KeyId"])
+    aws.call("s3", "create_bucket", Bucket="lab-data")
+    aws.call("s3", "put_bucket_encryption", Bucket="lab-data", ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {
+            "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/lab"}}]})
+    recorder = Recorder(monkeypatch)
+    settings = setup(aws, bucket="lab-data", ec2=True).settings
+    setup(aws, bucket="lab-data", ec2=True)
+    teardown(aws, settings, delete_bucket=True)
+    assert ("iam", "create_service_linked_role") in recorder.calls
+    assert ("kms", "describe_key") in recorder.calls
+    document = policies.setup_policy(scope(Place(aws, ACCOUNT, "aws"), settings))
+    assert recorder.missing_from(document) == set()
+
+
+def test_doctor_calls_only_what_the_user_policy_grants(
+        moto_aws_client: Any, moto_serves_tls: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from starburst_executor.aws.doctor import doctor
+    from starburst_executor.aws.resources.base import Place
+    from starburst_executor.aws.setup import scope, setup
+
+    aws = moto_aws_client
+    settings = setup(aws, ec2=True).settings
+    recorder = Recorder(monkeypatch)
+    checks = doctor(aws, settings, docker="/nonexistent/docker")
+    assert {"EC2 capacity", "S3 endpoint"} <= {c.name for c in checks}
+    document = policies.user_policy(scope(Place(aws, ACCOUNT, "aws"), settings))
+    assert recorder.missing_from(document) == set()
