@@ -481,6 +481,46 @@ def test_every_recorded_call_is_allowed_by_the_generated_policies(as_user: World
     assert missing and all("s3:ListBucket" in m for m in missing)
 
 
+def _image_check(checks: list[Any]) -> Any:
+    return next(c for c in checks if c.name == "image starts")
+
+
+def test_doctor_fails_on_an_image_with_the_wrong_entrypoint(
+    as_user: World, worker_image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from starburst_executor.aws.doctor import doctor
+
+    world = as_user
+    started = time.monotonic()
+    settings = world.settings
+    wrong = f"{settings.image.rsplit(':', 1)[0]}:wrong-entrypoint"
+    dockerfile = f'FROM {worker_image}\nENTRYPOINT ["python", "-c", "import sys; sys.exit(2)"]\n'
+    subprocess.run(
+        ["docker", "build", "-q", "-t", wrong, "-"],
+        input=dockerfile,
+        text=True,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    # What `docker pull` of the profile's image would leave on this machine.
+    subprocess.run(["docker", "tag", worker_image, settings.image], check=True, timeout=30)
+    try:
+        good = _image_check(doctor(Aws(REGION), settings))
+        assert good.ok and not good.warning, good
+        dataclasses.replace(settings, image=wrong).save()
+        capsys.readouterr()
+        assert cli.main(["doctor"]) != 0
+        out = capsys.readouterr().out
+        assert "ENTRYPOINT" in out and "image build" in out, out
+    finally:
+        settings.save()
+        subprocess.run(
+            ["docker", "rmi", wrong, settings.image], capture_output=True, timeout=60, check=False
+        )
+    _timed(world, "doctor_s", started)
+
+
 def test_setup_again_changes_nothing_and_teardown_leaves_nothing(as_user: World) -> None:
     world = as_user
     started = time.monotonic()
