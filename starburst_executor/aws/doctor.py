@@ -33,6 +33,7 @@ from starburst_executor.aws.resources import iam, log_group, network, repository
 from starburst_executor.aws.resources.base import CheckFailed, Place, absent
 from starburst_executor.aws.resources.names import resource_names
 from starburst_executor.aws.settings import AwsSettings
+from starburst_executor.aws.setup import role_specs
 from starburst_executor.errors import AwsCredentialsError, AwsError, AwsPermissionError
 
 __all__ = ["DEFAULT_FARGATE_VCPU", "FARGATE_QUOTAS", "Check", "doctor", "format_checks"]
@@ -154,9 +155,6 @@ def doctor(aws: Aws, settings: AwsSettings | None, *, docker: str = "docker") ->
 def _resource_checks(
     place: Place, settings: AwsSettings, docker: str
 ) -> list[tuple[str, Callable[[], str | Check]]]:
-    # Imported here: setup imports this module's neighbours, not this module.
-    from starburst_executor.aws.setup import role_specs
-
     s = settings
     spec = bucket_resource.BucketSpec(s.bucket, s.prefix, s.lifecycle_days)
     execution, task, _ = role_specs(place, s)

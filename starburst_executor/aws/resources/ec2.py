@@ -319,7 +319,10 @@ def ensure_auto_scaling_group(run: Run, spec: Capacity, *, fresh_profile: bool) 
             f"min=max=desired=0, Spot: {', '.join(spec.instance_types)}",
         )
         created = _group(run, spec.name)
-        assert created is not None  # just created
+        if created is None:  # eventual consistency: not listed yet right after creation
+            raise AwsError(
+                f"the new Auto Scaling group {spec.name} is not listed yet: run setup again"
+            )
         return str(created["AutoScalingGroupARN"])
     if _group_types(group) != list(spec.instance_types):
         # Sizes are left alone: a running session may have raised them.
