@@ -491,6 +491,15 @@ class ECSLauncher:
         """Worker ids by task ARN, of the tasks not yet seen STOPPED."""
         return dict(self._running)
 
+    def live_workers(self) -> list[str]:
+        """Worker ids of every task of this session that has not stopped (by whichever
+        client it was started), from ECS; for ``starburst logs --follow``.
+
+        Raises:
+            AwsError: ECS refused.
+        """
+        return sorted(f"ecs-{_task_id(arn)}" for arn in self._session_tasks(wanted_running=False))
+
     def _adopt(self) -> None:
         """Once per launcher: count the session's tasks already in ECS (desired RUNNING, any
         last status from PROVISIONING to RUNNING) as this launcher's own, so that it starts

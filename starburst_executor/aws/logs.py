@@ -179,16 +179,17 @@ def follow_logs(
 ) -> Iterator[LogLine]:
     """Yield workers' new log events as they arrive, until ``stop_fn()`` is true.
 
-    Each round asks ``stop_fn()``, reads what is new in the log group, yields it in time
-    order, and returns if it was told to stop (so the last events are not lost); otherwise it
-    waits ``poll`` seconds.
+    Each round asks ``stop_fn()``, reads what is new in the workers' streams, yields it in
+    time order, and returns if it was told to stop (so the last events are not lost);
+    otherwise it waits ``poll`` seconds.
 
     Args:
         aws: the AWS client.
         log_group: the workers' log group.
-        worker_ids_fn: the workers to show, asked each round (workers come and go); ``None``:
-            every starburst worker stream in the group. Ids that are not ECS workers' are
-            skipped, as in :func:`read_logs`.
+        worker_ids_fn: the workers to show, asked each round (workers come and go): only
+            their streams are read (``FilterLogEvents`` with ``logStreamNames``, 100 at a
+            time), not the whole group. ``None``: every starburst worker stream in the group.
+            Ids that are not ECS workers' are skipped, as in :func:`read_logs`.
         stop_fn: true once following should end (the session finished, Ctrl-C ...).
         poll: seconds between rounds.
         start_time: only events at or after this time (seconds since the epoch); default: all.
@@ -205,31 +206,14 @@ def follow_logs(
         wanted = (
             None
             if worker_ids_fn is None
-            else {stream_name(w) for w in _ecs_workers(worker_ids_fn())}
+            else sorted({stream_name(w) for w in _ecs_workers(worker_ids_fn())})
         )
         query_from = max(floor, newest - _LOOKBACK_MS)
         batch: list[tuple[int, str, dict[str, Any]]] = []
-        try:
-            events = list(
-                aws.paginate(
-                    "logs",
-                    "filter_log_events",
-                    "events",
-                    logGroupName=log_group,
-                    logStreamNamePrefix=STREAM_PREFIX,
-                    startTime=query_from,
-                )
-            )
-        except AwsError as exc:
-            if exc.code != "ResourceNotFoundException":
-                raise
-            events = []
-        for event in events:
+        for event in _events(aws, log_group, wanted, query_from):
             stream = str(event.get("logStreamName", ""))
-            if not stream.startswith(STREAM_PREFIX) or (
-                wanted is not None and stream not in wanted
-            ):
-                continue  # not (yet) asked for: not marked seen, so it shows once it is
+            if not stream.startswith(STREAM_PREFIX):
+                continue
             event_id, ts = str(event["eventId"]), int(event["timestamp"])
             if event_id in seen or ts < query_from:
                 continue
@@ -245,3 +229,34 @@ def follow_logs(
         if stopping:
             return
         sleep(poll)
+
+
+_STREAM_NAMES_MAX = 100  # FilterLogEvents takes at most 100 logStreamNames
+
+
+def _events(
+    aws: Aws, log_group: str, streams: list[str] | None, start_ms: int
+) -> Iterator[dict[str, Any]]:
+    """FilterLogEvents from ``start_ms``: on ``streams`` only (none: no call), or on every
+    starburst worker stream when ``streams`` is None."""
+    if streams is None:
+        selections: list[dict[str, Any]] = [{"logStreamNamePrefix": STREAM_PREFIX}]
+    else:
+        selections = [
+            {"logStreamNames": streams[i : i + _STREAM_NAMES_MAX]}
+            for i in range(0, len(streams), _STREAM_NAMES_MAX)
+        ]
+    for selection in selections:
+        try:
+            yield from aws.paginate(
+                "logs",
+                "filter_log_events",
+                "events",
+                logGroupName=log_group,
+                startTime=start_ms,
+                **selection,
+            )
+        except AwsError as exc:
+            # A missing group, or (with logStreamNames) a stream not created yet.
+            if exc.code != "ResourceNotFoundException":
+                raise

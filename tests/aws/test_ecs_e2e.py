@@ -27,10 +27,12 @@ import pytest
 from ecs_agent import LocalEcsAgent, provision_world
 
 from starburst_executor import StarburstExecutor
+from starburst_executor.aws import task_definition
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.launcher import EXIT_SIGTERM, ECSLauncher
 from starburst_executor.aws.options import EcsOptions
 from starburst_executor.aws.quota import Quota
+from starburst_executor.errors import BrokenStarburstExecutor
 from starburst_executor.launchers.base import WorkerExit
 from starburst_executor.protocol import SessionKeys
 
@@ -159,6 +161,79 @@ def test_a_worker_that_exits_by_itself_is_reported_with_its_code(
         assert exit_.code == 0
         assert "exit code 0" in exit_.reason
         assert "Essential container in task exited" in exit_.reason
+    finally:
+        ex.shutdown(wait=True)
+    agent.wait_idle(timeout=20)
+
+
+# -- workers that cannot start -------------------------------------------------------------------
+
+
+def _with_container(monkeypatch: pytest.MonkeyPatch, **extra: Any) -> None:
+    """Make the launcher register task definitions whose container also has ``extra``."""
+    real = task_definition.spec
+
+    def spec(options: EcsOptions, secret_arn: str) -> dict[str, Any]:
+        request = real(options, secret_arn)
+        request["containerDefinitions"][0].update(extra)
+        return request
+
+    monkeypatch.setattr(task_definition, "spec", spec)
+
+
+def test_a_command_repeating_the_entrypoint_makes_the_worker_exit_2(
+    world: EcsOptions, agent: LocalEcsAgent, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The old task definition (``command`` = the worker module) on an image whose ENTRYPOINT
+    is that module: Docker runs both, the worker refuses its arguments and exits 2, and the
+    pool breaks with the worker's own message, read from CloudWatch. (With the command back in
+    ``task_definition.spec``, every other test here fails the same way.)"""
+    _with_container(monkeypatch, command=["python", "-m", "starburst_executor.worker"])
+    ex, launcher = make_executor(world, max_workers=1)
+    try:
+        with pytest.raises(BrokenStarburstExecutor, match="could not start") as caught:
+            ex.submit(executor_tasks.add, 1, 2).result(timeout=60)
+        assert "unrecognized arguments: python -m starburst_executor.worker" in str(caught.value)
+        assert set(agent.exits.values()) == {2}
+    finally:
+        ex.shutdown(wait=True)
+    agent.wait_idle(timeout=20)
+
+
+def test_the_start_failure_error_carries_the_workers_cloudwatch_log(
+    world: EcsOptions, agent: LocalEcsAgent,
+) -> None:
+    """A worker that fails at start (its store holds no such session) exits 2 with a message
+    that only its log holds; the pool's error shows it (fetched from CloudWatch Logs, where
+    the agent ships the output as the awslogs driver does)."""
+    ex = StarburstExecutor(store=f"s3://{BUCKET}/e2e")
+    launcher = ECSLauncher(Aws(world.region), world, ex.session_id, f"s3://{BUCKET}/elsewhere",
+                           poll_max=0.2, quota=Quota(vcpus=4), describe_every=0.2)
+    use_launcher(ex, launcher)
+    try:
+        with pytest.raises(BrokenStarburstExecutor, match="could not start") as caught:
+            ex.submit(executor_tasks.add, 1, 2).result(timeout=60)
+        message = str(caught.value)
+        assert f"session {ex.session_id} does not exist in s3://{BUCKET}/elsewhere" in message
+        assert agent.started == 1  # exit code 2: no second try
+    finally:
+        ex.shutdown(wait=True)
+    agent.wait_idle(timeout=20)
+
+
+def test_a_worker_that_stops_before_registering_is_a_failed_start_whatever_its_code(
+    world: EcsOptions, agent: LocalEcsAgent, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """moto reports exit code 0 for every container; a worker that never registers must break
+    the pool after a few tries, not be replaced forever (38 containers in 40 s, seen on
+    moto). Here the process really exits 0 without registering."""
+    _with_container(monkeypatch, entryPoint=["python", "-c", "print('no worker here')"])
+    ex, launcher = make_executor(world, max_workers=1)
+    try:
+        with pytest.raises(BrokenStarburstExecutor, match="exited before starting"):
+            ex.submit(executor_tasks.add, 1, 2).result(timeout=60)
+        assert set(agent.exits.values()) == {0}
+        assert 3 <= agent.started <= 4
     finally:
         ex.shutdown(wait=True)
     agent.wait_idle(timeout=20)

@@ -17,9 +17,11 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
-from ecs_agent import SPOT_REASON, provision_world
+from ecs_agent import SPOT_REASON, provision_world, strict_list_tasks
 
+from starburst_executor.aws import task_definition
 from starburst_executor.aws.client import Aws
+from starburst_executor.aws.failures import explain_failure
 from starburst_executor.aws.launcher import (
     EXIT_SIGTERM,
     OVERRIDES_MAX,
@@ -75,6 +77,8 @@ def stub_ecs(aws: Aws, *answers: tuple[str, dict[str, Any]]) -> Stubber:
     return stubber
 
 
+# A launcher's first look: the session's tasks already in ECS (ListTasks by startedBy alone).
+NO_TASKS_YET = ("list_tasks", {"taskArns": []})
 FOUND_DEFINITION = ("describe_task_definition",
                     {"taskDefinition": {"taskDefinitionArn": DEFINITION_ARN, "status": "ACTIVE"}})
 
@@ -276,7 +280,7 @@ def test_failures_without_any_task_raise_with_reason_and_advice(
     # Growing the Auto Scaling group is shown on moto (test_capacity_provider_strategy).
     monkeypatch.setattr(launcher, "_ensure_ec2_capacity", lambda workers: None)
     arn = "arn:aws:ecs:us-east-1:123456789012:container-instance/starburst/abc"
-    stubber = stub_ecs(offline, FOUND_DEFINITION, ("run_task", {"tasks": [], "failures": [
+    stubber = stub_ecs(offline, NO_TASKS_YET, FOUND_DEFINITION, ("run_task", {"tasks": [], "failures": [
         {"arn": arn, "reason": "RESOURCE:MEMORY"}]}))
     with stubber, pytest.raises(AwsLaunchError) as info:
         launcher.start(3)
@@ -289,7 +293,7 @@ def test_failures_without_any_task_raise_with_reason_and_advice(
 
 def test_missing_resource_failure_names_the_cluster(offline: Aws) -> None:
     launcher = make(offline, OFFLINE_OPTIONS)
-    stubber = stub_ecs(offline, FOUND_DEFINITION,
+    stubber = stub_ecs(offline, NO_TASKS_YET, FOUND_DEFINITION,
                        ("run_task", {"tasks": [], "failures": [{"reason": "MISSING", "arn": "x"}]}))
     with stubber, pytest.raises(AwsLaunchError, match="cluster starburst exists in us-east-1"):
         launcher.start(1)
@@ -301,7 +305,7 @@ def test_missing_resource_failure_names_the_cluster(offline: Aws) -> None:
 ])
 def test_a_refused_run_task_call_is_a_launch_error(offline: Aws, code: str, error: type) -> None:
     launcher = make(offline, OFFLINE_OPTIONS)
-    stubber = stub_ecs(offline, FOUND_DEFINITION)
+    stubber = stub_ecs(offline, NO_TASKS_YET, FOUND_DEFINITION)
     stubber.add_client_error("run_task", service_error_code=code, service_message="refused")
     with stubber, pytest.raises(error) as info:
         launcher.start(1)
@@ -311,7 +315,7 @@ def test_a_refused_run_task_call_is_a_launch_error(offline: Aws, code: str, erro
 def test_partial_start_warns_and_backs_off(offline: Aws, caplog: pytest.LogCaptureFixture) -> None:
     launcher = make(offline, OFFLINE_OPTIONS)
     task_arn = "arn:aws:ecs:us-east-1:123456789012:task/starburst/0123456789abcdef"
-    stubber = stub_ecs(offline, FOUND_DEFINITION, ("run_task", {
+    stubber = stub_ecs(offline, NO_TASKS_YET, FOUND_DEFINITION, ("run_task", {
         "tasks": [{"taskArn": task_arn, "lastStatus": "PROVISIONING"}],
         "failures": [{"reason": "Capacity is unavailable at this time. Please try again later "
                                 "or in a different availability zone"}],
@@ -408,7 +412,7 @@ def test_poll_is_rate_limited(aws: Aws, options: EcsOptions, calls: Calls) -> No
 def test_poll_survives_a_failing_describe(offline: Aws, caplog: pytest.LogCaptureFixture) -> None:
     launcher = make(offline, OFFLINE_OPTIONS)
     stopped = _stopped(stopCode="EssentialContainerExited", containers=[{"name": "worker", "exitCode": 0}])
-    stubber = stub_ecs(offline, FOUND_DEFINITION,
+    stubber = stub_ecs(offline, NO_TASKS_YET, FOUND_DEFINITION,
                        ("run_task", {"tasks": [{"taskArn": stopped["taskArn"]}], "failures": []}))
     stubber.add_client_error("describe_tasks", service_error_code="ServerException", http_status_code=500)
     for _ in range(5):  # Aws.call's retries of a transient error
@@ -457,7 +461,7 @@ def _stopped(**fields: Any) -> dict[str, Any]:
 def test_stopped_tasks_become_readable_exits(offline: Aws, task: dict[str, Any],
                                               code: int | None, reason: str) -> None:
     launcher = make(offline, OFFLINE_OPTIONS)
-    with stub_ecs(offline, FOUND_DEFINITION, ("run_task", {
+    with stub_ecs(offline, NO_TASKS_YET, FOUND_DEFINITION, ("run_task", {
             "tasks": [{"taskArn": task["taskArn"]}], "failures": []}),
             ("describe_tasks", {"tasks": [task], "failures": []})):
         assert launcher.start(1) == ["ecs-t1"]
@@ -475,7 +479,7 @@ def test_tasks_that_keep_failing_to_start_break_the_pool(offline: Aws) -> None:
                    ("describe_tasks", {"failures": [], "tasks": [_stopped(
                        taskArn=arn, stopCode="TaskFailedToStart",
                        stoppedReason="CannotPullContainerError: image not found")]})]
-        with stub_ecs(offline, *([FOUND_DEFINITION] if i == 0 else []), *answers):
+        with stub_ecs(offline, *([NO_TASKS_YET, FOUND_DEFINITION] if i == 0 else []), *answers):
             assert launcher.start(1) == [f"ecs-t{i}"]
             codes += [e.code for e in launcher.poll()]
     assert codes == [None, None, 2]  # 2: the manager's "worker cannot start"
@@ -519,3 +523,140 @@ def test_for_session_rebuilds_the_launcher_from_the_manifest() -> None:
     with pytest.raises(SessionError, match="backend='local'"):
         ECSLauncher.for_session(replace(manifest, backend="local", extra={}), poll_max=1)
 
+
+
+# -- the session's tasks in ECS (reattach, cleanup) --------------------------------------------
+
+
+@pytest.fixture
+def strict(aws_env: str) -> Iterator[None]:
+    """moto refuses ListTasks with startedBy and another filter, as AWS documents."""
+    with strict_list_tasks():
+        yield
+
+
+def _pin_status(arns: list[str], status: str) -> None:
+    """Set the lastStatus of tasks in the in-process moto (a Fargate task still starting)."""
+    from moto.ecs.models import ecs_backends
+
+    backend = ecs_backends["123456789012"]["us-east-1"]
+    for tasks in backend.tasks.values():
+        for arn in arns:
+            if arn in tasks:
+                tasks[arn].last_status = status
+
+
+def test_a_reattached_launcher_stops_every_task_of_the_session(
+        aws: Aws, options: EcsOptions, strict: None, calls: Calls) -> None:
+    """cleanup() from another client: ListTasks gets startedBy alone (AWS: "it must be the
+    only filter that you use"); statuses are filtered on DescribeTasks' answer."""
+    first = make(aws, options)
+    first.start(3)
+    _pin_status(arns_of(first)[:1], "PENDING")  # one still starting
+    reattached = make(aws, options)  # started none itself
+    reattached.stop(timeout=5)
+    assert {t["lastStatus"] for t in describe(aws, options, arns_of(first))} == {"STOPPED"}
+    assert all(set(c) == {"cluster", "startedBy"} for c in calls["ListTasks"])
+
+
+def test_a_new_launcher_counts_the_sessions_tasks_still_starting(
+        aws: Aws, options: EcsOptions, strict: None, calls: Calls) -> None:
+    """Reattaching within a minute: the session's tasks are still PENDING and no worker has
+    registered; the new launcher counts them, so the manager starts none in their place."""
+    first = make(aws, options)
+    first.start(3)
+    arns = arns_of(first)
+    _pin_status(arns[:2], "PENDING")
+    ecs(aws).stop_task(cluster=options.cluster, task=arns[2], reason="done")  # not counted
+    again = make(aws, options)
+    assert again.running() == 2
+    assert sorted(again.worker_ids()) == arns[:2]
+    assert again.worker_ids()[arns[0]] == f"ecs-{arns[0].rsplit('/', 1)[1]}"
+    other_session = make(aws, options, session="20261121-090000-cccccc")
+    assert other_session.running() == 0
+    assert len(calls["RunTask"]) == 1  # only the first launcher's
+
+
+# -- task definitions --------------------------------------------------------------------------
+
+
+def test_arm64_images_get_an_arm64_runtime_platform(aws: Aws, options: EcsOptions) -> None:
+    arm = replace(options, cpu_architecture="ARM64", spot=False)
+    td = ecs(aws).describe_task_definition(
+        taskDefinition=make(aws, arm).ensure_task_definition())["taskDefinition"]
+    assert td["runtimePlatform"] == {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"}
+
+
+def test_an_older_task_definition_nothing_uses_is_retired(
+        aws: Aws, options: EcsOptions, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(task_definition, "RETIRE_AFTER", 0.0)  # moto's are all seconds old
+    idle = make(aws, options).ensure_task_definition()
+    busy_launcher = make(aws, options.with_image("example.com/busy:1"))
+    busy_launcher.start(1)  # a task runs on this one: kept
+    busy = busy_launcher.ensure_task_definition()
+    new = make(aws, options.with_image("example.com/new:1")).ensure_task_definition()
+
+    def status(arn: str) -> str:
+        return str(ecs(aws).describe_task_definition(taskDefinition=arn)["taskDefinition"]["status"])
+
+    assert (status(idle), status(busy), status(new)) == ("INACTIVE", "ACTIVE", "ACTIVE")
+    # A later session with the retired spec registers it again.
+    again = make(aws, options).ensure_task_definition()
+    assert status(again) == "ACTIVE" and again != idle
+
+
+def test_young_task_definitions_are_not_retired(aws: Aws, options: EcsOptions) -> None:
+    first = make(aws, options).ensure_task_definition()  # a client may be about to use it
+    make(aws, options.with_image("example.com/new:1")).ensure_task_definition()
+    td = ecs(aws).describe_task_definition(taskDefinition=first)["taskDefinition"]
+    assert td["status"] == "ACTIVE"
+
+
+# -- quotas: EC2, and failures matched by code ---------------------------------------------------
+
+
+def test_ec2_workers_at_once_follow_the_ec2_vcpu_quota_and_network_interfaces(
+        aws: Aws, options: EcsOptions, calls: Calls) -> None:
+    options = replace(options, launch_type="EC2", spot=True, ec2_capacity_provider="starburst-ec2",
+                      cpu=0.5, memory_mib=1024)
+    _register_container_instance(aws, options.cluster)
+    _ec2_capacity_provider(aws, "starburst-ec2")
+    # c7a.xlarge: 4 vCPU and 8 GiB hold 8 such workers by CPU, 7 by memory, but its 4 network
+    # interfaces only 3 awsvpc tasks; a quota of 8 vCPU holds 2 instances: 6 workers at once.
+    launcher = make(aws, options, vcpus=8)
+    assert len(launcher.start(10)) == 6
+    assert [c["count"] for c in calls["RunTask"]] == [6]
+    assert any(n.startswith("quota allows 6 workers at once") for n in launcher.notices)
+    (asg,) = aws.client("autoscaling").describe_auto_scaling_groups(
+        AutoScalingGroupNames=["asg-test"])["AutoScalingGroups"]
+    assert asg["MaxSize"] == 2  # 6 workers, 3 per instance
+
+
+def test_ec2_quota_read_by_code(offline: Aws) -> None:
+    client = offline.client("service-quotas")
+    with Stubber(client) as stubber:
+        stubber.add_response("get_service_quota", {"Quota": {"Value": 32.0}},
+                             {"ServiceCode": "ec2", "QuotaCode": "L-34B43A08"})
+        stubber.add_response("get_service_quota", {"Quota": {"Value": 3.0}},
+                             {"ServiceCode": "ec2", "QuotaCode": "L-1216C47A"})
+        quota = Quota(offline)
+        assert quota.max_ec2_workers(4, 3, spot=True) == 24
+        with pytest.raises(AwsLaunchError, match="L-1216C47A"):
+            quota.max_ec2_workers(4, 3, spot=False)
+
+
+@pytest.mark.parametrize("reason", [
+    "You've reached the limit on the number of tasks you can run concurrently",
+    "You\u2019ve reached the limit on the number of tasks you can run concurrently",
+    "YOU'VE REACHED THE LIMIT on the number of vCPUs",
+])
+def test_quota_failures_are_recognised_whatever_the_apostrophe(reason: str) -> None:
+    explained = explain_failure({"reason": reason}, OFFLINE_OPTIONS)
+    assert "Fargate vCPU quota is used up" in explained and "L-36FBB829" in explained
+
+
+def test_failure_codes_are_matched_on_the_code() -> None:
+    ec2 = replace(OFFLINE_OPTIONS, launch_type="EC2")
+    assert "Auto Scaling group" in explain_failure({"reason": "RESOURCE:ENI"}, ec2)
+    assert "lack free eni" in explain_failure({"reason": "RESOURCE:ENI"}, ec2)
+    assert explain_failure({"reason": "AGENTLESS"}, ec2) == "AGENTLESS"  # no prefix match
