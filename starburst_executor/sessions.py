@@ -9,7 +9,7 @@ failure counts), so ``status()`` reads no task payloads or results.
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import logging
 import os
 import signal
 import socket
@@ -20,7 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from starburst_executor.config import home_dir, secret_key
+from starburst_executor.config import (  # the index's old home: names kept importable
+    forget_session,
+    remember_session,
+    remembered_store,
+    secret_key,
+)
 from starburst_executor.errors import (
     CorruptRecordError,
     ObjectNotFoundError,
@@ -28,6 +33,7 @@ from starburst_executor.errors import (
     SessionError,
 )
 from starburst_executor.protocol import (
+    Claim,
     Codec,
     ControlRecord,
     SessionKeys,
@@ -37,11 +43,14 @@ from starburst_executor.protocol import (
 )
 from starburst_executor.stores.base import Store
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "SessionReader",
     "SessionStatus",
     "TaskResult",
     "codec_for",
+    "forget_session",
     "remember_session",
     "remembered_store",
 ]
@@ -80,7 +89,8 @@ class TaskResult:
 class SessionStatus:
     """Counts and state of a session at one moment.
 
-    ``pending`` tasks wait for a worker, ``running`` ones are claimed, ``completed`` ones
+    ``pending`` tasks wait for a worker, ``running`` ones run on a worker now (at most one per
+    live worker), ``completed`` ones
     succeeded, ``failed`` ones raised (or lost their worker too often), ``cancelled`` ones
     will not run because the session was cancelled or expired first.
     """
@@ -265,7 +275,14 @@ class SessionReader:
             return [w for w in pool.map(read, [i.key for i in infos]) if w is not None]
 
     def status(self) -> SessionStatus:
-        """Count the session's tasks by state (listings only, no payloads)."""
+        """Count the session's tasks by state (listings, plus a read of each unfinished claim).
+
+        A task is *running* only while a worker runs it: its batch is claimed under a lease
+        that is live (state "running", not expired) by a worker whose record says it runs.
+        A worker runs one task at a time, so such a batch counts one running task and the
+        rest of it as pending (a batch's results travel together when it ends). A batch handed
+        back (SIGTERM, Spot: state "released") or whose lease expired is pending again.
+        """
         manifest = self.manifest
         control = self.control()
         bids = self.batch_ids()
@@ -274,6 +291,10 @@ class SessionReader:
             i.key.rsplit("/", 1)[-1]: i.last_modified for i in self.store.list(self.keys.claims)
         }
         workers = self.workers()
+        live_workers = {w.worker for w in workers if w.state == "running"}
+        running_batches = self._running_batches(
+            [b for b in bids if b in claimed and b not in done], live_workers
+        )
         total = completed = failed = running = pending = 0
         for bid in bids:
             n = SessionKeys.batch_size(bid)
@@ -281,8 +302,9 @@ class SessionReader:
             if bid in done:
                 failed += done[bid][0]
                 completed += n - done[bid][0]
-            elif bid in claimed:
-                running += n
+            elif bid in running_batches and n:
+                running += 1
+                pending += n - 1
             else:
                 pending += n
         cancelled = 0
@@ -316,6 +338,27 @@ class SessionReader:
             worker_states=states,
             cost=self.cost(workers),
         )
+
+    def _running_batches(self, bids: list[str], live_workers: set[str]) -> set[str]:
+        """Those of ``bids`` whose claim is live: "running", lease not expired, held by a
+        worker that has not recorded its exit (one GET per unfinished claimed batch)."""
+        now = self.store.now()
+
+        def live(bid: str) -> bool:
+            key = self.keys.claim(bid)
+            try:
+                claim = Claim.from_dict(self.codec.decode_json(self.store.get(key).data, key))
+            except ObjectNotFoundError:
+                return False  # finished and collected meanwhile
+            except CorruptRecordError:
+                logger.warning("session %s: claim %s is damaged", self.keys.session_id, key)
+                return False
+            return claim.state == "running" and claim.expires > now and claim.worker in live_workers
+
+        if not bids:
+            return set()
+        with ThreadPoolExecutor(min(8, len(bids))) as pool:
+            return {bid for bid, ok in zip(bids, pool.map(live, bids)) if ok}
 
     def cost(self, workers: list[WorkerRecord] | None = None) -> dict[str, Any] | None:
         """The cost so far of an AWS session from its workers' measured runtime (``None``
@@ -382,7 +425,46 @@ class SessionReader:
         """Delete every object of the session (the index entry stays, marking it deleted)."""
         keys = [i.key for i in self.store.list(self.keys.root)]
         self.store.delete_many(keys)
+        _remove_empty_dirs(self.store, self.keys.root)
         return len(keys)
+
+    def remove(self, keep_logs: bool = False) -> int:
+        """Remove the session from its store, as if it had never been there; returns how many
+        objects were deleted.
+
+        Args:
+            keep_logs: keep what ``status`` and ``starburst logs`` read (manifest, control,
+                index entry, worker records and logs): only tasks, results and blobs go.
+        """
+        keep = ("manifest", "control", "workers/", "logs/") if keep_logs else ()
+        keys = [
+            i.key
+            for i in self.store.list(self.keys.root)
+            if not i.key[len(self.keys.root) :].startswith(keep)
+        ]
+        if not keep_logs:
+            keys.append(self.keys.index)  # last: a partial removal stays listed as "deleted"
+        self.store.delete_many(keys)
+        _remove_empty_dirs(self.store, self.keys.root)
+        return len(keys)
+
+
+def _remove_empty_dirs(store: Store, prefix: str) -> None:
+    """A directory store keeps the (now empty) directories of deleted keys: remove those under
+    ``prefix``, so a removed session leaves nothing behind. Only done for a whole session that
+    no process writes any more; any other store has no directories."""
+    from starburst_executor.stores.local import LocalStore
+
+    if not isinstance(store, LocalStore):
+        return
+    top = store.root / prefix.rstrip("/")
+    if not top.is_dir():
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            pass  # not empty: a key was kept (keep_logs) or written meanwhile
 
 
 def _alive(pid: int) -> bool:
@@ -430,33 +512,3 @@ def codec_for(store: Store) -> Codec:
             except AwsError:
                 pass  # no access to the parameter: the local key may still be the one
     return Codec(secret_key())
-
-
-# -- a per-user index of where sessions live, so attach(session_id) needs no store ----------
-
-
-def _index_path() -> Path:
-    return home_dir() / "sessions.json"
-
-
-def remember_session(session_id: str, store_url: str) -> None:
-    """Record which store a session lives in (in ``STARBURST_HOME/sessions.json``)."""
-    path = _index_path()
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    data[session_id] = store_url
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".sessions.{os.getpid()}.json")
-    tmp.write_text(json.dumps(data, indent=0))
-    os.replace(tmp, path)
-
-
-def remembered_store(session_id: str) -> str | None:
-    """The store URL recorded for a session created from this machine, if any."""
-    try:
-        value = json.loads(_index_path().read_text()).get(session_id)
-    except (OSError, ValueError):
-        return None
-    return str(value) if value else None
