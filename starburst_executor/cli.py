@@ -4,9 +4,11 @@ Exit codes (stable, for scripts):
 
 ====  ==========================================================
 0     success
-1     an error (store unreachable, damaged record ...); message on stderr
+1     an error (store unreachable, damaged record, ``collect -o`` not writable,
+      output pipe closed early ...); message on stderr
 2     bad command line
-3     no such session (or its data was deleted)
+3     no such session (or its data was deleted); ``cancel`` of a session that was
+      cleaned up (nothing is changed)
 4     ``collect``: some tasks failed (results were still written)
 5     ``collect --wait --timeout``: the timeout passed first
 ====  ==========================================================
@@ -15,7 +17,9 @@ Exit codes (stable, for scripts):
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import pickle
 import sys
 import time
@@ -23,9 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from starburst_executor.config import home_dir
+from starburst_executor import __version__
+from starburst_executor._text import cell, ljust, width
+from starburst_executor.config import default_store_url, home_dir, remembered_store
 from starburst_executor.errors import SessionError, StarburstError
-from starburst_executor.sessions import SessionReader, SessionStatus, codec_for, remembered_store
+from starburst_executor.sessions import SessionReader, SessionStatus, codec_for
 from starburst_executor.stores import Store, open_store
 
 __all__ = ["main"]
@@ -43,15 +49,16 @@ examples:
   starburst logs SID --task BATCH/0          one task's output and traceback
   starburst cancel SID                       drop pending work; workers exit
   starburst cleanup SID --delete-data        stop workers and delete the session's data
-  starburst worker --store URL --session SID run a worker here, joining the session
+  starburst prune --older-than 7d --dry-run  what crashed clients and old sessions left
+  starburst worker --session SID             run a worker here, joining the session
 
   starburst setup --region us-east-1         create the AWS resources (once; idempotent)
   starburst image build                      build and push the worker image to ECR
   starburst doctor                           check the AWS set-up; prints each fix
   starburst teardown                         remove what setup created
 
-exit codes: 0 ok, 1 error, 2 bad usage, 3 no such session, 4 some tasks failed,
-5 timeout.
+exit codes: 0 ok, 1 error, 2 bad usage, 3 no such session (or cleaned up), 4 some
+tasks failed, 5 timeout.
 """
 
 
@@ -62,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str, example: str, session: bool = True) -> argparse.ArgumentParser:
@@ -114,16 +122,23 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not signal workers; they exit within seconds by themselves",
     )
-    p = sub.add_parser(
-        "worker",
-        help="Run a worker in the foreground for a session.",
-        description="Run a worker here for a session (e.g. to add a machine you own to it).\n\n"
-        "example:\n  starburst worker --store s3://bkt/runs --session SID",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add(
+        "prune",
+        "Remove sessions that crashed clients left, and old ended sessions.",
+        "starburst prune --older-than 7d --dry-run",
+        session=False,
     )
     p.add_argument(
-        "args", nargs=argparse.REMAINDER, help="--store URL --session SID [--worker-id ID]"
+        "--older-than",
+        default="7d",
+        metavar="AGE",
+        help="remove closed, expired and cancelled sessions idle longer than this "
+        "(e.g. 7d, 12h, 30m; default 7d). Plain sessions whose client is gone go at once",
     )
+    p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    # Listed for the command overview; `starburst worker ...` is handed to the worker's own
+    # parser before this one runs (see main).
+    sub.add_parser("worker", help="Run a worker in the foreground for a session.")
     from starburst_executor.cli_aws import add_commands
 
     add_commands(sub)
@@ -133,12 +148,35 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["worker"] and not {"-h", "--help"} & set(argv[1:]):
-        # Handed over before parsing: argparse's REMAINDER does not take arguments that look
-        # like options ("worker --store URL" was refused as "unrecognized arguments").
+    _tolerate_any_encoding()
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # inside the try: a reader that went away shows here
+    except BrokenPipeError:
+        # The reader closed the pipe (`starburst sessions | head -1`): stop quietly. Python
+        # flushes stdout again at exit, so point it at devnull first, as the Python docs'
+        # "Note on SIGPIPE" (signal module) recommends.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    return code
+
+
+def _tolerate_any_encoding() -> None:
+    """Session names, paths and errors may be any Unicode: on a terminal that cannot show
+    them (``LANG=C``, ``PYTHONIOENCODING=ascii``) print escapes rather than fail."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _run(argv: list[str]) -> int:
+    if argv[:1] == ["worker"]:
+        # Handed over before parsing: the worker's own parser owns its options (and --help);
+        # argparse's REMAINDER would refuse "worker --store URL" as unrecognized arguments.
         from starburst_executor.worker.__main__ import main as worker_main
 
-        return worker_main(argv[1:])
+        return worker_main(_with_remembered_store(argv[1:]), prog="starburst worker")
     args = _parser().parse_args(argv)
     try:
         from starburst_executor.cli_aws import COMMANDS as AWS_COMMANDS
@@ -147,11 +185,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SessionError as exc:
         print(f"starburst: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    except BrokenPipeError:
+        raise
     except (StarburstError, ValueError, OSError) as exc:
         print(f"starburst: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def _with_remembered_store(argv: list[str]) -> list[str]:
+    """Worker arguments with ``--store`` added from the session index when only
+    ``--session`` is given, as every other command finds a session's store."""
+    if any(a == "--store" or a.startswith("--store=") for a in argv) or os.environ.get(
+        "STARBURST_STORE"
+    ):
+        return argv
+    session = None
+    for i, arg in enumerate(argv):
+        if arg == "--session" and i + 1 < len(argv):
+            session = argv[i + 1]
+        elif arg.startswith("--session="):
+            session = arg.split("=", 1)[1]
+    if session is None:
+        session = os.environ.get("STARBURST_SESSION")
+    if not session:
+        return argv  # the worker's parser says what is missing
+    return [*argv, "--store", remembered_store(session) or default_store_url()]
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -189,7 +249,7 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
     table = [header] + [
         (
             s.session_id,
-            s.name or "-",
+            cell(s.name) or "-",
             s.state,
             _fmt(s.created),
             _fmt(s.last_activity),
@@ -201,8 +261,8 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
         )
         for s in rows
     ]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    widths = [max(width(r[i]) for r in table) for i in range(len(header))]
+    text = "\n".join("  ".join(ljust(c, w) for c, w in zip(r, widths)).rstrip() for r in table)
     if not rows:
         text = "no sessions in this store"
     _emit(args, [s.to_dict() for s in rows], text)
@@ -222,6 +282,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_collect(args: argparse.Namespace) -> int:
     from starburst_executor.detached import DetachedExecutor
 
+    _check_writable(Path(args.output))  # before waiting, maybe for hours
     ex = DetachedExecutor.attach(args.session, store=args.store)
     try:
         results = ex.collect(
@@ -245,6 +306,27 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         text += f"\n  {r.task_id}: {type(r.error).__name__}: {r.error}"
     _emit(args, summary, text)
     return EXIT_TASKS_FAILED if failed else EXIT_OK
+
+
+def _check_writable(path: Path) -> None:
+    """Raise ``OSError`` (saying what to do) unless ``path`` can be written; leaves nothing.
+
+    Raises:
+        OSError: ``path`` is a directory, or cannot be created or opened for writing.
+    """
+    what = f"cannot write the results to {str(path)!r}"
+    if path.is_dir():
+        raise IsADirectoryError(f"{what}: it is a directory; give a file name with -o")
+    try:
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            with open(path, "xb"):
+                pass
+            path.unlink()
+    except OSError as exc:
+        raise OSError(exc.errno, f"{what}: {exc.strerror or exc}. Choose another -o path") from None
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
@@ -327,6 +409,21 @@ def _task_log(reader: SessionReader, task_id: str) -> int:
 def _cmd_cancel(args: argparse.Namespace) -> int:
     from starburst_executor.detached import DetachedExecutor
 
+    state = _reader(args).state()  # SessionError (exit 3) if its data was deleted
+    if state == "closed":
+        print(
+            f"starburst: session {args.session} was cleaned up (closed): nothing to cancel; "
+            "nothing was changed",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_FOUND
+    if state in ("cancelled", "expired"):
+        _emit(
+            args,
+            {"session": args.session, "state": state},
+            f"session {args.session} is already {state}: nothing was changed",
+        )
+        return EXIT_OK
     ex = DetachedExecutor.attach(args.session, store=args.store)
     ex.cancel()
     _emit(
@@ -352,6 +449,27 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from starburst_executor.prune import parse_age, prune
+
+    older_than = parse_age(args.older_than)
+    removed = prune(
+        [args.store] if args.store else None, older_than=older_than, dry_run=args.dry_run
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [
+        f"{verb} {p.session_id}" + (f" ({p.store_url})" if p.store_url else "") + f": {p.reason}"
+        for p in removed
+    ]
+    lines.append(f"{verb} {len(removed)} item(s)" if removed else "nothing to prune")
+    _emit(
+        args,
+        {"dry_run": args.dry_run, "removed": [vars(p) for p in removed]},
+        "\n".join(lines),
+    )
+    return EXIT_OK
+
+
 _COMMANDS = {
     "sessions": _cmd_sessions,
     "status": _cmd_status,
@@ -359,6 +477,7 @@ _COMMANDS = {
     "logs": _cmd_logs,
     "cancel": _cmd_cancel,
     "cleanup": _cmd_cleanup,
+    "prune": _cmd_prune,
 }
 
 if __name__ == "__main__":

@@ -247,9 +247,7 @@ def remember_session(session_id: str, store_url: str) -> None:
         PermissionError: ``STARBURST_HOME`` is not writable (the message says what to set).
     """
     _migrate_legacy()
-    _write_entry(
-        IndexEntry(session_id, store_url, time.time(), socket.gethostname(), os.getpid())
-    )
+    _write_entry(IndexEntry(session_id, store_url, time.time(), socket.gethostname(), os.getpid()))
 
 
 def remembered_store(session_id: str) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -24,8 +25,10 @@ from starburst_executor._claims import Claims
 from starburst_executor._manager import Manager, Pacing, Shared, WorkItem
 from starburst_executor._session import Call, SessionWriter, new_session_id
 from starburst_executor.code_files import pack_code
-from starburst_executor.config import secret_key
+from starburst_executor.config import forget_session, keep_logs_default, secret_key
+from starburst_executor.errors import StarburstError
 from starburst_executor.launchers import Launcher, make_launcher
+from starburst_executor.launchers.local import LocalLauncher, process_started
 from starburst_executor.protocol import Codec, SessionManifest, runtime_versions
 from starburst_executor.serialization import call_parts, dumps_part
 from starburst_executor.sessions import SessionReader, remember_session
@@ -102,9 +105,16 @@ class StarburstExecutor(Executor):
         code_files: local modules (``.py`` files) and package directories to ship with the
             session: each worker puts them first on its ``sys.path`` before the initializer,
             so tasks can import code that is not installed in the worker image.
+        keep_logs: when the executor shuts down cleanly (``shutdown(wait=True)`` or the end
+            of a ``with`` block), its session's data is deleted: tasks, results and blobs in
+            the store, the local worker logs, and its entry in the session index. ``True``
+            keeps the worker logs (and what ``starburst status``/``logs`` need to show them)
+            until ``starburst prune``. Default: ``STARBURST_KEEP_LOGS=1`` in the environment,
+            else ``False``. A ``DetachedExecutor`` never deletes its data by itself.
         pacing: polling pace of the client (advanced).
 
     Raises:
+        TypeError: an argument has the wrong type (e.g. ``max_workers="4"``).
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is not positive, or an argument
             is out of range.
         StoreConfigError: the store cannot be used (missing bucket, no credentials, directory
@@ -140,18 +150,36 @@ class StarburstExecutor(Executor):
         max_hourly_cost: float | None = None,
         cost_alert_threshold: float | None = None,
         code_files: Sequence[str | os.PathLike[str]] = (),
+        keep_logs: bool | None = None,
         pacing: Pacing | None = None,
     ) -> None:
+        _check_int("max_workers", max_workers, optional=True)
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
+        _check_int("max_tasks_per_child", max_tasks_per_child, optional=True)
         if max_tasks_per_child is not None and max_tasks_per_child <= 0:
             raise ValueError("max_tasks_per_child must be >= 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        _check_int("max_attempts", max_attempts)
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        for label, seconds in (
+            ("lease_seconds", lease_seconds),
+            ("idle_timeout", idle_timeout),
+            ("session_timeout", session_timeout),
+            ("task_timeout", task_timeout),
+        ):
+            _check_seconds(label, seconds)
         if lease_seconds < 1:
             raise ValueError("lease_seconds must be >= 1 (workers renew every third of it)")
+        if idle_timeout < 0:
+            raise ValueError(
+                f"idle_timeout must be >= 0 seconds (how long idle workers wait for work), "
+                f"not {idle_timeout!r}"
+            )
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a string, not {type(name).__name__}")
         backend = backend or "local"
         aws_args = {
             "cpu": cpu,
@@ -173,7 +201,11 @@ class StarburstExecutor(Executor):
             raise ValueError("session_timeout must be > 0 seconds (or None)")
         if task_timeout is not None and task_timeout <= 0:
             raise ValueError("task_timeout must be > 0 seconds (or None)")
-        extra: dict[str, Any] = {}
+        # The client's host and pid: `starburst prune` removes a plain session whose client is
+        # gone (it crashed before it could delete the session's data).
+        extra: dict[str, Any] = {
+            "client": {"host": socket.gethostname(), "pid": os.getpid(), "started": _started()}
+        }
         if backend == "aws":
             from starburst_executor.aws.backend import prepare
 
@@ -226,6 +258,8 @@ class StarburstExecutor(Executor):
         writer.create()
         remember_session(manifest.session_id, store_obj.url)  # attach(session_id) finds it
         self._wire(writer, max_workers, pacing)
+        self._keep_logs = keep_logs_default() if keep_logs is None else bool(keep_logs)
+        self._data_removed = False
         logger.info(
             "session %s: %d worker(s) max, store %s", self.session_id, max_workers, store_obj.url
         )
@@ -340,9 +374,11 @@ class StarburstExecutor(Executor):
         call; on timeout the iterator raises ``TimeoutError`` and cancels what has not run.
 
         Raises:
+            TypeError: ``chunksize`` is not an int.
             ValueError: ``chunksize`` < 1.
             SerializationError: ``fn`` or an item cannot be pickled (nothing is queued).
         """
+        _check_int("chunksize", chunksize)
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if not callable(fn):
@@ -391,6 +427,38 @@ class StarburstExecutor(Executor):
                 report = self.cost()
                 if report is not None:  # the measured cost, on the console in one line
                     print(report["text"], file=sys.stderr)
+            self._remove_session_data()
+
+    def _remove_session_data(self) -> None:
+        """After a clean shutdown of a plain session, delete what it left: the store's
+        objects of the session, the local worker logs, and its session index entry (with
+        ``keep_logs``, the logs and what shows them stay). Only when the session is over:
+        its manager closed it and nothing is left to resolve."""
+        if self._writer.manifest.detached or getattr(self, "_data_removed", True):
+            return
+        if not self._manager.closed.is_set() or any(
+            not item.future.done() for item in self._shared.queue
+        ):
+            return
+        self._data_removed = True
+        try:
+            removed = SessionReader(self._store, self.session_id, self._writer.codec).remove(
+                keep_logs=self._keep_logs
+            )
+            if not self._keep_logs:
+                if isinstance(self._launcher, LocalLauncher):
+                    self._launcher.remove_logs()
+                forget_session(self.session_id)
+        except (StarburstError, OSError) as exc:  # the results were delivered; prune retries
+            logger.warning(
+                "session %s: could not delete its data (%s); `starburst prune` will",
+                self.session_id,
+                exc,
+            )
+            return
+        logger.info("session %s: deleted its %d objects", self.session_id, removed)
+
+    _data_removed = True  # until __init__ makes a session this executor owns
 
     def cost(self) -> dict[str, Any] | None:
         """What the session's workers cost so far, from their measured runtime (AWS backend;
@@ -399,6 +467,31 @@ class StarburstExecutor(Executor):
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)
+
+
+def _check_int(label: str, value: object, *, optional: bool = False) -> None:
+    """``TypeError`` unless ``value`` is an int (not a bool; ``None`` when ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{label} must be an int{' or None' if optional else ''}, not "
+            f"{type(value).__name__} {value!r}"
+            + (f" (use {label}={int(value)})" if isinstance(value, float) else "")
+        )
+
+
+def _check_seconds(label: str, value: object) -> None:
+    """``TypeError`` unless ``value`` is a number of seconds (or ``None``)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TypeError(
+            f"{label} must be a number of seconds, not {type(value).__name__} {value!r}"
+        )
+
+
+def _started() -> float:
+    """This process's start time (POSIX), to tell it from a later process with its pid."""
+    return process_started(os.getpid()) or time.time()
 
 
 def _chain_results(futures: list[Future[Any]], end_time: float | None) -> Iterator[Any]:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from starburst_executor._text import cell
 from starburst_executor.config import (  # the index's old home: names kept importable
     forget_session,
     remember_session,
@@ -133,7 +134,7 @@ class SessionStatus:
 
     def __str__(self) -> str:
         rows = [
-            ("Session", f"{self.session_id}" + (f" ({self.name})" if self.name else "")),
+            ("Session", f"{self.session_id}" + (f" ({cell(self.name)})" if self.name else "")),
             ("State", self.state),
             ("Store", self.store_url),
             ("Created", _fmt_time(self.created)),

@@ -26,6 +26,7 @@ from botocore.config import Config
 
 from starburst_executor._botocore import CONNECTION_ERRORS, error_code
 from starburst_executor._retry import RetryPolicy
+from starburst_executor.config import aws_region
 from starburst_executor.errors import AwsCredentialsError, AwsError, AwsPermissionError
 
 __all__ = ["Aws", "error_code"]
@@ -135,7 +136,8 @@ class Aws:
     ) -> None:
         import boto3
 
-        self._session: Any = session or boto3.session.Session(region_name=region)
+        # AWS_REGION too: boto3 reads only AWS_DEFAULT_REGION (config.aws_region).
+        self._session: Any = session or boto3.session.Session(region_name=region or aws_region())
         self.region: str = region or self._session.region_name or ""
         if not self.region:
             raise AwsError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +21,30 @@ from pathlib import Path
 from starburst_executor.config import SECRET_ENV, home_dir, secret_key
 from starburst_executor.launchers.base import WorkerExit
 
-__all__ = ["LocalLauncher"]
+__all__ = ["LocalLauncher", "process_started"]
 
 logger = logging.getLogger(__name__)
+
+
+def process_started(pid: int) -> float | None:
+    """When process ``pid`` started (POSIX time), or ``None`` if it does not exist or this
+    system has no ``/proc`` (then only its existence can be checked).
+
+    With the pid and this time, a process can be told from a later one that reused its pid.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    # Field 22 (starttime, clock ticks after boot) counts from after the ")" that ends the
+    # command name, which may itself hold spaces.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -124,6 +146,10 @@ class LocalLauncher:
             reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             ended.append(WorkerExit(worker, code, reason, _tail(log) if code else ""))
         return ended
+
+    def remove_logs(self) -> None:
+        """Delete this session's worker logs (once its workers have exited)."""
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def stop(self, timeout: float = 10.0) -> None:
         for proc, _ in self._procs.values():

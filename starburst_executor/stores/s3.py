@@ -23,9 +23,11 @@ from typing import Any, TypeVar
 
 import botocore.exceptions
 from botocore.config import Config
+from botocore.parsers import ResponseParserError
 
 from starburst_executor._botocore import CONNECTION_ERRORS, error_code
 from starburst_executor._retry import RetryPolicy
+from starburst_executor.config import aws_region
 from starburst_executor.errors import (
     ObjectNotFoundError,
     PreconditionFailedError,
@@ -73,6 +75,8 @@ _AUTH_CODES = frozenset(
         "AccountProblem",
     }
 )
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTION_ERRORS) or error_code(exc) in _TRANSIENT_CODES
 
@@ -88,9 +92,9 @@ def _endpoint_from_env() -> str | None:
 def make_s3_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
     """A boto3 S3 client with botocore retries off (we retry) and sensible timeouts.
 
-    Standard AWS settings (``AWS_PROFILE``, ``AWS_REGION``, ``AWS_ENDPOINT_URL[_S3]``) apply as
-    boto3 applies them; a custom endpoint gets path-style addressing, which every
-    S3-compatible server understands.
+    Standard AWS settings (``AWS_PROFILE``, ``AWS_ENDPOINT_URL[_S3]``) apply as boto3 applies
+    them, and ``AWS_REGION`` as well as ``AWS_DEFAULT_REGION`` (boto3 reads only the latter);
+    a custom endpoint gets path-style addressing, which every S3-compatible server understands.
     """
     import boto3
 
@@ -102,7 +106,7 @@ def make_s3_client(endpoint_url: str | None = None, region: str | None = None) -
         max_pool_connections=32,
         s3={"addressing_style": "path"} if endpoint else {},
     )
-    session = boto3.session.Session(region_name=region)
+    session = boto3.session.Session(region_name=region or aws_region())
     return session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
@@ -173,6 +177,8 @@ class S3Store:
                 f"no AWS credentials found to {action} {key!r} in {self.url}. Set AWS_PROFILE, "
                 "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run on a machine with a role"
             ) from exc
+        except ResponseParserError as exc:  # a 200 that is not S3's XML
+            raise self._not_s3(action, "a response that is not S3's XML") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise StoreError(f"S3 {action} of {key!r} in {self.url} failed: {exc}") from exc
         self._observe_clock(response)
@@ -180,6 +186,13 @@ class S3Store:
 
     def _translate(self, exc: botocore.exceptions.ClientError, action: str, key: str) -> StoreError:
         code = error_code(exc)
+        meta = exc.response.get("ResponseMetadata", {})
+        content_type = str(meta.get("HTTPHeaders", {}).get("content-type", ""))
+        if content_type.startswith("text/html"):
+            # S3 (and every S3-compatible server) answers errors in XML: an HTML page means a
+            # web server, proxy or console, whose 404 must not read as "no such bucket".
+            status = meta.get("HTTPStatusCode", "?")
+            return self._not_s3(action, f"an HTML page (HTTP {status})")
         if code in _PRECONDITION_CODES:
             return PreconditionFailedError(f"conditional {action} of {key!r} in {self.url} lost")
         if code == "NoSuchBucket" or (action == "check" and code in _NOT_FOUND_CODES):
@@ -199,6 +212,14 @@ class S3Store:
                 f"S3 kept failing to {action} {key!r} in {self.url} ({code}) after retries"
             )
         return StoreError(f"S3 {action} of {key!r} in {self.url} failed: {exc}")
+
+    def _not_s3(self, action: str, answer: str) -> StoreConfigError:
+        return StoreConfigError(
+            f"{self._endpoint()} is not an S3 endpoint: it answered an S3 {action} request "
+            f"with {answer}. Point AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) at the S3 API of "
+            "your server (e.g. SeaweedFS's -s3.port, MinIO's API port, not its web console), "
+            "or unset it to use AWS"
+        )
 
     def _no_bucket(self) -> StoreConfigError:
         return StoreConfigError(

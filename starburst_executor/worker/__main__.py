@@ -52,10 +52,13 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("starburst_executor").setLevel(level.upper())
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m starburst_executor.worker") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m starburst_executor.worker",
+        prog=prog,
         description="Run a starburst worker for one session until the session ends.",
+        epilog="example:\n  starburst worker --session SID            (store from the session "
+        "index)\n  starburst worker --store s3://bkt/runs --session SID --worker-id mine",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--store",
