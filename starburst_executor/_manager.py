@@ -26,7 +26,7 @@ from typing import Any
 from starburst_executor._claims import Claims
 from starburst_executor._cursor import KeyCursor
 from starburst_executor._session import BATCH_BYTES_MAX, BatchResult, Call, SessionWriter
-from starburst_executor.errors import BrokenStarburstExecutor, StarburstError
+from starburst_executor.errors import BrokenStarburstExecutor, SessionExpiredError, StarburstError
 from starburst_executor.launchers.base import Launcher, WorkerExit
 from starburst_executor.protocol import SessionKeys
 from starburst_executor.worker.loop import EXIT_INIT_FAILED
@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 MAX_BATCH_TASKS = 1000
 _EXIT_CANNOT_START = 2
 _START_FAILURES_MAX = 3
+# After the session's deadline, how long to wait for its workers to go before failing what
+# is still outstanding: a worker stops its task within a second of the deadline and writes
+# that task's result (an expiry error), which should win over the client's own error.
+_EXPIRY_GRACE = 5.0
 
 
 @dataclass
@@ -121,6 +125,7 @@ class Manager:
         self._last_watermark: str | None = None
         self._next_watermark = 0.0
         self._detached = False
+        self._expired_since: float | None = None  # when this client saw the deadline pass
         self.thread = threading.Thread(target=self._run, name="starburst-manager", daemon=True)
         self.closed = threading.Event()
 
@@ -225,6 +230,9 @@ class Manager:
     # -- batches -----------------------------------------------------------------------------
 
     def _form_batches(self) -> None:
+        if self._deadline_passed():  # nothing more travels into an expired session
+            self._fail_queued(self._expiry_error())
+            return
         while not self._window_full():
             with self._shared.lock:
                 pending = len(self._shared.queue)
@@ -356,6 +364,8 @@ class Manager:
             self._worker_ended(ended)
         if self._shared.broken is not None:
             return
+        if self._check_expiry():
+            return  # no worker is ever started into an expired session
         with self._shared.lock:
             queued = len(self._shared.queue)
         need = min(self._max_workers, len(self._outstanding) + (1 if queued else 0))
@@ -430,6 +440,57 @@ class Manager:
                 )
                 return
             self._last_watermark = mark
+
+    # -- session expiry ----------------------------------------------------------------------
+
+    def _expiry_error(self) -> SessionExpiredError:
+        timeout = self._writer.manifest.session_timeout or 0.0
+        return SessionExpiredError(
+            f"session {self.session_id} expired: its session_timeout of {timeout:g} s passed "
+            "before this task could run. Give the executor a longer session_timeout (or "
+            "None), or submit the work to a new session"
+        )
+
+    def _check_expiry(self) -> bool:
+        """Whether the session's ``session_timeout`` has passed (store clock); if so, fail
+        what will never run: the calls queued here at once, the batches in the store once
+        the session's workers are gone (or after ``_EXPIRY_GRACE``), so that a result a
+        worker delivered at the deadline still resolves its Future."""
+        if not self._deadline_passed():
+            return False
+        error = self._expiry_error()
+        self._fail_queued(error)
+        waited = time.monotonic() - (self._expired_since or 0.0)
+        workers_left = self._launcher is not None and self._launcher.running()
+        if self._outstanding and workers_left and waited < _EXPIRY_GRACE:
+            return True
+        if self._outstanding:
+            self._poll_results()  # the last results, written before the workers stopped
+            for bid in [b for b in self._outstanding if b not in self._fetching]:
+                self._fail_batch(bid, error)
+        return True
+
+    def _deadline_passed(self) -> bool:
+        if self._expired_since is not None:
+            return True
+        deadline = self._writer.manifest.deadline
+        if deadline is None or self._writer.store.now() <= deadline:
+            return False
+        self._expired_since = time.monotonic()
+        logger.warning(
+            "session %s: its session_timeout (%gs) passed; tasks that did not run fail",
+            self.session_id,
+            self._writer.manifest.session_timeout,
+        )
+        return True
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        with self._shared.lock:
+            items = list(self._shared.queue)
+            self._shared.queue.clear()
+        for item in items:
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_exception(exc)
 
     def _break(self, exc: BaseException) -> None:
         with self._shared.lock:

@@ -7,6 +7,7 @@ threading and holds no Futures: the manager thread (``_manager.py``) drives it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import threading
@@ -44,6 +45,7 @@ class Call:
 
     kind: str
     parts: dict[str, Any]  # {"fn": bytes, "args": [bytes], "kwargs": {name: bytes}}
+    items: int = 1  # the items of a map chunk: its results' positions in submission order
 
     @property
     def size(self) -> int:
@@ -85,7 +87,7 @@ class SessionWriter:
         self.codec = codec
         self.keys = SessionKeys(manifest.session_id)
         self._origin = secrets.token_hex(4)
-        self._seq = 0
+        self._seq = itertools.count(1)  # next() is atomic: batch ids from several threads
         self._blobs_uploaded: set[str] = set()
         self._blob_locks: dict[str, threading.Lock] = {}
         self._blob_guard = threading.Lock()
@@ -123,11 +125,18 @@ class SessionWriter:
         """This client's tag inside the batch ids it creates."""
         return self._origin
 
-    def next_bid(self, ntasks: int) -> str:
-        """A new batch id: time-ordered, unique per client, carrying the task count."""
-        self._seq += 1
+    def next_bid(self, ntasks: int, shape: str | None = None) -> str:
+        """A new batch id: time-ordered, unique per client, carrying the task count.
+
+        Args:
+            ntasks: how many tasks the batch holds.
+            shape: ``"s1"`` (submitted calls) or ``"m{n}"`` (``map`` chunks of ``n`` items),
+                when every task of the batch is of that shape (see ``SessionKeys``).
+        """
+        seq = next(self._seq)
         stamp = ts_key(int(self.store.now() * 1000)).split("/")[1]
-        return f"{stamp}-{self._origin}-{self._seq:06d}-{ntasks}"
+        middle = f"-{shape}" if shape else ""
+        return f"{stamp}-{self._origin}-{seq:06d}{middle}-{ntasks}"
 
     def write_batch(self, bid: str, calls: list[Call]) -> None:
         """Upload one batch object (large parts first, as blobs)."""

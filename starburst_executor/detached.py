@@ -9,14 +9,22 @@ bucket's lifecycle rule): collecting twice, or from two machines, works.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from starburst_executor._commit import GroupCommit
 from starburst_executor._cursor import KeyCursor
-from starburst_executor._manager import Pacing
-from starburst_executor._session import SessionWriter
-from starburst_executor.errors import SessionError
+from starburst_executor._manager import MAX_BATCH_TASKS, Pacing
+from starburst_executor._session import Call, SessionWriter
+from starburst_executor.config import validate_session_id
+from starburst_executor.errors import (
+    CorruptRecordError,
+    SessionError,
+    SessionExpiredError,
+    StarburstError,
+)
 from starburst_executor.executor import StarburstExecutor
 from starburst_executor.protocol import SessionKeys
 from starburst_executor.sessions import (
@@ -42,7 +50,11 @@ class DetachedExecutor(StarburstExecutor):
 
     Everything of ``StarburstExecutor`` holds (a ``with`` block waits for the submitted work
     and then stops the workers). In addition: ``detach()`` (also done at interpreter exit)
-    uploads what is queued and leaves the workers running; ``attach(session_id)`` reconnects.
+    leaves the workers running; ``attach(session_id)`` reconnects.
+
+    Submission is durable: ``submit`` and ``map`` return once their calls are in the store, so
+    a client that dies right after (even by SIGKILL) loses nothing. Threads submitting at once
+    share store writes; a sequential loop pays one write per ``submit``.
 
     The defaults protect your money: workers exit after ``idle_timeout`` (5 minutes) without
     work, and the whole session expires after ``session_timeout`` (24 hours).
@@ -74,7 +86,6 @@ class DetachedExecutor(StarburstExecutor):
             session_timeout=session_timeout,
             **kwargs,
         )
-        self._submitted: list[Future[Any]] = []
         self._restored: list[Future[Any]] | None = []
         self._reader = SessionReader(self._store, self.session_id, self._writer.codec)
         self._state = "open"
@@ -99,11 +110,13 @@ class DetachedExecutor(StarburstExecutor):
                 session's own).
 
         Raises:
+            ValueError: ``session_id`` is not a session id (``YYYYMMDD-HHMMSS-xxxxxx``).
             SessionError: unknown session id (says which store was searched), or its data
                 was deleted.
             CorruptRecordError: the session's manifest is damaged (names the key).
             ProtocolMismatchError: the session was written by an incompatible version.
         """
+        validate_session_id(session_id)  # before it becomes part of a key or a file name
         store_obj = open_store(store if store is not None else remembered_store(session_id))
         codec = codec_for(store_obj)
         reader = SessionReader(store_obj, session_id, codec)
@@ -113,7 +126,6 @@ class DetachedExecutor(StarburstExecutor):
             max_workers or reader.manifest.max_workers,
             pacing,
         )
-        self._submitted = []
         self._restored = None  # built on first use of .futures
         self._reader = reader
         self._detached_here = False
@@ -129,20 +141,75 @@ class DetachedExecutor(StarburstExecutor):
 
     # -- work --------------------------------------------------------------------------------
 
+    def _wire(self, writer: SessionWriter, max_workers: int, pacing: Pacing | None) -> None:
+        super()._wire(writer, max_workers, pacing)
+        manifest = writer.manifest
+        self._submitted: list[Future[Any]] = []
+        self._bulk = threading.local()  # map(): its chunks, written together
+        self._commit = GroupCommit(
+            writer,
+            spread=2 * max_workers,
+            # One task per batch when a worker may end between tasks (as the manager's rule).
+            batch_limit=1
+            if manifest.task_timeout or manifest.max_tasks_per_child
+            else MAX_BATCH_TASKS,
+            on_written=self._written,
+        )
+
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """As ``StarburstExecutor.submit``; returns once the call is in the store.
+
+        Raises:
+            StoreError: the call could not be written to the store (it will not run).
+            SessionError: the session is closed, cancelled or expired.
+        """
         self._check_extendable()
         return super().submit(fn, *args, **kwargs)
 
     def map(
         self, fn: Any, *iterables: Any, timeout: float | None = None, chunksize: int = 1
     ) -> Any:
-        self._check_extendable()
-        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        """As ``StarburstExecutor.map``; returns once every chunk is in the store (the input
+        is read at once, as the stdlib's ``map`` does).
 
-    def _enqueue(self, call: Any) -> Future[Any]:
-        future = super()._enqueue(call)
-        self._submitted.append(future)  # submit() and every map() chunk, in order
+        Raises:
+            StoreError: a chunk could not be written to the store.
+            SessionError: the session is closed, cancelled or expired.
+        """
+        self._check_extendable()
+        rows = list(zip(*iterables))  # to know each chunk's item count
+        calls: list[tuple[Future[Any], Call]] = []
+        self._bulk.calls = calls
+        try:
+            results = super().map(fn, *zip(*rows), timeout=timeout, chunksize=chunksize)
+        finally:
+            self._bulk.calls = None
+        sizes = [min(chunksize, len(rows) - s) for s in range(0, len(rows), chunksize)]
+        known = len(sizes) == len(calls) and all(c.kind == "chunk" for _, c in calls)
+        if known:
+            for (_, call), size in zip(calls, sizes):
+                call.items = size
+        if calls:
+            self._commit.commit(calls, "m" if known else "")
+            self._ensure_started()
+        return results
+
+    def _enqueue(self, call: Call) -> Future[Any]:
+        future: Future[Any] = Future()
+        bulk: list[tuple[Future[Any], Call]] | None = getattr(self._bulk, "calls", None)
+        if bulk is not None:  # inside map(): written with the other chunks
+            bulk.append((future, call))
+            return future
+        with self._shared.lock:
+            self._check_open()
+        self._commit.commit([(future, call)], "s")
+        self._ensure_started()
         return future
+
+    def _written(self, bid: str, futures: list[Future[Any]]) -> None:
+        """A batch is in the store: the manager thread resolves its Futures from now on."""
+        self._submitted.extend(futures)  # submit() and every map() chunk, in order
+        self._manager.adopt(bid, futures)
 
     def _check_extendable(self) -> None:
         if self._detached_here:
@@ -224,7 +291,6 @@ class DetachedExecutor(StarburstExecutor):
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = poll_interval or (0.1 if self._store.url.startswith("file:") else 2.0)
         self._reader.control()  # SessionError if the data was deleted (not an empty list)
-        self._await_uploads(deadline)
         cursor = KeyCursor(self._store, self._reader.keys.done)
         done: dict[str, tuple[int, str, int]] = {}
         bids = self._reader.batch_ids()
@@ -259,25 +325,6 @@ class DetachedExecutor(StarburstExecutor):
                 bar.close()
         return self._entries(bids, done, terminal_state)
 
-    def _await_uploads(self, deadline: float | None) -> None:
-        """Wait until the calls this process submitted are in the store, so that ``collect``
-        covers them (they travel a few milliseconds after ``submit``, from the manager
-        thread). Stops waiting when they are all done anyway (a failed upload fails its
-        Future instead), or when the manager thread has stopped."""
-        mine = [f for f in self._submitted if not f.cancelled()]
-        origin = self._writer.origin
-        while mine and self._manager.thread.is_alive() and not all(f.done() for f in mine):
-            stored = sum(
-                SessionKeys.batch_size(b)
-                for b in self._reader.batch_ids()
-                if b.split("-")[1] == origin
-            )
-            if stored >= len(mine):
-                return
-            if deadline is not None and time.monotonic() > deadline:
-                return  # the caller's loop reports the timeout
-            time.sleep(0.01)
-
     def _keep_workers(self, bids: list[str], done: dict[str, Any]) -> None:
         """While waiting on a reattached session, start workers if none is left."""
         pending = sum(1 for b in bids if b not in done)
@@ -291,44 +338,61 @@ class DetachedExecutor(StarburstExecutor):
         done: dict[str, tuple[int, str, int]],
         terminal: str | None,
     ) -> list[TaskResult]:
-        records = self._reader.results([b for b in bids if b in done], done)
+        """One entry per finished task (per item for ``map`` chunks), numbered by submission
+        position: the items of every batch before it count, finished or not."""
+        records = self._reader.read_results([b for b in bids if b in done], done)
         entries: list[TaskResult] = []
+        position = 0
         for bid in bids:
-            n = SessionKeys.batch_size(bid)
-            if bid not in records:
+            shape = SessionKeys.batch_shape(bid)
+            ntasks = SessionKeys.batch_size(bid)
+            record = records.get(bid)
+            if record is None:  # not finished
                 if terminal is not None:
-                    error = SessionError(
-                        f"the task did not run: session {self.session_id} was {terminal}"
-                    )
-                    entries.extend(
-                        TaskResult(len(entries) + i, f"{bid}/{i}", error=error) for i in range(n)
-                    )
-                continue
-            outcomes = self._writer.outcomes_of(records[bid])
-            outputs = records[bid].get("outputs", {})
-            for i in range(n):
-                task_id = f"{bid}/{i}"
-                if isinstance(outcomes, BaseException):
-                    entries.append(TaskResult(len(entries), task_id, error=outcomes))
+                    error: SessionError = (
+                        SessionExpiredError if terminal == "expired" else SessionError
+                    )(f"the task did not run: session {self.session_id} was {terminal}")
+                    entries.extend(TaskResult(i, t, error=error) for i, t in _slots(bid, position))
+            elif isinstance(record, StarburstError):
+                entries.extend(_damaged(bid, position, record))
+            else:
+                made = self._batch_entries(bid, position, record)
+                entries.extend(made)
+                if shape is None:  # mixed kinds: number the entries as they come
+                    position += max(ntasks, len(made))
                     continue
-                outcome = outcomes[i]
-                out = outputs.get(i, "")
-                if outcome.error is not None:
-                    entries.append(
-                        TaskResult(len(entries), task_id, error=outcome.error, output=out)
-                    )
-                elif outcome.chunk:
-                    values, error = outcome.value
-                    for j, v in enumerate(values):
-                        entries.append(TaskResult(len(entries), f"{task_id}.{j}", v, output=out))
-                    if error is not None:
-                        entries.append(
-                            TaskResult(
-                                len(entries), f"{task_id}.{len(values)}", error=error, output=out
-                            )
-                        )
-                else:
-                    entries.append(TaskResult(len(entries), task_id, outcome.value, output=out))
+            position += ntasks * (shape[1] if shape is not None else 1)
+        return entries
+
+    def _batch_entries(self, bid: str, start: int, record: dict[str, Any]) -> list[TaskResult]:
+        shape = SessionKeys.batch_shape(bid)
+        per = shape[1] if shape is not None else None
+        outcomes = self._writer.outcomes_of(record)
+        if isinstance(outcomes, BaseException):  # the whole batch failed (e.g. worker lost)
+            return [TaskResult(i, t, error=outcomes) for i, t in _slots(bid, start)]
+        outputs = record.get("outputs", {})
+        entries: list[TaskResult] = []
+        for i in range(SessionKeys.batch_size(bid)):
+            task_id = f"{bid}/{i}"
+            # Where this task's first item stands: fixed by the shape, else right after the
+            # entries before it (a batch of mixed kinds, from a plain executor).
+            first = start + i * per if per is not None else start + len(entries)
+            if i >= len(outcomes):
+                error = StarburstError(f"batch {bid}: the worker returned no result for task {i}")
+                entries.append(TaskResult(first, task_id, error=error))
+                continue
+            outcome, out = outcomes[i], outputs.get(i, "")
+            if outcome.error is not None:
+                entries.append(TaskResult(first, task_id, error=outcome.error, output=out))
+            elif outcome.chunk:
+                values, error = outcome.value
+                for j, v in enumerate(values):
+                    entries.append(TaskResult(first + j, f"{task_id}.{j}", v, output=out))
+                if error is not None:  # the items after it did not run (as map stops there)
+                    j = len(values)
+                    entries.append(TaskResult(first + j, f"{task_id}.{j}", error=error, output=out))
+            else:
+                entries.append(TaskResult(first, task_id, outcome.value, output=out))
         return entries
 
     def cancel(self) -> None:
@@ -361,6 +425,30 @@ class DetachedExecutor(StarburstExecutor):
         if delete_data:
             removed = self._reader.delete_all()
             logger.info("session %s: deleted %d objects", self.session_id, removed)
+
+
+def _slots(bid: str, start: int) -> list[tuple[int, str]]:
+    """``(index, task id)`` of every item of a batch whose first item stands at ``start``."""
+    shape = SessionKeys.batch_shape(bid)
+    ntasks = SessionKeys.batch_size(bid)
+    if shape is None or shape[0] != "m":
+        return [(start + i, f"{bid}/{i}") for i in range(ntasks)]
+    per = shape[1]
+    return [(start + i * per + j, f"{bid}/{i}.{j}") for i in range(ntasks) for j in range(per)]
+
+
+def _damaged(bid: str, start: int, exc: StarburstError) -> list[TaskResult]:
+    """Error entries for the tasks of a batch whose result record cannot be read: the rest of
+    the session is still collected."""
+    entries = []
+    for index, task_id in _slots(bid, start):
+        error = CorruptRecordError(
+            f"task {index} ({task_id}): its result cannot be read: {exc}. The other results "
+            "are unaffected; run the task again to get this one"
+        )
+        error.__cause__ = exc
+        entries.append(TaskResult(index, task_id, error=error))
+    return entries
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

@@ -14,6 +14,7 @@
      ├── ProtocolMismatchError          client and worker disagree on protocol / Python /
      │                                  cloudpickle versions
      ├── SessionError                   a session cannot be used (unknown, expired, deleted)
+     │    └── SessionExpiredError (+TimeoutError)  its ``session_timeout`` passed first
      ├── AwsError                       an AWS call failed
      │    ├── AwsCredentialsError       no, invalid or expired credentials
      │    ├── AwsPermissionError        access denied: names the missing IAM permission
@@ -51,6 +52,7 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "SessionError",
+    "SessionExpiredError",
     "StarburstError",
     "StoreConfigError",
     "StoreError",
@@ -102,6 +104,11 @@ class ProtocolMismatchError(StarburstError):
 
 class SessionError(StarburstError):
     """A session cannot be used: unknown id, expired, cleaned up, or its data deleted."""
+
+
+class SessionExpiredError(SessionError, TimeoutError):
+    """The session's ``session_timeout`` passed before the task could finish: the task was
+    stopped, or never ran. A ``TimeoutError`` too, as the stdlib's timeouts are."""
 
 
 class AwsError(StarburstError):

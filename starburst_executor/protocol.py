@@ -9,7 +9,7 @@ the store's clock, both zero-padded so that keys sort by time)::
     index/{sid}                                SessionManifest again: one key per session, listed
                                                by ``list_sessions`` without touching sessions/
     sessions/{sid}/batches/{b}/{bid}           a batch of tasks (pickle);
-                                               bid = {ts}-{origin}-{seq}-{number of tasks}
+                                               bid = {ts}-{origin}-{seq}[-{shape}]-{tasks}
     sessions/{sid}/batches/{b}/{ts}-requeue-{bid}   "run bid again" (JSON)
     sessions/{sid}/claims/{bid}                Claim with its lease (JSON) compare-and-swap
     sessions/{sid}/results/{bid}               the batch's results (pickle), created once
@@ -24,6 +24,10 @@ Why this shape (DESIGN.md, "Requirements on the store protocol"):
   requests, not O(session). Time buckets let the directory store skip old subtrees too.
 - ``claims/`` holds one object per claimed batch; its LastModified is the last lease renewal,
   so one listing finds expired leases.
+- A batch's *shape* (``s1``: submitted calls; ``m{n}``: ``map`` chunks of ``n`` items each)
+  tells a reader where every task's items stand in submission order without reading the
+  batch (a partial ``collect`` numbers its results so). Batches formed by the plain
+  executor's manager mix kinds and carry no shape.
 - ``results/{bid}`` is created with create-if-absent: a retried duplicate of a batch can never
   replace a delivered result.
 
@@ -164,6 +168,22 @@ class SessionKeys:
     def batch_size(bid: str) -> int:
         """How many tasks a batch holds, from its id."""
         return int(bid.rsplit("-", 1)[1])
+
+    @staticmethod
+    def batch_shape(bid: str) -> tuple[str, int] | None:
+        """``("s", 1)`` for a batch of submitted calls, ``("m", n)`` for ``map`` chunks of
+        ``n`` items each, ``None`` for a batch without a shape (mixed kinds)."""
+        parts = bid.split("-")
+        if len(parts) < 5:
+            return None
+        shape = parts[3]
+        return shape[0], int(shape[1:])
+
+    @staticmethod
+    def batch_origin(bid: str) -> tuple[str, int]:
+        """The client tag and its sequence number, from a batch id."""
+        parts = bid.split("-")
+        return parts[1], int(parts[2])
 
     @staticmethod
     def is_requeue(key: str) -> bool:

@@ -32,6 +32,7 @@ from starburst_executor.errors import (
     ObjectNotFoundError,
     ProtocolMismatchError,
     SessionError,
+    StarburstError,
 )
 from starburst_executor.protocol import (
     Claim,
@@ -62,8 +63,11 @@ class TaskResult:
     """One task's entry in a collection.
 
     Attributes:
-        index: position in submission order (0-based).
-        task_id: ``{batch id}/{position in batch}``: stable across processes.
+        index: the task's position in submission order (0-based; each item of a ``map``
+            counts as one), the same in a partial collection as in a complete one: tasks
+            that did not finish leave gaps.
+        task_id: ``{batch id}/{position in batch}`` (``.{item}`` for a ``map`` chunk's
+            items): stable across processes.
         value: the return value (``None`` if it failed).
         error: the exception (with the remote traceback as ``__cause__``), or ``None``.
         output: what the task printed (stdout and stderr), possibly truncated.
@@ -233,19 +237,20 @@ class SessionReader:
     def batch_ids(self) -> list[str]:
         """Every batch of the session, in submission order.
 
-        A batch id is ``{store-clock ms}-{client tag}-{sequence}-{tasks}``. An S3 store's clock
-        is re-anchored on every response's ``Date`` header (one-second resolution), so one
-        client's stamps can step back by up to a second: sorting ids as strings would put a
-        later submission first. Within one client the sequence number is the order; between
-        clients, the time stamp (made non-decreasing along each client's sequence).
+        A batch id is ``{store-clock ms}-{client tag}-{sequence}[-{shape}]-{tasks}``. An S3
+        store's clock is re-anchored on every response's ``Date`` header (one-second
+        resolution), so one client's stamps can step back by up to a second: sorting ids as
+        strings would put a later submission first. Within one client the sequence number is
+        the order; between clients, the time stamp (made non-decreasing along each client's
+        sequence).
         """
         by_client: dict[str, list[tuple[int, str]]] = {}
         for info in self.store.list(self.keys.batches):
             if SessionKeys.is_requeue(info.key):
                 continue
             bid = SessionKeys.bid_of(info.key)
-            _, client, seq_text, _ = bid.split("-")
-            by_client.setdefault(client, []).append((int(seq_text), bid))
+            client, seq = SessionKeys.batch_origin(bid)
+            by_client.setdefault(client, []).append((seq, bid))
         ordered: list[tuple[tuple[int, str, int], str]] = []
         for client, items in by_client.items():
             floor = 0
@@ -384,15 +389,45 @@ class SessionReader:
     def results(
         self, bids: Iterable[str], done: dict[str, tuple[int, str, int]]
     ) -> dict[str, dict[str, Any]]:
-        """Read the result records of finished batches (in parallel)."""
+        """Read the result records of finished batches (in parallel).
 
-        def read(bid: str) -> tuple[str, dict[str, Any]]:
+        Raises:
+            CorruptRecordError: a record is damaged (the message names its key).
+        """
+        records = {}
+        for bid, record in self.read_results(bids, done).items():
+            if isinstance(record, StarburstError):
+                raise record
+            records[bid] = record
+        return records
+
+    def read_results(
+        self, bids: Iterable[str], done: dict[str, tuple[int, str, int]]
+    ) -> dict[str, dict[str, Any] | StarburstError]:
+        """Read the result records of finished batches (in parallel); a record that cannot
+        be read (damaged, signed with another key, of another protocol version, missing) is
+        returned as the error, naming the key, in its place, so one bad object spoils only
+        its own batch.
+
+        Raises:
+            StoreUnavailableError: the store could not be reached.
+        """
+
+        def read(bid: str) -> tuple[str, dict[str, Any] | StarburstError]:
             _, event_key, size = done[bid]
-            if size:
-                data = self.store.get(event_key).data
-            else:
-                data = self.store.get(self.keys.result(bid)).data
-            return bid, self.codec.decode_pickle(data, self.keys.result(bid))
+            # Small results ride inside the done event (see the worker's delivery).
+            key = event_key if size else self.keys.result(bid)
+            try:
+                record = self.codec.decode_pickle(self.store.get(key).data, key)
+            except (CorruptRecordError, ProtocolMismatchError) as exc:
+                return bid, exc
+            except ObjectNotFoundError:
+                return bid, CorruptRecordError(
+                    f"{key} is missing from the store although batch {bid} finished"
+                )
+            if not isinstance(record, dict) or "outcomes" not in record:
+                return bid, CorruptRecordError(f"{key} does not hold a result record")
+            return bid, record
 
         with ThreadPoolExecutor(8) as pool:
             return dict(pool.map(read, list(bids)))

@@ -32,7 +32,7 @@ from starburst_executor.errors import (
     PreconditionFailedError,
     ProtocolMismatchError,
     SerializationError,
-    SessionError,
+    SessionExpiredError,
     StarburstError,
     WorkerLostError,
 )
@@ -347,7 +347,7 @@ class Worker:
             self._abandon(
                 handle,
                 done,
-                SessionError(
+                SessionExpiredError(
                     f"session {self.keys.session_id} expired (session_timeout="
                     f"{self.manifest.session_timeout:g}s) while the task ran; it was stopped"
                 ),
