@@ -34,6 +34,12 @@ class ClaimHandle:
     exhausted: bool = False  # taken over past max_attempts: fail the tasks, do not run them
 
 
+def _how_it_ended(claim: Claim) -> str:
+    if claim.state == "released":
+        return claim.ended or "released"
+    return "no lease renewal: lost without a trace"
+
+
 class Claims:
     """Claim operations on one session.
 
@@ -105,9 +111,12 @@ class Claims:
                 "batch %s: claim changed before it was marked done (taken over)", handle.bid
             )
 
-    def release(self, handle: ClaimHandle) -> bool:
-        """Give a claim back so another worker runs the batch now (not after the lease)."""
-        claim = replace(handle.claim, state="released", expires=0.0, n=handle.claim.n + 1)
+    def release(self, handle: ClaimHandle, reason: str = "") -> bool:
+        """Give a claim back so another worker runs the batch now (not after the lease);
+        ``reason`` (how the holder ended) is named if the batch's tasks fail as lost."""
+        claim = replace(
+            handle.claim, state="released", expires=0.0, n=handle.claim.n + 1, ended=reason
+        )
         try:
             self._write(handle.bid, claim, handle.etag)
         except PreconditionFailedError:
@@ -140,7 +149,7 @@ class Claims:
             "running",
             self._store.now() + self.lease_seconds,
             claim.n + 1,
-            (*claim.history, claim.worker),
+            (*claim.history, f"{claim.worker} ({_how_it_ended(claim)})"),
         )
         try:
             etag = self._write(bid, new, etag)
@@ -176,8 +185,11 @@ class Claims:
             self._store.delete_many(garbage)
         return expired
 
-    def release_worker(self, worker: str) -> list[str]:
-        """Release every running claim of a worker known to be dead; returns their batches."""
+    def release_worker(self, worker: str, reason: str = "") -> list[str]:
+        """Release every running claim of a worker known to be dead; returns their batches.
+
+        ``reason``: how it ended ("exit code 1", "killed by SIGKILL"), for the "worker lost"
+        message."""
         released = []
         for info in self._store.list(self._keys.claims):
             bid = info.key.rsplit("/", 1)[-1]
@@ -186,6 +198,6 @@ class Claims:
                 continue
             claim, etag = current
             running = claim.worker == worker and claim.state == "running"
-            if running and self.release(ClaimHandle(bid, claim, etag)):
+            if running and self.release(ClaimHandle(bid, claim, etag), reason):
                 released.append(bid)
         return released

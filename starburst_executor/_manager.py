@@ -421,7 +421,7 @@ class Manager:
                 ended.worker,
                 ended.reason,
             )
-            self._start_io("release", "", self._claims.release_worker, ended.worker)
+            self._start_io("release", "", self._claims.release_worker, ended.worker, ended.reason)
 
     def _update_watermark(self) -> None:
         if not self._outstanding or time.monotonic() < self._next_watermark:

@@ -29,7 +29,12 @@ from typing import Any
 
 from starburst_executor import __version__
 from starburst_executor._text import cell, ljust, width
-from starburst_executor.config import default_store_url, home_dir, remembered_store
+from starburst_executor.config import (
+    default_store_url,
+    home_dir,
+    remembered_store,
+    validate_session_id,
+)
 from starburst_executor.errors import SessionError, StarburstError
 from starburst_executor.sessions import SessionReader, SessionStatus, codec_for
 from starburst_executor.stores import Store, open_store
@@ -80,7 +85,12 @@ def _parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if session:
-            p.add_argument("session", metavar="SID", help="session id (see `starburst sessions`)")
+            p.add_argument(
+                "session",
+                metavar="SID",
+                type=_session_id,
+                help="session id (see `starburst sessions`)",
+            )
         p.add_argument(
             "--store",
             help="store URL (default: where the session was created from "
@@ -143,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     return parser
+
+
+def _session_id(text: str) -> str:
+    try:
+        return validate_session_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

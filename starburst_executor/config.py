@@ -127,9 +127,9 @@ def secret_key() -> bytes:
     path = home_dir() / "secret.key"
     try:
         return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
-    _writable_home()
+    _writable_home()  # a PermissionError naming STARBURST_HOME, not an obscure OSError
     tmp = path.with_name(f".secret.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:

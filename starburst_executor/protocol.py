@@ -356,7 +356,10 @@ class Claim:
         state: "running", "released" (its worker gave it back), or "done".
         expires: lease expiry, store clock.
         n: version counter (every write changes the body, see ``ControlRecord.n``).
-        history: the workers of earlier attempts, for the "worker lost" message.
+        history: the workers of earlier attempts and how each ended ("local-1 (killed by
+            SIGKILL)"), for the "worker lost" message.
+        ended: why the holder gave the claim back (state "released"): its exit code or
+            signal as its launcher saw it, or "SIGTERM".
     """
 
     worker: str
@@ -365,6 +368,7 @@ class Claim:
     expires: float
     n: int = 0
     history: tuple[str, ...] = ()
+    ended: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -30,7 +30,15 @@ def open_store(url: str | Path | Store | None = None) -> Store:
     from starburst_executor.config import default_store_url
 
     if url is None:
-        url = default_store_url()
+        from starburst_executor.errors import StoreConfigError
+
+        try:
+            return open_store(default_store_url())
+        except StoreConfigError as exc:  # the user never named this directory: say how to
+            raise StoreConfigError(
+                f"{exc}. The default store lives under STARBURST_HOME: set STARBURST_HOME "
+                "(or STARBURST_STORE) to a place you can write"
+            ) from exc
     if isinstance(url, Path):
         url = str(url)
     if not isinstance(url, str):

@@ -378,7 +378,7 @@ class Worker:
         with self._lock:
             handle = self._handle
         try:
-            if handle is not None and self.claims.release(handle):
+            if handle is not None and self.claims.release(handle, "stopped by SIGTERM"):
                 logger.info("worker %s: SIGTERM, released batch %s", self.worker_id, handle.bid)
             logger.info(
                 "worker %s of session %s exits: SIGTERM", self.worker_id, self.keys.session_id
