@@ -137,8 +137,8 @@ class EcsOptions:
         kind = (launch_type or settings.launch_type).upper()
         if kind not in ("FARGATE", "EC2"):
             raise ValueError(f"launch_type must be 'FARGATE' or 'EC2', not {launch_type!r}")
-        # Recorded by `starburst image build` (absent from profiles written before it was).
-        arch = str(getattr(settings, "image_architecture", "") or "X86_64").upper()
+        # Recorded by `starburst image build` ("" in profiles written before it was: x86).
+        arch = (settings.image_architecture or "X86_64").upper()
         if arch not in ARCHITECTURES:
             raise ValueError(
                 f"the profile's image_architecture {arch!r} is not one of {ARCHITECTURES}: "
@@ -154,8 +154,7 @@ class EcsOptions:
                     "--platform linux/amd64`) to use Fargate Spot"
                 )
             use_spot = False  # the profile's default: fall back, and say so (spot_fallback)
-        raw_types = getattr(settings, "instance_types", ()) or ()
-        types = tuple(str(t) for t in raw_types)
+        types = tuple(settings.instance_types)
         options = cls(
             region=settings.region,
             cluster=settings.cluster,

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import boto3
 import executor_tasks
 import pytest
-from ecs_agent import LocalEcsAgent
+from ecs_agent import LocalEcsAgent, strict_list_tasks
 
 from starburst_executor import CostLimitError, DetachedExecutor, StarburstExecutor, cli
 from starburst_executor.aws.client import Aws
@@ -154,3 +155,99 @@ def test_aws_quickstart_example_runs(profile: AwsSettings, agent: LocalEcsAgent)
     assert "Estimated cost" in result.stderr
     assert "cost: $" in result.stdout  # the measured cost, as data
     assert "cost" in result.stderr.lower().split("estimated cost", 1)[1]  # and on the console
+
+
+def _pin_pending() -> None:
+    """Every ECS task in the in-process moto shows lastStatus PENDING: Fargate still
+    provisioning it (25-105 s on AWS), its worker not yet registered."""
+    from moto.ecs.models import ecs_backends
+
+    for tasks in ecs_backends["123456789012"]["us-east-1"].tasks.values():
+        for task in tasks.values():
+            if task.last_status != "STOPPED":
+                task.last_status = "PENDING"
+
+
+def test_reattaching_while_workers_start_runs_no_more_than_max_workers(
+        profile: AwsSettings) -> None:
+    """No agent: the tasks never start a worker, as in the first minute of a Fargate session.
+    The reattached client counts the session's ECS tasks (PENDING included), not registered
+    workers, so it starts none; and its cleanup() stops them all (ListTasks by startedBy
+    alone, which moto is made to require as AWS does)."""
+    with strict_list_tasks():
+        ex = DetachedExecutor(backend="aws", max_workers=2, name="slow-start")
+        for i in range(4):
+            ex.submit(executor_tasks.square, i)
+        sid = ex.session_id
+        ex.detach()
+        assert len(_tasks(profile)) == 2
+        _pin_pending()
+
+        again = DetachedExecutor.attach(sid)
+        with pytest.raises(TimeoutError):
+            again.collect(wait=True, timeout=2, poll_interval=0.1)
+        again.submit(executor_tasks.square, 5)  # the manager keeps the pool: still 2
+        time.sleep(1.5)  # several manager rounds (maintain_every 0.5 s): nothing to wait for
+        assert len(_tasks(profile)) == 2
+        again.cleanup()
+    assert {t["lastStatus"] for t in _tasks(profile)} == {"STOPPED"}
+
+
+def test_a_store_outside_the_task_roles_reach_is_refused(profile: AwsSettings) -> None:
+    with pytest.raises(ValueError, match=f"can only reach s3://{profile.bucket}/"):
+        StarburstExecutor(backend="aws", store="s3://someone-elses-bucket/x")
+    with pytest.raises(ValueError, match="prefix"):
+        StarburstExecutor(backend="aws", store=f"s3://{profile.bucket}/other-prefix")
+    with pytest.raises(ValueError, match="can only reach"):
+        StarburstExecutor(backend="aws", store="/tmp/local-dir")
+    inside = f"{profile.store_url}/project-a"
+    with StarburstExecutor(backend="aws", store=inside, max_workers=1) as ex:
+        assert ex.store.url == inside
+
+
+def test_an_arm64_image_runs_on_fargate_on_demand(profile: AwsSettings,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    dataclasses.replace(profile, image_architecture="ARM64").save()
+    with pytest.raises(ValueError, match="Fargate Spot does not run ARM64"):
+        StarburstExecutor(backend="aws", spot=True)
+    with StarburstExecutor(backend="aws", max_workers=1) as ex:  # the profile's spot: fallback
+        options = ex._writer.manifest.extra["aws"]
+        assert (options["cpu_architecture"], options["spot"]) == ("ARM64", False)
+    assert "Fargate Spot does not run" in capsys.readouterr().err
+
+
+def test_logs_follow_shows_only_the_session_and_ends_with_it(
+        profile: AwsSettings, agent: LocalEcsAgent, capsys: pytest.CaptureFixture[str]) -> None:
+    """`starburst logs SID --follow` on a finished session: the session's workers' lines (the
+    agent ships each process's output as the awslogs driver does), nothing from before the
+    session was created nor from another session's stream, and exit 0 without waiting."""
+    logs = boto3.session.Session().client("logs", region_name=profile.region)
+    before = int(time.time() * 1000) - 5_000
+    ex = DetachedExecutor(backend="aws", max_workers=1, name="followed")
+    ex.submit(executor_tasks.add, 2, 3)
+    sid = ex.session_id
+    assert [r.value for r in ex.collect(wait=True, timeout=60, poll_interval=0.1)] == [5]
+    ex.cleanup()  # closed, workers stopped, data kept
+    agent.wait_idle(timeout=30)
+    (arn,) = agent.processes()
+    task_id = arn.rsplit("/", 1)[1]
+    ours = f"starburst/worker/{task_id}"
+    agent.wait_for(lambda: logs.describe_log_streams(
+        logGroupName=profile.log_group, logStreamNamePrefix=ours)["logStreams"], 10,
+        "the agent to ship the worker's output")
+    logs.put_log_events(logGroupName=profile.log_group, logStreamName=ours,
+                        logEvents=[{"timestamp": before, "message": "before the session"}])
+    logs.create_log_stream(logGroupName=profile.log_group, logStreamName="starburst/worker/other")
+    logs.put_log_events(logGroupName=profile.log_group, logStreamName="starburst/worker/other",
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "not ours"}])
+    logs.close()
+    capsys.readouterr()
+    done: list[int] = []
+    follower = threading.Thread(target=lambda: done.append(cli.main(["logs", sid, "--follow"])),
+                                daemon=True)
+    follower.start()
+    follower.join(timeout=30)
+    assert done == [0], "logs --follow did not end with the session"
+    out = capsys.readouterr().out
+    assert f"[ecs-{task_id}]" in out and f"of session {sid} exits" in out
+    assert "before the session" not in out and "not ours" not in out

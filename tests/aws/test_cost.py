@@ -15,6 +15,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from starburst_executor.aws import cost
+from starburst_executor.aws.billing import report, worker_spans
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.cost import (
     PRICING_API,
@@ -25,9 +26,7 @@ from starburst_executor.aws.cost import (
     estimate,
     fargate_rates,
     instance_shape,
-    report,
     tasks_per_instance,
-    worker_spans,
 )
 from starburst_executor.aws.options import EcsOptions
 from starburst_executor.errors import CostLimitError
@@ -37,6 +36,15 @@ from starburst_executor.protocol import WorkerRecord
 VCPU, GB = 0.04048, 0.004445
 SPOT_VCPU, SPOT_GB = 0.01214, 0.001334
 C7A_XLARGE = 0.20532
+# Public IPv4 per address-hour, and the S3 requests of polling per worker-hour and per client
+# hour (1,920 LIST + 900 GET a worker, 1,800 LIST the client; $0.005 / $0.0004 per 1,000).
+IPV4 = 0.005
+S3_WORKER_HOUR = (1920 * 0.005 + 900 * 0.0004) / 1000
+S3_CLIENT_HOUR = 1800 * 0.005 / 1000
+
+
+def s3(workers: int) -> float:
+    return workers * S3_WORKER_HOUR + S3_CLIENT_HOUR
 
 
 def no_sleep(_: float) -> None:
@@ -107,23 +115,43 @@ def ec2_filters(instance_type: str) -> list[dict[str, str]]:
 def test_fargate_estimate_falls_back_to_the_table_when_the_pricing_api_fails(moto_aws: Aws) -> None:
     est = estimate(moto_aws, fargate(), 10)
     assert est.source == TABLE_SOURCE
-    assert est.per_worker_hour == pytest.approx(1 * VCPU + 2 * GB, rel=1e-12)
-    assert est.hourly == pytest.approx(10 * (1 * VCPU + 2 * GB), rel=1e-12)  # $0.4937
+    assert est.per_worker_hour == pytest.approx(1 * VCPU + 2 * GB + IPV4, rel=1e-12)
+    # $0.4937 of compute, $0.05 of public IPv4 addresses, ~$0.109 of S3 polling
+    assert est.hourly == pytest.approx(10 * (1 * VCPU + 2 * GB + IPV4) + s3(10), rel=1e-12)
+    assert (est.ipv4_hourly, est.s3_hourly) == (pytest.approx(0.05), pytest.approx(s3(10)))
     assert est.total is None and est.instances == 0
-    assert str(est) == ("Estimated cost: $0.49/hour for 10 Fargate workers (1 vCPU, 2 GB) "
+    assert str(est) == ("Estimated cost: $0.65/hour for 10 Fargate workers (1 vCPU, 2 GB), "
+                        "incl. public IPv4 $0.05 and S3 requests ~$0.11 "
                         "(rates: built-in table, 2026-11, us-east-1)")
 
 
+def test_the_estimate_prices_the_workers_the_quota_runs_at_once(moto_aws: Aws) -> None:
+    est = estimate(moto_aws, fargate(assign_public_ip=False), 50, at_once=6)
+    assert (est.workers, est.requested) == (6, 50)
+    assert est.hourly == pytest.approx(6 * (1 * VCPU + 2 * GB) + s3(6), rel=1e-12)
+    assert "for 6 Fargate workers (1 vCPU, 2 GB) at once (quota waves; 50 asked)" in str(est)
+    assert "IPv4" not in str(est)
+
+
+def test_arm64_fargate_is_a_fifth_cheaper(moto_aws: Aws) -> None:
+    vcpu, gb, source = fargate_rates(moto_aws, "us-east-1", spot=False, architecture="ARM64")
+    assert (vcpu, gb) == (pytest.approx(0.8 * VCPU), pytest.approx(0.8 * GB))
+    assert "ARM64" in source
+    est = estimate(moto_aws, fargate(cpu_architecture="ARM64", assign_public_ip=False), 1)
+    assert est.per_worker_hour == pytest.approx(0.8 * (VCPU + 2 * GB))
+    assert "ARM64 worker" in str(est)
+
+
 def test_fargate_spot_uses_the_table_spot_rates_and_says_so(moto_aws: Aws) -> None:
-    est = estimate(moto_aws, fargate(cpu=4.0, memory_mib=8192, spot=True), 50,
-                   expected_hours=1 / 3)
-    hourly = 50 * (4 * SPOT_VCPU + 8 * SPOT_GB)  # $2.9616
+    est = estimate(moto_aws, fargate(cpu=4.0, memory_mib=8192, spot=True,
+                                     assign_public_ip=False), 50, expected_hours=1 / 3)
+    hourly = 50 * (4 * SPOT_VCPU + 8 * SPOT_GB) + s3(50)  # $2.9616 + $0.507
     assert est.hourly == pytest.approx(hourly, rel=1e-12)
     assert est.total == pytest.approx(hourly / 3, rel=1e-12)
     assert est.source == f"{TABLE_SOURCE} (Fargate Spot)"
-    assert str(est) == ("Estimated cost: $2.96/hour for 50 Fargate Spot workers (4 vCPU, 8 GB), "
-                        "~$0.99 for 20 minutes (rates: built-in table, 2026-11 (Fargate Spot), "
-                        "us-east-1)")
+    assert str(est) == ("Estimated cost: $3.47/hour for 50 Fargate Spot workers (4 vCPU, 8 GB), "
+                        "incl. S3 requests ~$0.51, ~$1.16 for 20 minutes (rates: built-in "
+                        "table, 2026-11 (Fargate Spot), us-east-1)")
 
 
 def test_fargate_rates_from_the_pricing_api(offline_aws: Aws) -> None:
@@ -146,10 +174,12 @@ def test_fargate_estimate_from_the_pricing_api(offline_aws: Aws) -> None:
             price_item("USE1-Fargate-vCPU-Hours:perCPU", "0.05"),
             price_item("USE1-Fargate-GB-Hours", "0.006"),
         ]})
-        est = estimate(offline_aws, fargate(cpu=2.0, memory_mib=4096), 3, expected_hours=2)
-    assert est.hourly == pytest.approx(3 * (2 * 0.05 + 4 * 0.006), rel=1e-12)  # $0.372
-    assert est.total == pytest.approx(2 * 0.372, rel=1e-12)
-    assert str(est).endswith("~$0.74 for 2.0 hours (rates: AWS Pricing API, us-east-1)")
+        est = estimate(offline_aws, fargate(cpu=2.0, memory_mib=4096, assign_public_ip=False), 3,
+                       expected_hours=2)
+    hourly = 3 * (2 * 0.05 + 4 * 0.006) + s3(3)  # $0.372 + $0.039
+    assert est.hourly == pytest.approx(hourly, rel=1e-12)
+    assert est.total == pytest.approx(2 * hourly, rel=1e-12)
+    assert str(est).endswith("~$0.82 for 2.0 hours (rates: AWS Pricing API, us-east-1)")
 
 
 def test_a_price_list_without_fargate_rates_falls_back_to_the_table(offline_aws: Aws) -> None:
@@ -197,10 +227,11 @@ def test_ec2_estimate_packs_workers_onto_whole_instances(offline_aws: Aws) -> No
         est = estimate(offline_aws, ec2(instance_type="c7a.xlarge"), 10)
     # 3 workers per c7a.xlarge (4 vCPU, 8 GiB) -> 4 instances for 10 workers.
     assert (est.instance_type, est.instances) == ("c7a.xlarge", 4)
-    assert est.hourly == pytest.approx(4 * C7A_XLARGE, rel=1e-12)  # $0.82128
+    assert est.hourly == pytest.approx(4 * C7A_XLARGE + s3(10), rel=1e-12)  # $0.82128 + S3
     assert est.per_worker_hour == pytest.approx(C7A_XLARGE / 3, rel=1e-12)
-    assert str(est) == ("Estimated cost: $0.82/hour for 10 EC2 workers (1 vCPU, 2 GB) on 4 "
-                        "c7a.xlarge instances (rates: AWS Pricing API, us-east-1)")
+    assert str(est) == ("Estimated cost: $0.93/hour for 10 EC2 workers (1 vCPU, 2 GB) on 4 "
+                        "c7a.xlarge instances, incl. S3 requests ~$0.11 (rates: AWS Pricing API, "
+                        "us-east-1)")
 
 
 def test_ec2_spot_is_the_median_of_the_latest_price_per_zone(offline_aws: Aws) -> None:
@@ -350,3 +381,88 @@ def test_worker_spans_from_records() -> None:
     # a: running (ended=0); b: exited before `ended` existed: its record's store time;
     # c: nothing known, counted as running; d: its own `ended`.
     assert spans == [(100.0, None), (100.0, 400.0), (100.0, None), (100.0, 150.0)]
+
+
+# --------------------------------------------------------------------------- EC2 packing
+
+
+def test_awsvpc_tasks_per_instance_are_capped_by_network_interfaces() -> None:
+    # c7a.2xlarge: 8 vCPU, 16 GiB: 16 half-vCPU 1 GiB workers by CPU, 15 by memory, but 4
+    # network interfaces: the primary one plus 3 tasks (no ENI trunking).
+    assert tasks_per_instance(8, 16384, 0.5, 1024) == 15
+    assert tasks_per_instance(8, 16384, 0.5, 1024, enis=4) == 3
+
+
+def test_ec2_packing_uses_the_instance_types_setup_saved(moto_aws: Aws) -> None:
+    options = ec2(cpu=0.5, memory_mib=1024, instance_types=("c7a.4xlarge", "m5.large"))
+    packing = cost.ec2_packing(moto_aws, options)
+    # m5.large (2 vCPU, 8 GiB, 3 ENIs, asked from EC2): 2 tasks; c7a.4xlarge holds 7.
+    assert (packing.instance_type, packing.per_instance, packing.enis) == ("m5.large", 2, 3)
+    assert cost.ec2_packing(moto_aws, ec2(instance_type="c7a.4xlarge")).per_instance == 7
+
+
+# --------------------------------------------------------------------------- the bill
+
+
+def _record(worker: str, started: float, state: str = "running", ended: float = 0.0) -> Any:
+    return WorkerRecord(worker, state, "h", 1, started, ended=ended)
+
+
+def _stub_tasks(aws: Aws, tasks: list[dict[str, Any]]) -> Stubber:
+    stubber = Stubber(aws.client("ecs"))
+    stubber.add_response("describe_tasks", {"tasks": tasks, "failures": []})
+    return stubber
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def test_the_bill_runs_from_the_image_pull_to_the_tasks_stop(offline_aws: Aws) -> None:
+    from starburst_executor.aws import billing
+
+    billing._stopped_cache.clear()
+    arn = "arn:aws:ecs:us-east-1:123456789012:task/c/"
+    workers = [
+        _record("ecs-t1", 1_000_100.0, "exited", ended=1_003_600.0),  # registered after a pull
+        _record("ecs-t2", 1_000_100.0),  # vanished: its record still says running
+        _record("ecs-t3", 1_000_100.0),  # still running
+    ]
+    tasks = [
+        {"taskArn": arn + "t1", "lastStatus": "STOPPED", "createdAt": _at(1_000_000.0),
+         "pullStartedAt": _at(1_000_040.0), "stoppedAt": _at(1_003_640.0)},
+        {"taskArn": arn + "t2", "lastStatus": "STOPPED", "createdAt": _at(1_000_000.0),
+         "pullStartedAt": _at(1_000_040.0), "stoppedAt": _at(1_001_840.0)},
+        {"taskArn": arn + "t3", "lastStatus": "RUNNING", "createdAt": _at(1_000_000.0)},
+    ]
+    with _stub_tasks(offline_aws, tasks):
+        rep = billing.session_report(fargate(cluster="c"), 0.1, workers, created=999_990.0,
+                                     batches=10, now=1_007_200.0, aws=offline_aws)
+    # t1: 3,600 s from its pull; t2: 1,800 s to ECS's stop, not until now; t3: from createdAt
+    # (no pull yet reported) until now, 7,200 s.
+    assert rep.worker_seconds == pytest.approx(3600 + 1800 + 7200)
+    assert (rep.workers, rep.running) == (3, 1)
+    put_like = 10 * 4 + 3.5 * 1920 + (7_200 + 10) / 3600 * 1800
+    get_like = 10 * 2 + 3.5 * 900
+    assert (rep.s3_put_requests, rep.s3_get_requests) == (round(put_like), round(get_like))
+    assert rep.cost == pytest.approx(3.5 * 0.1 + put_like * 0.005 / 1000 + get_like * 0.0004 / 1000,
+                                     rel=1e-3)
+    assert "S3 requests ~$" in str(rep) and "(estimated)" in str(rep)
+    # Stopped tasks are not asked again.
+    with _stub_tasks(offline_aws, [tasks[2]]) as stub:
+        billing.session_report(fargate(cluster="c"), 0.1, workers, created=999_990.0,
+                               batches=10, now=1_007_200.0, aws=offline_aws)
+        stub.assert_no_pending_responses()
+
+
+def test_without_ecs_the_bill_falls_back_to_the_records(offline_aws: Aws) -> None:
+    from starburst_executor.aws import billing
+
+    billing._stopped_cache.clear()
+    stubber = Stubber(offline_aws.client("ecs"))
+    stubber.add_client_error("describe_tasks", service_error_code="AccessDeniedException",
+                             http_status_code=400)
+    with stubber:
+        rep = billing.session_report(fargate(), 0.1, [_record("ecs-x", 0.0, "exited", 600.0)],
+                                     created=0.0, batches=1, now=700.0, aws=offline_aws)
+    assert rep.worker_seconds == 600.0

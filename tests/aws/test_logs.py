@@ -7,7 +7,14 @@ import time
 import pytest
 
 from starburst_executor.aws.client import Aws
-from starburst_executor.aws.logs import LogLine, follow_logs, read_logs, stream_name, worker_id
+from starburst_executor.aws.logs import (
+    LogLine,
+    follow_logs,
+    read_logs,
+    stream_name,
+    tail,
+    worker_id,
+)
 from starburst_executor.errors import AwsError
 
 GROUP = "/starburst/workers"
@@ -100,3 +107,33 @@ def test_follow_logs_of_a_missing_group_waits_quietly(aws_env: str) -> None:
     answers = iter([False, True])
     assert list(follow_logs(aws, "/no/such/group", None, lambda: next(answers),
                             sleep=lambda _: None)) == []
+
+
+def test_follow_logs_reads_only_the_named_streams(aws: Aws) -> None:
+    """Following a session asks CloudWatch for its workers' streams only (logStreamNames), not
+    for every stream of the group (which holds every session's workers)."""
+    put(aws, "starburst/worker/aaa", (0, "a1"))
+    put(aws, "starburst/worker/zzz", (1, "another session's worker"))
+    asked: list[dict[str, object]] = []
+    aws.client("logs").meta.events.register(
+        "before-parameter-build.logs.FilterLogEvents", lambda params, **_: asked.append(params))
+    lines = list(follow_logs(aws, GROUP, lambda: ["ecs-aaa", "ecs-not-started"], lambda: True))
+    assert [(line.worker, line.message) for line in lines] == [("ecs-aaa", "a1")]
+    assert asked and all("logStreamNamePrefix" not in a for a in asked)
+    assert {n for a in asked for n in a["logStreamNames"]} == {  # type: ignore[attr-defined]
+        "starburst/worker/aaa", "starburst/worker/not-started"}
+
+
+def test_follow_logs_of_no_worker_yet_asks_nothing(aws: Aws) -> None:
+    asked: list[object] = []
+    aws.client("logs").meta.events.register(
+        "before-parameter-build.logs.FilterLogEvents", lambda params, **_: asked.append(params))
+    assert list(follow_logs(aws, GROUP, lambda: [], lambda: True)) == []
+    assert asked == []
+
+
+def test_tail_gives_the_last_lines_of_a_worker(aws: Aws) -> None:
+    put(aws, "starburst/worker/aaa", *[(i, f"line {i}") for i in range(30)])
+    assert tail(aws, GROUP, "ecs-aaa", lines=3) == "line 27\nline 28\nline 29"
+    assert tail(aws, GROUP, "ecs-missing") == ""
+    assert tail(aws, GROUP, "laptop-1-ab12") == ""
