@@ -29,7 +29,7 @@ from starburst_executor.protocol import Codec
 from starburst_executor.sessions import SessionReader
 
 FAST = Pacing(poll_max=0.1)
-SUBCOMMANDS = ["sessions", "status", "collect", "logs", "cancel", "cleanup", "worker"]
+SUBCOMMANDS = ["sessions", "status", "collect", "logs", "cancel", "cleanup", "prune", "worker"]
 EXIT_OK, EXIT_NOT_FOUND, EXIT_TASKS_FAILED, EXIT_TIMEOUT = 0, 3, 4, 5
 
 
@@ -299,3 +299,137 @@ def test_worker_started_by_hand_joins_the_session(
     assert worker.returncode == 0, output
     record = next(w for w in reader.workers() if w.worker == "by-hand")
     assert (record.state, record.tasks) == ("exited", 3)
+
+
+# -- rough edges -------------------------------------------------------------------------------
+
+
+def test_version() -> None:
+    from starburst_executor import __version__
+
+    proc = starburst("--version")
+    assert (proc.returncode, proc.stdout.strip()) == (EXIT_OK, f"starburst {__version__}")
+
+
+def _bare_sessions(store_url: str, names: list[str]) -> list[str]:
+    """Sessions created in the store without workers or tasks (fast), named ``names``."""
+    from starburst_executor._session import SessionWriter, new_session_id
+    from starburst_executor.protocol import SessionManifest, runtime_versions
+
+    store, codec = open_store(store_url), Codec(secret_key())
+    sids = []
+    for name in names:
+        sid = new_session_id()
+        SessionWriter(store, SessionManifest(sid, store.now(), runtime_versions(), name=name,
+                                             store_url=store.url), codec).create()
+        sids.append(sid)
+    return sids
+
+
+def test_output_piped_into_head_ends_without_a_broken_pipe_error(store_url: str) -> None:
+    _bare_sessions(store_url, [f"session-{i}-" + "x" * 200 for i in range(250)])  # > 64 KiB
+    writer = subprocess.Popen([*STARBURST, "sessions", "--store", store_url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+    assert writer.stdout is not None and writer.stderr is not None
+    head = subprocess.run(["head", "-1"], stdin=writer.stdout, capture_output=True, timeout=120,
+                          check=True)
+    writer.stdout.close()
+    err = writer.stderr.read().decode()
+    writer.wait(timeout=120)
+    assert head.stdout.decode().split()[:3] == ["SESSION", "NAME", "STATE"]
+    assert err == "", err  # no "Broken pipe", no "Exception ignored"
+
+
+def test_tables_survive_names_with_newlines_and_wide_characters(store_url: str) -> None:
+    import unicodedata
+
+    names = ["two\nlines", "数据分析😀", "plain", "tab\there\x1b[31m"]
+    sids = _bare_sessions(store_url, names)
+    proc = starburst("sessions", "--store", store_url)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 + len(names)  # one row per session: the newline did not split one
+    assert "two\\nlines" in proc.stdout and "\x1b" not in proc.stdout and "\t" not in proc.stdout
+
+    def columns(text: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+    state_at = {columns(line[: line.index(word)]) for line, word in
+                zip(lines, ["STATE", *["open"] * len(names)])}
+    assert len(state_at) == 1, proc.stdout  # the STATE column lines up in every row
+
+    proc = starburst("status", sids[0], "--store", store_url)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    table = dict(line.split(":", 1) for line in proc.stdout.splitlines())
+    assert table["Session"].strip() == f"{sids[0]} (two\\nlines)"
+
+
+@pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}, {"LANG": "C", "LC_ALL": "C"}])
+def test_non_ascii_output_survives_an_ascii_terminal(store_url: str, env: dict[str, str]) -> None:
+    [sid] = _bare_sessions(store_url, ["数据😀"])
+    for args in (["sessions", "--store", store_url], ["status", sid, "--store", store_url]):
+        proc = subprocess.run([*STARBURST, *args], capture_output=True, timeout=60, check=False,
+                              env={**subprocess_env(PYTHONUTF8="0"), **env})
+        assert proc.returncode == EXIT_OK, proc.stderr
+        assert b"\\u6570\\u636e\\U0001f600" in proc.stdout, proc.stdout
+
+
+def test_worker_help_lists_its_options() -> None:
+    proc = starburst("worker", "--help")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert proc.stdout.startswith("usage: starburst worker")
+    for option in ("--store", "--session", "--worker-id", "--poll-max", "--log-level"):
+        assert option in proc.stdout
+
+
+def test_worker_given_only_the_session_finds_its_store_in_the_index(
+    store_url: str, made: list[DetachedExecutor], tmp_path: Path
+) -> None:
+    ex = DetachedExecutor(max_workers=1, store=store_url, pacing=FAST, idle_timeout=1)
+    made.append(ex)
+    ex.submit(tasks.add, 20, 22)
+    ex.detach()  # its own worker may run the task; the one started by hand must join anyway
+    proc = subprocess.run([*STARBURST, "worker", "--session", ex.session_id, "--worker-id",
+                           "by-hand", "--poll-max", "0.1"], capture_output=True, text=True,
+                          timeout=120, env=subprocess_env(), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"(store {store_url}, " in proc.stderr  # the worker's start line names it
+    reader = SessionReader(open_store(store_url), ex.session_id, Codec(secret_key()))
+    assert "by-hand" in {w.worker for w in reader.workers()}
+
+
+def test_cancel_of_a_cleaned_up_session_says_so_and_changes_nothing(
+    store_url: str, made: list[DetachedExecutor]
+) -> None:
+    ex = DetachedExecutor(max_workers=1, store=store_url, pacing=FAST)
+    made.append(ex)
+    assert ex.submit(tasks.add, 1, 1).result(timeout=60) == 2
+    ex.cleanup()
+    proc = starburst("cancel", ex.session_id)
+    assert proc.returncode == EXIT_NOT_FOUND
+    assert "cleaned up" in proc.stderr and "nothing was changed" in proc.stderr
+    assert json.loads(starburst("status", ex.session_id, "--json").stdout)["state"] == "closed"
+
+    ex.cleanup(delete_data=True)
+    proc = starburst("cancel", ex.session_id)
+    assert proc.returncode == EXIT_NOT_FOUND and "deleted" in proc.stderr
+
+
+def test_collect_checks_the_output_path_before_waiting(
+    store_url: str, made: list[DetachedExecutor], tmp_path: Path
+) -> None:
+    ex = DetachedExecutor(max_workers=1, store=store_url, pacing=FAST)
+    made.append(ex)
+    ex.submit(tasks.wait_for_gate, str(tmp_path / "gate"), 1)  # never finishes by itself
+    ex.detach()
+    for target in (tmp_path / "no-such-dir" / "out.pkl", tmp_path):
+        proc = starburst("collect", ex.session_id, "-o", str(target), "--wait", timeout=30)
+        assert proc.returncode == 1, proc.stderr
+        assert f"cannot write the results to {str(target)!r}" in proc.stderr
+    (tmp_path / "gate").touch()
+
+
+def test_a_malformed_session_id_is_a_usage_error_naming_the_format() -> None:
+    proc = starburst("status", "../x")
+    assert proc.returncode == 2
+    assert "expected YYYYMMDD-HHMMSS-xxxxxx" in proc.stderr
