@@ -316,13 +316,29 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         "session": args.session,
         "collected": len(results),
         "failed": len(failed),
+        "failed_tasks": [r.index for r in failed],
         "output": args.output,
     }
     text = f"wrote {len(results)} results ({len(failed)} failed) to {args.output}"
+    if failed:
+        text += f"\nfailed tasks (by index): {_index_ranges([r.index for r in failed])}"
     for r in failed[:5]:
-        text += f"\n  {r.task_id}: {type(r.error).__name__}: {r.error}"
+        text += f"\n  task {r.index} ({r.task_id}): {type(r.error).__name__}: {r.error}"
+    if len(failed) > 5:
+        text += f"\n  ... and {len(failed) - 5} more (each TaskResult.error in the file)"
     _emit(args, summary, text)
     return EXIT_TASKS_FAILED if failed else EXIT_OK
+
+
+def _index_ranges(indices: list[int]) -> str:
+    """``[2, 5, 6, 7]`` as ``"2, 5-7"``."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _check_writable(path: Path) -> None:

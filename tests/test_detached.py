@@ -8,11 +8,13 @@ The core cycle runs on a directory store and on S3 (SeaweedFS).
 
 from __future__ import annotations
 
+import pickle
 import signal
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import wait
 from pathlib import Path
 
 import executor_tasks as tasks
@@ -33,13 +35,16 @@ from starburst_executor import (
     DetachedExecutor,
     ProtocolMismatchError,
     SessionError,
+    StarburstExecutor,
     TaskResult,
     list_sessions,
     open_store,
 )
 from starburst_executor._manager import Pacing
 from starburst_executor._session import SessionWriter
-from starburst_executor.config import secret_key
+from starburst_executor.cli import main as cli_main
+from starburst_executor.config import home_dir, secret_key
+from starburst_executor.errors import SessionExpiredError
 from starburst_executor.protocol import Codec, SessionKeys
 from starburst_executor.sessions import SessionReader
 
@@ -222,6 +227,123 @@ def test_collect_after_cancel_returns_the_unrun_tasks_as_errors(
         "cancelled", 1, 3, 0, 0)
     wait_until(lambda: session_processes(sid) == [], timeout=10, what="workers to exit")
     other.cleanup(delete_data=True)
+
+
+def test_collect_numbers_results_by_submission_position(
+    local_store: str, tmp_path: Path, reap: list[str]
+) -> None:
+    """Partial and complete, from the API and from ``starburst collect``: a result's index is
+    where its call stood in submission order (each map item counts), whatever finished
+    before it. A partial collect used to number the finished tasks 0, 1, 2, ..."""
+    ex = DetachedExecutor(max_workers=2, store=local_store, pacing=FAST)
+    sid = ex.session_id
+    reap.append(sid)
+    gate = tmp_path / "gate"
+    ex.submit(tasks.wait_for_gate, str(gate), "first")  # 0: holds one worker until the gate
+    quick = [ex.submit(tasks.square, i) for i in range(1, 6)]  # 1-5
+    ex.map(tasks.raise_at, range(4), [2] * 4, chunksize=4)  # 6-9: 0, 1, ValueError; 9 never runs
+    ex.submit(tasks.add, 10)  # 10
+    wait_until(lambda: all(f.done() for f in ex.futures[1:]), what="all but the first task")
+    assert all(f.done() for f in quick)
+
+    # Index 0 is still running, and 9 never runs (map stops a chunk at its first error).
+    expected_partial = [(1, 1), (2, 4), (3, 9), (4, 16), (5, 25), (6, 0), (7, 1), (8, ValueError),
+                        (10, 10)]
+    partial = ex.collect(poll_interval=POLL)
+    assert [(r.index, r.value if r.ok else type(r.error)) for r in partial] == expected_partial
+    out = tmp_path / "partial.pkl"
+    assert cli_main(["collect", sid, "--store", local_store, "-o", str(out)]) == 4  # the ValueError
+    from_cli = pickle.loads(out.read_bytes())
+    assert [(r.index, r.value if r.ok else type(r.error)) for r in from_cli] == expected_partial
+
+    gate.touch()
+    complete = ex.collect(wait=True, timeout=60, poll_interval=POLL)
+    assert [(r.index, r.value if r.ok else type(r.error)) for r in complete] == [
+        (0, "first"), *expected_partial]
+    assert summary(DetachedExecutor.attach(sid, store=local_store).collect()) == summary(complete)
+    assert cli_main(["collect", sid, "--store", local_store, "-o", str(out)]) == 4
+    assert summary(pickle.loads(out.read_bytes())) == summary(complete)
+    ex.cleanup(delete_data=True)
+
+
+def test_a_damaged_result_fails_only_its_own_entry(
+    local_store: str, tmp_path: Path, reap: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ex = DetachedExecutor(max_workers=1, store=local_store, pacing=FAST)
+    sid = ex.session_id
+    reap.append(sid)
+    assert [ex.submit(tasks.square, i).result(timeout=60) for i in range(5)] == [0, 1, 4, 9, 16]
+    ex.detach()
+    store, keys, codec = open_store(local_store), SessionKeys(sid), Codec(secret_key())
+    bids = reader(local_store, sid).batch_ids()
+    done = reader(local_store, sid).done()
+    assert len(bids) == 5  # one batch per sequential submit
+    read_from = {}
+    for victim, damage in ((1, "signature"), (3, "unpickle")):
+        bid = bids[victim]
+        _, event_key, size = done[bid]
+        for key in (event_key, keys.result(bid)):  # every stored copy of its result
+            data = store.get(key).data
+            if damage == "signature":
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            else:  # correctly signed, but not a pickle
+                data = codec.encode_blob(b"this is not a pickle")
+            store.put(key, data)
+        read_from[victim] = event_key if size else keys.result(bid)
+
+    results = DetachedExecutor.attach(sid, store=local_store).collect()
+    assert [r.index for r in results] == [0, 1, 2, 3, 4]
+    assert [r.value for r in results if r.ok] == [0, 4, 16]
+    for victim in (1, 3):
+        error = results[victim].error
+        assert isinstance(error, CorruptRecordError)
+        assert f"task {victim} " in str(error) and read_from[victim] in str(error)
+    assert "signature" in str(results[1].error)
+
+    out = tmp_path / "results.pkl"
+    assert cli_main(["collect", sid, "--store", local_store, "-o", str(out)]) == 4
+    printed = capsys.readouterr().out
+    assert "2 failed" in printed and "failed tasks (by index): 1, 3" in printed
+    assert read_from[1] in printed
+    assert [r.ok for r in pickle.loads(out.read_bytes())] == [True, False, True, False, True]
+    DetachedExecutor.attach(sid, store=local_store).cleanup(delete_data=True)
+
+
+@pytest.mark.parametrize("kind", ["detached", "plain"])
+def test_session_expiry_fails_queued_work_and_starts_no_worker(
+    kind: str, local_store: str, tmp_path: Path, reap: list[str]
+) -> None:
+    """The only worker is blocked when session_timeout passes, with calls queued behind it
+    (in the store, and for a plain executor in the client too). They used to stay pending
+    forever, shutdown() never returned, and a worker was started about twice a second."""
+    timeout = 6.0
+    cls = DetachedExecutor if kind == "detached" else StarburstExecutor
+    started = time.monotonic()
+    ex = cls(max_workers=1, store=local_store, session_timeout=timeout, pacing=FAST)
+    sid = ex.session_id
+    reap.append(sid)
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    blocked = ex.submit(tasks.wait_for_gate, str(gate), 0, str(marks))
+    wait_until(lambda: list(marks.iterdir()), what="the blocking task to start")
+    queued = [ex.submit(tasks.square, i) for i in range(10)]
+
+    finished, _ = wait([blocked, *queued], timeout=timeout + 15)
+    assert len(finished) == 11, "Futures still pending after the session expired"
+    assert time.monotonic() - started < timeout + 8  # promptly after the deadline
+    for fut in queued:
+        error = fut.exception()
+        assert isinstance(error, SessionExpiredError) and isinstance(error, TimeoutError)
+        assert sid in str(error) and "session_timeout of 6 s" in str(error)
+    assert isinstance(blocked.exception(), TimeoutError)  # stopped at the deadline
+
+    logs = home_dir() / "logs" / sid
+    time.sleep(2.0)  # an observation window: the bug started a new worker every ~0.5 s
+    assert len(list(logs.glob("*.log"))) == 1, "a worker was started into an expired session"
+    closer = threading.Thread(target=ex.shutdown)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "shutdown() did not return"
 
 
 def test_collect_right_after_submit_includes_the_new_tasks(local_store: str, reap: list[str]) -> None:
