@@ -323,7 +323,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     if failed:
         text += f"\nfailed tasks (by index): {_index_ranges([r.index for r in failed])}"
     for r in failed[:5]:
-        text += f"\n  task {r.index} ({r.task_id}): {type(r.error).__name__}: {r.error}"
+        text += f"\n  task {r.index}, {r.task_id}: {type(r.error).__name__}: {r.error}"
     if len(failed) > 5:
         text += f"\n  ... and {len(failed) - 5} more (each TaskResult.error in the file)"
     _emit(args, summary, text)
