@@ -398,7 +398,11 @@ class Manager:
                     )
                 )
                 return
-        if ended.code == EXIT_INIT_FAILED:
+        # The exit code alone does not say what happened: a task may call os._exit(3) or
+        # os._exit(0). The worker's own record does: it says "init-failed" when the
+        # initializer failed and "exited" when the worker left its loop in order.
+        state = (record or {}).get("state")
+        if ended.code == EXIT_INIT_FAILED and state == "init-failed":
             error = str((record or {}).get("error", "")) or ended.log_tail
             self._break(
                 BrokenStarburstExecutor(
@@ -407,14 +411,14 @@ class Manager:
                     f"Its traceback:\n{error}"
                 )
             )
-        elif ended.code == _EXIT_CANNOT_START:
+        elif ended.code == _EXIT_CANNOT_START and record is None:
             self._break(
                 BrokenStarburstExecutor(
                     f"worker {ended.worker} could not start ({ended.reason}). "
                     f"Its log:\n{ended.log_tail}"
                 )
             )
-        elif ended.code != 0 and self._outstanding:  # None: gone, exit code unknown
+        elif state != "exited" and self._outstanding:  # it died, whatever its exit code
             logger.warning(
                 "session %s: worker %s ended (%s); its work will be retried",
                 self.session_id,

@@ -25,7 +25,7 @@
      └── WorkerLostError (+BrokenProcessPool)
           a task's worker died more often than ``max_attempts`` allows
     BrokenStarburstExecutor (+BrokenExecutor)  the pool cannot run anything (initializer failed)
-    RemoteTraceback                     carries a worker's traceback text as ``__cause__``
+    RemoteTraceback (+_RemoteTraceback)  carries a worker's traceback text as ``__cause__``
 
 Standard exceptions keep their standard meaning: ``ValueError`` for bad arguments,
 ``RuntimeError`` after shutdown, ``TimeoutError`` for timeouts.
@@ -34,7 +34,7 @@ Standard exceptions keep their standard meaning: ``ValueError`` for bad argument
 from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 
 __all__ = [
     "AwsCredentialsError",
@@ -160,16 +160,20 @@ class BrokenStarburstExecutor(StarburstError, BrokenExecutor):
     """The executor cannot run tasks any more (e.g. the initializer failed on a worker)."""
 
 
-class RemoteTraceback(Exception):
+class RemoteTraceback(_RemoteTraceback):
     """Holds the formatted traceback of an exception raised on a worker.
 
     It is attached as ``__cause__`` of the re-raised exception, so the worker's source lines
-    are printed under "The above exception was the direct cause of ...", as
-    ``ProcessPoolExecutor`` does.
+    are printed under "The above exception was the direct cause of ...". It subclasses the
+    stdlib's ``concurrent.futures.process._RemoteTraceback`` and holds the same text (the
+    traceback between triple quotes), so code and tools that look for the stdlib's class, and
+    ``traceback.format_exception``, see what ``ProcessPoolExecutor`` gives.
     """
 
     def __init__(self, tb: str) -> None:
-        super().__init__(tb)
+        # Not super().__init__: typeshed types the stdlib's ``tb`` as a traceback object,
+        # while CPython passes (and keeps) the formatted text, as this does.
+        Exception.__init__(self, tb)
         self.tb = tb
 
     def __str__(self) -> str:

@@ -1,8 +1,9 @@
 """``StarburstExecutor``: a drop-in ``ProcessPoolExecutor`` whose workers pull from a store.
 
-Calls are pickled at ``submit`` (so an unpicklable argument fails there, naming the argument),
-queued, and batched by the manager thread (``_manager.py``) into objects in the store, where a
-pool of workers claims and runs them. Futures are real ``concurrent.futures.Future`` objects.
+Calls are pickled at ``submit`` (an unpicklable argument fails that call's Future with the
+pickler's own exception, naming the argument, as ``ProcessPoolExecutor`` does), queued, and
+batched by the manager thread (``_manager.py``) into objects in the store, where a pool of
+workers claims and runs them. Futures are real ``concurrent.futures.Future`` objects.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
@@ -26,11 +28,17 @@ from starburst_executor._manager import Manager, Pacing, Shared, WorkItem
 from starburst_executor._session import Call, SessionWriter, new_session_id
 from starburst_executor.code_files import pack_code
 from starburst_executor.config import forget_session, keep_logs_default, secret_key
-from starburst_executor.errors import StarburstError
+from starburst_executor.errors import RemoteTraceback, StarburstError
 from starburst_executor.launchers import Launcher, make_launcher
 from starburst_executor.launchers.local import LocalLauncher, process_started
 from starburst_executor.protocol import Codec, SessionManifest, runtime_versions
-from starburst_executor.serialization import call_parts, dumps_part
+from starburst_executor.serialization import (
+    call_parts,
+    callable_name,
+    dumps,
+    dumps_part,
+    name_pickling_error,
+)
 from starburst_executor.sessions import SessionReader, remember_session
 from starburst_executor.stores import Store, open_store
 from starburst_executor.stores.local import LocalStore
@@ -321,18 +329,22 @@ class StarburstExecutor(Executor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; returns a Future for its result.
 
+        As with ``ProcessPoolExecutor``, a call that cannot be sent is not an error of
+        ``submit``: ``fn`` or an argument that cannot be pickled fails the returned Future
+        with the pickler's own exception (``TypeError``, ``PicklingError`` ...), its message
+        naming the argument, and nothing is queued; a ``fn`` that is not callable fails it
+        with the ``TypeError`` that calling it raises.
+
         Raises:
-            TypeError: ``fn`` is not callable.
-            SerializationError: ``fn`` or an argument cannot be pickled (nothing is queued).
             RuntimeError: after ``shutdown()``.
             BrokenStarburstExecutor: the pool is broken (see ``initializer``).
         """
-        if not callable(fn):
-            raise TypeError(
-                f"submit() needs a callable as its first argument, not {type(fn).__name__}"
-            )
         self._check_open()
-        return self._enqueue(Call("call", call_parts(fn, args, kwargs)))
+        try:
+            parts = call_parts(fn, args, kwargs)
+        except Exception as exc:  # the call's own failure, reported on its Future
+            return _failed_future(exc)
+        return self._enqueue(Call("call", parts))
 
     def _check_open(self) -> None:
         if self._shared.broken is not None:
@@ -372,34 +384,43 @@ class StarburstExecutor(Executor):
         Each chunk travels as one task; an exception raised for an item is raised when the
         iterator reaches that item, after the values before it. ``timeout`` counts from this
         call; on timeout the iterator raises ``TimeoutError`` and cancels what has not run.
+        A chunk that cannot be pickled (or an ``fn`` that cannot) raises the pickler's own
+        exception, naming the item, when the iterator reaches that chunk, as the stdlib's
+        ``map`` does; the iterator keeps no reference to the values it has yielded.
 
         Raises:
             TypeError: ``chunksize`` is not an int.
             ValueError: ``chunksize`` < 1.
-            SerializationError: ``fn`` or an item cannot be pickled (nothing is queued).
+            RuntimeError: after ``shutdown()``.
         """
         _check_int("chunksize", chunksize)
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if not callable(fn):
-            raise TypeError(
-                f"map() needs a callable as its first argument, not {type(fn).__name__}"
-            )
         self._check_open()
         end_time = None if timeout is None else timeout + time.monotonic()
-        name = getattr(fn, "__qualname__", None) or repr(fn)
-        fn_bytes = dumps_part(fn, f"the callable {name}")
-        calls = []
+        name = callable_name(fn)
+        fn_bytes: bytes | None = None
+        try:
+            fn_bytes = dumps_part(fn, f"the callable {name}")
+        except Exception as exc:  # every chunk fails with it, as each stdlib submit would
+            fn_error: Exception = exc
+        futures: list[Future[Any]] = []
         items = zip(*iterables)
         for start in itertools.count(0, chunksize):
             chunk = list(itertools.islice(items, chunksize))
             if not chunk:
                 break
-            what = f"the items {start + 1}..{start + len(chunk)} given to map({name})"
-            calls.append(
-                Call("chunk", {"fn": fn_bytes, "args": [dumps_part(chunk, what)], "kwargs": {}})
+            if fn_bytes is None:
+                futures.append(_failed_future(fn_error))
+                continue
+            try:
+                args = _dumps_chunk(chunk, start, name)
+            except Exception as exc:
+                futures.append(_failed_future(exc))
+                continue
+            futures.append(
+                self._enqueue(Call("chunk", {"fn": fn_bytes, "args": [args], "kwargs": {}}))
             )
-        futures = [self._enqueue(call) for call in calls]
         return _chain_results(futures, end_time)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -494,23 +515,74 @@ def _started() -> float:
     return process_started(os.getpid()) or time.time()
 
 
+def _failed_future(exc: Exception) -> Future[Any]:
+    """A Future failed with ``exc``, a call's pickling error, as ``ProcessPoolExecutor``
+    reports it: the exception itself, its traceback as text in ``__cause__`` (so no frame
+    keeps the call's arguments alive)."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
+    exc.__traceback__ = None
+    future: Future[Any] = Future()
+    future.set_running_or_notify_cancel()
+    future.set_exception(exc)
+    return future
+
+
+def _dumps_chunk(chunk: list[tuple[Any, ...]], start: int, name: str) -> bytes:
+    """Pickle a ``map`` chunk (its items start at index ``start``).
+
+    Raises:
+        Exception: the pickler's exception for the first item that cannot be pickled, its
+            message naming that item's index.
+    """
+    try:
+        return dumps(chunk)
+    except Exception as chunk_exc:
+        for offset, item in enumerate(chunk):
+            for position, value in enumerate(item):
+                try:
+                    dumps(value)
+                except Exception as exc:
+                    where = f" (from iterable {position + 1})" if len(item) > 1 else ""
+                    what = f"the item at index {start + offset}{where} given to map({name})"
+                    raise name_pickling_error(exc, what, value) from None
+        what = f"the items {start}..{start + len(chunk) - 1} given to map({name})"
+        raise name_pickling_error(chunk_exc, what, chunk) from None
+
+
 def _chain_results(futures: list[Future[Any]], end_time: float | None) -> Iterator[Any]:
-    """Yield the values of chunk Futures in order; cancel the rest if the caller stops."""
+    """Yield the values of chunk Futures in order; cancel the rest if the caller stops.
+
+    Like the stdlib's ``result_iterator``, it pops each Future and each value before handing
+    it over, so nothing here keeps a yielded value (or its chunk) alive.
+    """
     try:
         futures.reverse()
         while futures:
-            fut = futures[-1]
-            if end_time is None:
-                values, error = fut.result()
-            else:
-                values, error = fut.result(end_time - time.monotonic())
-            futures.pop()
-            yield from values
+            values, error = _chunk_outcome(
+                futures.pop(), None if end_time is None else end_time - time.monotonic()
+            )
+            values.reverse()
+            while values:
+                yield values.pop()
             if error is not None:
                 raise error
     finally:
         for fut in futures:
             fut.cancel()
+
+
+def _chunk_outcome(
+    fut: Future[Any], timeout: float | None
+) -> tuple[list[Any], BaseException | None]:
+    """A chunk's values (a copy: a ``DetachedExecutor`` keeps its Futures) and its error;
+    the Future is cancelled if it did not finish in time (the stdlib's ``_result_or_cancel``)."""
+    try:
+        values, error = fut.result(timeout)
+        return list(values), error
+    finally:
+        fut.cancel()
+        del fut
 
 
 def _default_pacing(store: Store) -> Pacing:

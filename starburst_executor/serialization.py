@@ -1,9 +1,10 @@
 """Pickling of calls, results and exceptions, with errors that name the culprit.
 
 A call travels as *parts*: the callable, each positional argument and each keyword argument
-pickled on its own with cloudpickle. Parts are content-addressed, so the same callable in a
-thousand tasks of one batch is stored once, and a large argument shared by many tasks is
-uploaded once as a blob.
+pickled on its own with cloudpickle (a part that cannot be pickled raises cloudpickle's own
+exception, its message naming the part, as ``ProcessPoolExecutor`` sets it on the Future).
+Parts are content-addressed, so the same callable in a thousand tasks of one batch is stored
+once, and a large argument shared by many tasks is uploaded once as a blob.
 
 Exceptions come back as :class:`RemoteException` records that keep the exception itself when
 it pickles, and its type name, message and formatted traceback always. The client rebuilds
@@ -27,10 +28,12 @@ __all__ = [
     "ChunkResult",
     "RemoteException",
     "call_parts",
+    "callable_name",
     "capture_exception",
     "dumps",
     "dumps_part",
     "loads",
+    "name_pickling_error",
 ]
 
 
@@ -43,20 +46,34 @@ def loads(data: bytes) -> Any:
 
 
 def dumps_part(obj: Any, what: str) -> bytes:
-    """Pickle one part of a call; the error says which part failed and what to do.
+    """Pickle one part of a call; a failure keeps its type and says which part failed.
 
     Raises:
-        SerializationError: ``obj`` cannot be pickled (a lock, an open file, a generator ...).
+        Exception: whatever cloudpickle raised (``TypeError`` for a lock, ``PicklingError``,
+            ``AttributeError`` ...), the very exception ``ProcessPoolExecutor`` would set on
+            the Future, with its message naming ``what`` (see :func:`name_pickling_error`).
     """
     try:
         return dumps(obj)
     except Exception as exc:
-        raise SerializationError(
-            f"cannot send {what} ({type(obj).__name__}) to a worker: {type(exc).__name__}: "
-            f"{exc}. Tasks run in other processes, so every callable and argument must be "
-            "picklable by cloudpickle: pass plain data (paths, numbers, arrays) and create "
-            "locks, connections and open files inside the task"
-        ) from exc
+        raise name_pickling_error(exc, what, obj) from None
+
+
+def name_pickling_error(exc: Exception, what: str, obj: Any) -> Exception:
+    """Make ``exc``, raised while pickling ``obj``, say that it was ``what`` that failed.
+
+    The exception keeps its type, as ``ProcessPoolExecutor`` keeps it (code that catches
+    ``TypeError`` or ``PicklingError`` still does): a one-string message gets ``what`` in
+    front, and a note (shown under the traceback) names it in any case and says what to do.
+    """
+    if len(exc.args) == 1 and isinstance(exc.args[0], str) and str(exc) == exc.args[0]:
+        exc.args = (f"cannot send {what} to a worker: {exc.args[0]}",)
+    exc.add_note(
+        f"while pickling {what} ({type(obj).__name__}). Tasks run in other processes, so "
+        "every callable and argument must be picklable by cloudpickle: pass plain data "
+        "(paths, numbers, arrays) and create locks, connections and open files inside the task"
+    )
+    return exc
 
 
 @dataclass
@@ -121,8 +138,12 @@ def capture_exception(exc: BaseException) -> RemoteException:
 def call_parts(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
-    """Pickle a call into its parts: ``{"fn": bytes, "args": [bytes], "kwargs": {k: bytes}}``."""
-    name = getattr(fn, "__qualname__", None) or repr(fn)
+    """Pickle a call into its parts: ``{"fn": bytes, "args": [bytes], "kwargs": {k: bytes}}``.
+
+    Raises:
+        Exception: a part cannot be pickled (see :func:`dumps_part`).
+    """
+    name = callable_name(fn)
     return {
         "fn": dumps_part(fn, f"the callable {name}"),
         "args": [dumps_part(a, f"argument {i + 1} of {name}") for i, a in enumerate(args)],
@@ -130,6 +151,11 @@ def call_parts(
             k: dumps_part(v, f"keyword argument {k!r} of {name}") for k, v in kwargs.items()
         },
     }
+
+
+def callable_name(fn: Any) -> str:
+    """How messages name a callable: its qualified name, else its ``repr``."""
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 @dataclass

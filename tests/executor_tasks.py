@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -130,3 +132,71 @@ def announce_and_sleep(mark_dir: str, seconds: float, first_only: bool = False) 
         time.sleep(seconds)
     Path(mark_dir, f"finished-{os.getpid()}").touch()
     return os.getpid()
+
+
+# -- the process-exit battery (tests/test_contract.py) ---------------------------------------------
+
+
+def end_process(how: str) -> None:
+    """End this process the way ``how`` says: ``sys.exit``, ``os._exit`` or ``sigkill``."""
+    if how == "sys.exit":
+        sys.exit(3)
+    if how == "os._exit":
+        os._exit(0)  # exit code 0: looks like a clean exit to whoever watches the process
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise ValueError(f"unknown way to end a process: {how}")
+
+
+class EndsProcessWhenLoaded:
+    """Pickles fine; unpickling it (on the worker, before the task runs) ends the process."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (end_process, (self.how,))
+
+
+class EndsProcessWhenPickled:
+    """A result whose pickling (on the worker, after the task ran) ends the process."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        end_process(self.how)
+        raise AssertionError("unreachable")
+
+
+def returns_process_ender(how: str) -> EndsProcessWhenPickled:
+    return EndsProcessWhenPickled(how)
+
+
+def ignore(_: Any) -> int:
+    return 1
+
+
+class Box:
+    """A weak-referenceable result: tests watch it die."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def box(value: Any) -> Box:
+    return Box(value)
+
+
+class RefusesPickle:
+    """Refuses to be pickled with the exception named by ``kind``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.kind == "PicklingError":
+            raise pickle.PicklingError("RefusesPickle will not be pickled")
+        if self.kind == "AttributeError":
+            raise AttributeError("RefusesPickle has no pickled form")
+        raise TypeError("RefusesPickle is not picklable")

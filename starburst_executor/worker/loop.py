@@ -580,6 +580,20 @@ class Worker:
             )
             error.__cause__ = exc
             return index, "err", dumps(capture_exception(error))
+        except BaseException as exc:  # sys.exit() (or Ctrl-C) in a __reduce__ or __setstate__
+            if self._terminating.is_set():
+                raise
+            # A ProcessPoolExecutor worker exits here and the Future fails with
+            # BrokenProcessPool; this worker reports the same class and carries on, instead of
+            # exiting (which would end in retries of the same fatal unpickling).
+            lost = WorkerLostError(
+                f"unpickling the task's callable or arguments raised {exc!r} on worker "
+                f"{self.worker_id}, which ends a ProcessPoolExecutor worker "
+                "(BrokenProcessPool); this worker reported it instead. Check the "
+                "__reduce__/__setstate__ of the objects passed to the task"
+            )
+            lost.__cause__ = exc
+            return index, "err", dumps(capture_exception(lost))
         if task["kind"] == "chunk":
             value: Any = self._run_chunk(fn, args[0])
             self._chunk_failures += value.error is not None
@@ -598,6 +612,10 @@ class Worker:
                 f"back: {type(exc).__name__}: {exc}. Return plain data instead"
             )
             return index, "err", dumps(capture_exception(error))
+        except BaseException as exc:  # sys.exit() in a __reduce__: the task's exception, as
+            if self._terminating.is_set():  # ProcessPoolExecutor's _sendback_result has it
+                raise
+            return index, "err", dumps(capture_exception(exc))
 
     @staticmethod
     def _run_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> ChunkResult:
