@@ -446,6 +446,8 @@ class StarburstExecutor(Executor):
             self._manager.thread.join()
             if self._writer.manifest.backend == "aws":
                 report = self.cost()
+                # Kept: the session's records are deleted next, and cost() must still answer.
+                self._final_cost = report
                 if report is not None:  # the measured cost, on the console in one line
                     print(report["text"], file=sys.stderr)
             self._remove_session_data()
@@ -480,10 +482,14 @@ class StarburstExecutor(Executor):
         logger.info("session %s: deleted its %d objects", self.session_id, removed)
 
     _data_removed = True  # until __init__ makes a session this executor owns
+    _final_cost: dict[str, Any] | None = None  # cost() measured at a clean shutdown
 
     def cost(self) -> dict[str, Any] | None:
         """What the session's workers cost so far, from their measured runtime (AWS backend;
-        ``None`` for local workers): ``{"cost": USD, "worker_seconds": ..., "text": ...}``."""
+        ``None`` for local workers): ``{"cost": USD, "worker_seconds": ..., "text": ...}``.
+        After a clean shutdown, the figure measured then (the session's data is gone)."""
+        if self._final_cost is not None:
+            return self._final_cost
         return SessionReader(self._store, self.session_id, self._writer.codec).cost()
 
     def __exit__(self, *exc_info: object) -> None:
