@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -170,27 +171,31 @@ class DetachedExecutor(StarburstExecutor):
         self, fn: Any, *iterables: Any, timeout: float | None = None, chunksize: int = 1
     ) -> Any:
         """As ``StarburstExecutor.map``; returns once every chunk is in the store (the input
-        is read at once, as the stdlib's ``map`` does).
+        is read at once, as the stdlib's ``map`` does). A chunk that cannot be pickled is
+        not in the session: its Future fails, and ``collect`` does not count its items.
 
         Raises:
             StoreError: a chunk could not be written to the store.
             SessionError: the session is closed, cancelled or expired.
         """
         self._check_extendable()
-        rows = list(zip(*iterables))  # to know each chunk's item count
+        rows = list(zip(*iterables))
+        taken = [0]  # rows the base class has drawn so far: tells each chunk's item count
+
+        def column(k: int) -> Iterator[Any]:
+            for row in rows:
+                taken[0] += k == 0
+                yield row[k]
+
         calls: list[tuple[Future[Any], Call]] = []
-        self._bulk.calls = calls
+        self._bulk.calls, self._bulk.taken, self._bulk.chunksize = calls, taken, chunksize
         try:
-            results = super().map(fn, *zip(*rows), timeout=timeout, chunksize=chunksize)
+            columns = [column(k) for k in range(len(iterables))]
+            results = super().map(fn, *columns, timeout=timeout, chunksize=chunksize)
         finally:
             self._bulk.calls = None
-        sizes = [min(chunksize, len(rows) - s) for s in range(0, len(rows), chunksize)]
-        known = len(sizes) == len(calls) and all(c.kind == "chunk" for _, c in calls)
-        if known:
-            for (_, call), size in zip(calls, sizes):
-                call.items = size
         if calls:
-            self._commit.commit(calls, "m" if known else "")
+            self._commit.commit(calls, "m")
             self._ensure_started()
         return results
 
@@ -198,6 +203,9 @@ class DetachedExecutor(StarburstExecutor):
         future: Future[Any] = Future()
         bulk: list[tuple[Future[Any], Call]] | None = getattr(self._bulk, "calls", None)
         if bulk is not None:  # inside map(): written with the other chunks
+            # Chunks start at multiples of chunksize, and this one was just drawn.
+            taken, size = self._bulk.taken[0], self._bulk.chunksize
+            call.items = taken - (taken - 1) // size * size
             bulk.append((future, call))
             return future
         with self._shared.lock:

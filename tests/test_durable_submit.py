@@ -178,3 +178,18 @@ def test_a_failed_write_fails_the_submit(local_store: str, reap: list[str]) -> N
     del ex._writer.write_batch  # the real one again
     assert ex.submit(tasks.square, 4).result(timeout=60) == 16  # the executor still works
     ex.cleanup(delete_data=True)
+
+
+def test_map_with_an_unpicklable_chunk_writes_the_others(local_store: str, reap: list[str]) -> None:
+    """As the stdlib's: the chunk that cannot be pickled raises when the iterator reaches it;
+    the others are in the session, numbered without the chunk that never was."""
+    ex = DetachedExecutor(max_workers=1, store=local_store, pacing=FAST)
+    reap.append(ex.session_id)
+    it = ex.map(tasks.square, [1, 2, threading.Lock(), 4, 5], chunksize=2)
+    assert reader(local_store, ex.session_id).status().total == 2  # [1, 2] and [5]
+    assert [next(it), next(it)] == [1, 4]
+    with pytest.raises(TypeError, match="lock"):
+        next(it)
+    results = ex.collect(wait=True, timeout=60, poll_interval=POLL)
+    assert [(r.index, r.value) for r in results] == [(0, 1), (1, 4), (2, 25)]
+    ex.cleanup(delete_data=True)
