@@ -93,6 +93,12 @@ def _keep_params(
     delete = params.get("Delete")
     if isinstance(delete, Mapping):  # DeleteObjects: the keys it deletes are its resources
         kept["DeleteKeys"] = [str(o.get("Key")) for o in delete.get("Objects", [])]
+    # Only whether the call tags what it creates: tagging at creation is its own action.
+    if params.get("tags") or params.get("Tags"):
+        kept["Tagged"] = True
+    for role in ("taskRoleArn", "executionRoleArn"):  # what RunTask will pass to ECS
+        if isinstance(params.get(role), str):
+            kept[role] = params[role]
     context[_CONTEXT_KEY] = kept
 
 
@@ -379,6 +385,38 @@ def allowed(
     return True
 
 
+def implied(
+    call: Call, calls: Iterable[Call], *, region: str, account: str, partition: str = "aws"
+) -> list[tuple[str, list[str]]]:
+    """The actions IAM also checks for ``call`` that its name does not say, with resources.
+
+    - ECS creates with ``tags`` also need ``ecs:TagResource`` on what they create (AWS:
+      "Tagging your resources ... during creation" needs the tagging permission);
+    - ``RunTask`` needs ``iam:PassRole`` on the task definition's task and execution roles:
+      taken from the ``RegisterTaskDefinition`` calls among ``calls`` (any family; a run that
+      only reuses definitions registered earlier checks no role here).
+    """
+    found: list[tuple[str, list[str]]] = []
+    ecs = f"arn:{partition}:ecs:{region}:{account}"
+    if call.service == "ecs" and call.params.get("Tagged"):
+        created = {
+            "RunTask": f"{ecs}:task/{_cluster_name(call.params.get('cluster'))}/*",
+            "RegisterTaskDefinition": f"{ecs}:task-definition/{call.params.get('family')}:*",
+            "CreateCluster": f"{ecs}:cluster/{call.params.get('clusterName', '*')}",
+        }.get(call.operation)
+        if created:
+            found.append(("ecs:TagResource", [created]))
+    if call.service == "ecs" and call.operation == "RunTask":
+        roles = sorted({
+            str(c.params[r]) for c in calls
+            if c.service == "ecs" and c.operation == "RegisterTaskDefinition"
+            for r in ("taskRoleArn", "executionRoleArn") if c.params.get(r)
+        })  # fmt: skip
+        if roles:
+            found.append(("iam:PassRole", roles))
+    return found
+
+
 def violations(
     calls: Iterable[Call],
     documents: list[Mapping[str, Any]],
@@ -387,14 +425,19 @@ def violations(
     account: str,
     partition: str = "aws",
 ) -> list[str]:
-    """Each distinct (action, resource) of ``calls`` that ``documents`` do not allow."""
+    """Each distinct (action, resource) of ``calls`` that ``documents`` do not allow,
+    counting the actions each call :func:`implied`."""
     found: dict[str, None] = {}
+    calls = list(calls)
     for call in calls:
         context = _context(call, region=region, account=account, partition=partition)
-        for action in iam_actions(call.service, call.operation):
-            resources = resource_of(
-                call, action, region=region, account=account, partition=partition
-            )
+        named = [
+            (action, resource_of(call, action, region=region, account=account,
+                                 partition=partition))
+            for action in iam_actions(call.service, call.operation)
+        ]  # fmt: skip
+        extra = implied(call, calls, region=region, account=account, partition=partition)
+        for action, resources in named + extra:
             if not allowed(documents, action, resources, context):
                 shown = {k: v for k, v in context.items()}
                 found[

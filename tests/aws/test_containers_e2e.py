@@ -479,6 +479,17 @@ def test_every_recorded_call_is_allowed_by_the_generated_policies(as_user: World
     }
     missing = call_log.violations(worker, [listing_removed], **scope)
     assert missing and all("s3:ListBucket" in m for m in missing)
+    # Actions a call implies are checked too: RunTask passes the roles and tags the tasks.
+    for implied_action in ("iam:PassRole", "ecs:TagResource"):
+        without = {
+            **world.user_policy,
+            "Statement": [
+                st for st in world.user_policy["Statement"]
+                if implied_action not in call_log._listify(st["Action"])
+            ],
+        }
+        missing = call_log.violations(client, [without], **scope)
+        assert any(f"RunTask needs {implied_action}" in m for m in missing), missing
 
 
 def _image_check(checks: list[Any]) -> Any:
