@@ -484,7 +484,8 @@ def test_every_recorded_call_is_allowed_by_the_generated_policies(as_user: World
         without = {
             **world.user_policy,
             "Statement": [
-                st for st in world.user_policy["Statement"]
+                st
+                for st in world.user_policy["Statement"]
                 if implied_action not in call_log._listify(st["Action"])
             ],
         }
