@@ -33,6 +33,7 @@ __all__ = [
     "dumps",
     "dumps_part",
     "loads",
+    "RESULT_ADVICE",
     "name_pickling_error",
 ]
 
@@ -59,20 +60,26 @@ def dumps_part(obj: Any, what: str) -> bytes:
         raise name_pickling_error(exc, what, obj) from None
 
 
-def name_pickling_error(exc: Exception, what: str, obj: Any) -> Exception:
+_CALL_ADVICE = (
+    "Tasks run in other processes, so every callable and argument must be picklable by "
+    "cloudpickle: pass plain data (paths, numbers, arrays) and create locks, connections and "
+    "open files inside the task"
+)
+RESULT_ADVICE = "A task's result travels back to the caller: return plain data instead"
+
+
+def name_pickling_error(
+    exc: Exception, what: str, obj: Any, advice: str = _CALL_ADVICE
+) -> Exception:
     """Make ``exc``, raised while pickling ``obj``, say that it was ``what`` that failed.
 
     The exception keeps its type, as ``ProcessPoolExecutor`` keeps it (code that catches
     ``TypeError`` or ``PicklingError`` still does): a one-string message gets ``what`` in
-    front, and a note (shown under the traceback) names it in any case and says what to do.
+    front, and a note (shown under the traceback) names it in any case and gives ``advice``.
     """
     if len(exc.args) == 1 and isinstance(exc.args[0], str) and str(exc) == exc.args[0]:
-        exc.args = (f"cannot send {what} to a worker: {exc.args[0]}",)
-    exc.add_note(
-        f"while pickling {what} ({type(obj).__name__}). Tasks run in other processes, so "
-        "every callable and argument must be picklable by cloudpickle: pass plain data "
-        "(paths, numbers, arrays) and create locks, connections and open files inside the task"
-    )
+        exc.args = (f"cannot pickle {what}: {exc.args[0]}",)
+    exc.add_note(f"while pickling {what} ({type(obj).__name__}). {advice}")
     return exc
 
 

@@ -200,3 +200,7 @@ class RefusesPickle:
         if self.kind == "AttributeError":
             raise AttributeError("RefusesPickle has no pickled form")
         raise TypeError("RefusesPickle is not picklable")
+
+
+def returns_refuser(kind: str) -> RefusesPickle:
+    return RefusesPickle(kind)

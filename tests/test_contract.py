@@ -135,6 +135,24 @@ def test_non_callable_fails_its_future_like_the_stdlib(
         next(ex.map("not callable", range(3)))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("kind", ["lock", "PicklingError", "AttributeError"])
+def test_unpicklable_result_fails_its_future_like_the_stdlib(
+    make_executor: MakeExecutor, stdlib: ProcessPoolExecutor, kind: str
+) -> None:
+    def submit(ex: Executor) -> Future[Any]:
+        if kind == "lock":
+            return ex.submit(tasks.return_lock)
+        return ex.submit(tasks.returns_refuser, kind)
+
+    expected = outcome(submit(stdlib))
+    ex = make_executor()
+    error = outcome(submit(ex))
+    assert type(error) is type(expected), (error, expected)
+    assert str(expected) in str(error) and "the task's result" in str(error)
+    assert isinstance(error.__cause__, _RemoteTraceback)
+    assert ex.submit(tasks.square, 5).result(timeout=RESULT_TIMEOUT) == 25
+
+
 # -- a task whose unpickling or result pickling ends the worker process ---------------------------
 
 ENDINGS = ["sys.exit", "os._exit", "sigkill"]

@@ -45,7 +45,14 @@ from starburst_executor.protocol import (
     key_time_ms,
     version_mismatch,
 )
-from starburst_executor.serialization import ChunkResult, capture_exception, dumps, loads
+from starburst_executor.serialization import (
+    RESULT_ADVICE,
+    ChunkResult,
+    capture_exception,
+    dumps,
+    loads,
+    name_pickling_error,
+)
 from starburst_executor.stores.base import Store
 
 __all__ = ["EXIT_INIT_FAILED", "Worker", "WorkerOptions"]
@@ -606,12 +613,9 @@ class Worker:
                 return index, "err", dumps(capture_exception(exc))
         try:
             return index, "ok", dumps(value)
-        except Exception as exc:
-            error = SerializationError(
-                f"the task's result ({type(value).__name__}) could not be pickled to send it "
-                f"back: {type(exc).__name__}: {exc}. Return plain data instead"
-            )
-            return index, "err", dumps(capture_exception(error))
+        except Exception as exc:  # the pickler's own exception, as ProcessPoolExecutor's
+            failed = name_pickling_error(exc, "the task's result", value, RESULT_ADVICE)
+            return index, "err", dumps(capture_exception(failed))
         except BaseException as exc:  # sys.exit() in a __reduce__: the task's exception, as
             if self._terminating.is_set():  # ProcessPoolExecutor's _sendback_result has it
                 raise
