@@ -298,17 +298,8 @@ def instance_shape(aws: Aws, instance_type: str) -> tuple[int, int]:
     """
     if instance_type in _SHAPES:
         return _SHAPES[instance_type]
-    try:
-        types = aws.call("ec2", "describe_instance_types", InstanceTypes=[instance_type])[
-            "InstanceTypes"
-        ]
-    except AwsError as exc:
-        if exc.code in ("InvalidInstanceType", "InvalidParameterValue"):
-            raise ValueError(f"EC2 has no instance type {instance_type!r}") from exc
-        raise
-    if not types:
-        raise ValueError(f"EC2 has no instance type {instance_type!r}")
-    return int(types[0]["VCpuInfo"]["DefaultVCpus"]), int(types[0]["MemoryInfo"]["SizeInMiB"])
+    found = _describe_instance_type(aws, instance_type)
+    return int(found["VCpuInfo"]["DefaultVCpus"]), int(found["MemoryInfo"]["SizeInMiB"])
 
 
 def instance_enis(aws: Aws, instance_type: str) -> int:
@@ -320,6 +311,16 @@ def instance_enis(aws: Aws, instance_type: str) -> int:
     """
     if instance_type in _ENIS:
         return _ENIS[instance_type]
+    found = _describe_instance_type(aws, instance_type)
+    return int(found.get("NetworkInfo", {}).get("MaximumNetworkInterfaces", 2))
+
+
+def _describe_instance_type(aws: Aws, instance_type: str) -> dict[str, Any]:
+    """``ec2:DescribeInstanceTypes`` of one type.
+
+    Raises:
+        ValueError: EC2 does not know ``instance_type``.
+    """
     try:
         types = aws.call("ec2", "describe_instance_types", InstanceTypes=[instance_type])[
             "InstanceTypes"
@@ -330,7 +331,7 @@ def instance_enis(aws: Aws, instance_type: str) -> int:
         raise
     if not types:
         raise ValueError(f"EC2 has no instance type {instance_type!r}")
-    return int(types[0].get("NetworkInfo", {}).get("MaximumNetworkInterfaces", 2))
+    return dict(types[0])
 
 
 def tasks_per_instance(
