@@ -525,9 +525,10 @@ def _failed_future(exc: Exception) -> Future[Any]:
     """A Future failed with ``exc``, a call's pickling error, as ``ProcessPoolExecutor``
     reports it: the exception itself, its traceback as text in ``__cause__`` (so no frame
     keeps the call's arguments alive)."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
-    exc.__traceback__ = None
+    if exc.__traceback__ is not None:  # once: map fails every chunk with one exception
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
+        exc.__traceback__ = None
     future: Future[Any] = Future()
     future.set_running_or_notify_cancel()
     future.set_exception(exc)

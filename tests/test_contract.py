@@ -115,12 +115,14 @@ def test_map_of_an_unpicklable_callable_raises_at_the_first_item_like_the_stdlib
     fn = threading.Lock().acquire
     expected = stdlib.map(fn, [1, 2])
     ex = make_executor()
-    results = ex.map(fn, [1, 2])
+    results = ex.map(fn, range(300))  # one failed chunk each, all with the one exception
     with pytest.raises(TypeError) as stdlib_info:
         next(expected)
     with pytest.raises(TypeError) as info:
         next(results)
     assert str(stdlib_info.value) in str(info.value) and "the callable" in str(info.value)
+    # its traceback text once, not nested once per chunk
+    assert str(info.value.__cause__).count("Traceback (most recent call last)") == 1
 
 
 def test_non_callable_fails_its_future_like_the_stdlib(
