@@ -121,8 +121,8 @@ def test_map_of_an_unpicklable_callable_raises_at_the_first_item_like_the_stdlib
     with pytest.raises(TypeError) as info:
         next(results)
     assert str(stdlib_info.value) in str(info.value) and "the callable" in str(info.value)
-    # its traceback text once, not nested once per chunk
-    assert str(info.value.__cause__).count("Traceback (most recent call last)") == 1
+    # its own traceback as text, not that text nested once per chunk (300 levels deep)
+    assert "direct cause" not in str(info.value.__cause__)
 
 
 def test_non_callable_fails_its_future_like_the_stdlib(
