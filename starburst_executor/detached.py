@@ -230,7 +230,7 @@ class DetachedExecutor(StarburstExecutor):
             self._state = "expired"
         state = self._state
         if state in _TERMINAL:
-            raise SessionError(
+            raise (SessionExpiredError if state == "expired" else SessionError)(
                 f"session {self.session_id} is {state}: it takes no more work. Collect its "
                 "results, and start a new DetachedExecutor for new work"
             )
@@ -255,9 +255,8 @@ class DetachedExecutor(StarburstExecutor):
         return [*self._restored, *self._submitted]
 
     def detach(self) -> None:
-        """Upload everything queued, leave the workers running, and stop polling.
-
-        The session carries on without this process. Reattach with
+        """Leave the workers running and stop polling; every call submitted is in the store
+        already. The session carries on without this process. Reattach with
         ``DetachedExecutor.attach(session_id)``.
         """
         self._detached_here = True

@@ -336,6 +336,11 @@ def test_session_expiry_fails_queued_work_and_starts_no_worker(
         assert isinstance(error, SessionExpiredError) and isinstance(error, TimeoutError)
         assert sid in str(error) and "session_timeout of 6 s" in str(error)
     assert isinstance(blocked.exception(), TimeoutError)  # stopped at the deadline
+    if kind == "detached":  # refused at once
+        with pytest.raises(SessionExpiredError, match="expired"):
+            ex.submit(tasks.square, 1)
+    else:  # its Future fails at once: nothing travels into the expired session
+        assert isinstance(ex.submit(tasks.square, 1).exception(timeout=5), SessionExpiredError)
 
     logs = home_dir() / "logs" / sid
     time.sleep(2.0)  # an observation window: the bug started a new worker every ~0.5 s
