@@ -20,7 +20,7 @@ PUBLIC = {
     "AwsPermissionError", "BrokenStarburstExecutor", "CorruptRecordError", "CostLimitError",
     "DetachedExecutor", "ObjectNotFoundError", "PreconditionFailedError",
     "ProtocolMismatchError", "RemoteTraceback", "SerializationError", "SessionError",
-    "SessionStatus", "StarburstError", "StarburstExecutor", "StoreConfigError", "StoreError",
+    "SessionExpiredError", "SessionStatus", "StarburstError", "StarburstExecutor", "StoreConfigError", "StoreError",
     "StoreUnavailableError", "TaskResult", "WorkerLostError", "__version__", "list_sessions",
     "open_store",
 }
