@@ -176,8 +176,8 @@ def test_reattaching_while_workers_start_runs_no_more_than_max_workers(
     alone, which moto is made to require as AWS does)."""
     with strict_list_tasks():
         ex = DetachedExecutor(backend="aws", max_workers=2, name="slow-start")
-        for i in range(4):
-            ex.submit(executor_tasks.square, i)
+        # Four batches (a durable map writes each chunk as one), so the pool is full: 2.
+        ex.map(executor_tasks.square, range(4), chunksize=1)
         sid = ex.session_id
         ex.detach()
         assert len(_tasks(profile)) == 2
