@@ -283,7 +283,10 @@ def _run(source: str, *args: str) -> tuple[subprocess.CompletedProcess[str], flo
     try:
         proc = subprocess.run(
             [sys.executable, str(script), *args],
-            capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=SCRIPT_TIMEOUT,
+            stdin=subprocess.DEVNULL,
             check=False,
         )
     finally:
