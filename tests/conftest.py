@@ -5,7 +5,8 @@
   it: CI must never skip the real-server tests silently.
 - ``env`` (autouse): dummy AWS credentials, ``us-east-1``, no profile, endpoint or config file
   from the developer's machine, and ``STARBURST_HOME`` in the test's temporary directory.
-- ``store``: a fresh, empty store per test, once per backend: ``local``, ``seaweed``, ``moto``.
+- ``store``: a fresh, empty store per test, once per backend: ``local``, ``seaweed``, ``moto``,
+  ``memory`` (the in-process fake the unit tests use: held to the same contract).
 - ``executor_store`` / ``make_executor``: a store URL for executors, once per backend
   (``local``, ``seaweed``), with the environment their worker processes inherit; and a
   factory of executors on it that shuts each one down at teardown.
@@ -27,7 +28,7 @@ from starburst_executor.stores.base import Store
 
 TEST_BUCKET = "starburst-test"
 
-STORE_KINDS = ["local", "seaweed", "moto"]
+STORE_KINDS = ["local", "seaweed", "moto", "memory"]
 
 _SCRUBBED_ENV = (
     "AWS_PROFILE",
@@ -97,6 +98,10 @@ def store(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> It
         from starburst_executor.stores.local import LocalStore
 
         instance: Store = LocalStore(tmp_path / "store")
+    elif store_kind == "memory":
+        from starburst_executor.stores.memory import MemoryStore
+
+        instance = MemoryStore()
     else:
         from starburst_executor.stores.s3 import S3Store
 
@@ -118,7 +123,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
 
 
 # -- executor fixtures (tests/test_executor*.py, tests/test_lifecycle.py) ------------------------

@@ -4,6 +4,8 @@
   under the per-user cache directory, see :func:`starburst_executor.config.default_store_url`).
 - ``s3://bucket/prefix``: :class:`S3Store`, any S3-compatible endpoint (``AWS_ENDPOINT_URL``,
   ``AWS_ENDPOINT_URL_S3``, ``AWS_PROFILE`` ... are honoured as boto3 does).
+- ``memory://NAME``: :class:`~starburst_executor.stores.memory.MemoryStore`, in this process
+  only (tests; workers in threads of this process share it by name).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ def open_store(url: str | Path | Store | None = None) -> Store:
 
     Args:
         url: ``None`` (the per-user default directory store), ``"file:///abs/path"``, a plain
-            filesystem path, ``"s3://bucket/prefix"``, or an object implementing ``Store``.
+            filesystem path, ``"s3://bucket/prefix"``, ``"memory://NAME"`` (the live
+            in-process store of that name, or a new one), or an object implementing ``Store``.
 
     Raises:
-        ValueError: the URL's scheme is not one of ``file`` or ``s3``, or it names no bucket.
+        ValueError: the URL's scheme is not one of ``file``, ``s3`` or ``memory``, or it names
+            no bucket.
         StoreConfigError: the directory cannot be created or written.
     """
     from starburst_executor.config import default_store_url
@@ -63,6 +67,10 @@ def open_store(url: str | Path | Store | None = None) -> Store:
                 f"store URL {url!r} names no bucket: use 's3://BUCKET/optional/prefix'"
             )
         return S3Store(parts.netloc, parts.path.strip("/"))
+    if parts.scheme == "memory":
+        from starburst_executor.stores.memory import MemoryStore
+
+        return MemoryStore.open(parts.netloc)
     raise ValueError(
         f"store URL {url!r} has unsupported scheme {parts.scheme!r}: "
         "use 'file:///path' for a directory or 's3://bucket/prefix' for S3"

@@ -1,7 +1,7 @@
 """The store contract: every ``Store`` implementation passes these same tests.
 
 The ``store`` fixture (``tests/conftest.py``) runs each test on a ``LocalStore``, an
-``S3Store`` on SeaweedFS and an ``S3Store`` on moto. The guarantees checked are the ones
+``S3Store`` on SeaweedFS, an ``S3Store`` on moto and a ``MemoryStore``. The guarantees checked are the ones
 ``starburst_executor/stores/base.py`` states. Race tests skip moto: its conditional writes
 are check-then-act without a lock, so a race against it proves nothing.
 """
@@ -329,7 +329,7 @@ def test_now_advances(store: Store) -> None:
 
 
 def test_url_reopens_the_same_store(store: Store, store_kind: str) -> None:
-    if store_kind != "local":
+    if store_kind not in ("local", "memory"):
         pytest.skip("an s3:// URL carries no endpoint; the test servers are not the default")
     store.put("k", b"v")
     reopened = open_store(store.url)
@@ -501,6 +501,18 @@ def test_open_store_returns_a_store_as_is(tmp_path: Path) -> None:
 
     given = LocalStore(tmp_path / "s")
     assert open_store(given) is given
+
+
+def test_open_store_memory_url_gives_the_live_store_of_that_name() -> None:
+    from starburst_executor.stores.memory import MemoryStore
+
+    first = open_store("memory://contract-shared")
+    assert isinstance(first, MemoryStore)
+    first.put("k", b"v")
+    assert open_store(first.url) is first
+    assert open_store("memory://contract-other").url == "memory://contract-other"
+    with pytest.raises(ValueError, match="exists already"):
+        MemoryStore("contract-shared")
 
 
 @pytest.mark.parametrize(
