@@ -20,9 +20,10 @@ import threading
 import time
 import traceback
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from starburst_executor._claims import ClaimHandle, Claims
 from starburst_executor._cursor import KeyCursor
@@ -108,12 +109,30 @@ class WorkerOptions:
         poll_max: longest wait between two looks for work.
         cursor_margin: overlap of successive listings (see ``KeyCursor``).
         control_every: how often to re-read the session's control record.
+        capture_output: keep each task's stdout/stderr for its result. Off for workers that
+            share a process (``ThreadLauncher``): ``sys.stdout`` is one per process, so
+            redirecting it from several threads would mix their outputs.
     """
 
     poll_min: float = 0.005
     poll_max: float = 0.5
     cursor_margin: float = 15.0
     control_every: float = 2.0
+    capture_output: bool = True
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this worker's process at once (SIGTERM handled, session expired mid-task): the
+    running task cannot be interrupted from another thread, so the process goes with it."""
+    logging.shutdown()
+    os._exit(code)
+
+
+def restart_process() -> NoReturn:
+    """Replace this worker's process by a fresh worker (a task overran ``task_timeout``);
+    exec keeps the pid, so the launcher keeps tracking it."""
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, "-m", "starburst_executor.worker", *sys.argv[1:]])
 
 
 class _BlobCache:
@@ -147,6 +166,10 @@ class Worker:
         worker_id: this worker's id (unique within the session).
         codec: verifies and signs records.
         options: polling behaviour.
+        on_exit: ends the worker with an exit code where a process would ``os._exit``
+            (default :func:`exit_process`); a worker in a thread stops its thread instead.
+        on_restart: replaces the worker after a task overran ``task_timeout`` (default
+            :func:`restart_process`, an exec).
     """
 
     def __init__(
@@ -156,7 +179,12 @@ class Worker:
         worker_id: str,
         codec: Codec,
         options: WorkerOptions | None = None,
+        *,
+        on_exit: Callable[[int], NoReturn] = exit_process,
+        on_restart: Callable[[], NoReturn] = restart_process,
     ) -> None:
+        self._on_exit = on_exit
+        self._on_restart = on_restart
         self.store = store
         self.keys = SessionKeys(session_id)
         self.worker_id = worker_id
@@ -229,6 +257,8 @@ class Worker:
                 )
                 self._write_record(state="exited", reason=reason, ended=self.store.now())
                 self._upload_log()
+            # A worker in a thread must not leave its handler on the shared logger.
+            logging.getLogger("starburst_executor").removeHandler(self._ring)
         return 0
 
     def _upload_log(self) -> None:
@@ -266,10 +296,15 @@ class Worker:
         """
 
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            self._terminating.set()
-            self._stop.set()
+            self.request_stop()
 
         signal.signal(signal.SIGTERM, on_sigterm)
+
+    def request_stop(self) -> None:
+        """What SIGTERM does: the lease thread hands the current claim back, records the
+        exit and ends the worker through ``on_exit(143)``."""
+        self._terminating.set()
+        self._stop.set()
 
     def _renew_loop(self) -> None:
         """Renews the lease; acts on SIGTERM; enforces ``task_timeout``."""
@@ -331,17 +366,17 @@ class Worker:
                 handle.bid,
                 limit,
             )
-            self._abandon(
-                handle,
-                done,
-                TimeoutError(
-                    f"the task ran longer than task_timeout={limit:g}s on worker {self.worker_id}; "
-                    "it was stopped and the worker replaced"
-                ),
-            )
-            os.execv(
-                sys.executable, [sys.executable, "-m", "starburst_executor.worker", *sys.argv[1:]]
-            )
+            try:
+                self._abandon(
+                    handle,
+                    done,
+                    TimeoutError(
+                        f"the task ran longer than task_timeout={limit:g}s on worker "
+                        f"{self.worker_id}; it was stopped and the worker replaced"
+                    ),
+                )
+            finally:
+                self._on_restart()
         deadline = self.manifest.deadline
         if deadline is not None and self.store.now() > deadline:
             logger.error(
@@ -350,17 +385,19 @@ class Worker:
                 self.keys.session_id,
                 handle.bid,
             )
-            self._expired()
-            self._abandon(
-                handle,
-                done,
-                SessionExpiredError(
-                    f"session {self.keys.session_id} expired (session_timeout="
-                    f"{self.manifest.session_timeout:g}s) while the task ran; it was stopped"
-                ),
-                reason="session expired (session_timeout) during a task",
-            )
-            os._exit(0)
+            try:
+                self._expired()
+                self._abandon(
+                    handle,
+                    done,
+                    SessionExpiredError(
+                        f"session {self.keys.session_id} expired (session_timeout="
+                        f"{self.manifest.session_timeout:g}s) while the task ran; it was stopped"
+                    ),
+                    reason="session expired (session_timeout) during a task",
+                )
+            finally:
+                self._on_exit(0)
 
     def _abandon(
         self, handle: ClaimHandle, done: list[_Outcome], error: BaseException, reason: str = ""
@@ -372,14 +409,11 @@ class Worker:
         outcomes = done + [
             (t["i"], "err", payload) for t in batch["tasks"] if t["i"] not in finished
         ]
-        try:
-            self._deliver(handle, outcomes, None)
-            self.claims.finish(handle)
-            if reason:
-                self._write_record(state="exited", reason=reason, ended=self.store.now())
-            self._upload_log()
-        finally:
-            logging.shutdown()
+        self._deliver(handle, outcomes, None)
+        self.claims.finish(handle)
+        if reason:
+            self._write_record(state="exited", reason=reason, ended=self.store.now())
+        self._upload_log()
 
     def _terminate(self) -> None:
         with self._lock:
@@ -393,8 +427,7 @@ class Worker:
             self._write_record(state="exited", reason="SIGTERM", ended=self.store.now())
             self._upload_log()
         finally:
-            logging.shutdown()
-            os._exit(143)
+            self._on_exit(143)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -554,6 +587,8 @@ class Worker:
         with self._lock:
             self._task_started = time.monotonic()
         try:
+            if not self.options.capture_output:
+                return self._run_task(task, inline)
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 return self._run_task(task, inline)
         finally:
