@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -157,7 +157,7 @@ class DetachedExecutor(StarburstExecutor):
             on_written=self._written,
         )
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """As ``StarburstExecutor.submit``; returns once the call is in the store.
 
         Raises:
@@ -168,8 +168,12 @@ class DetachedExecutor(StarburstExecutor):
         return super().submit(fn, *args, **kwargs)
 
     def map(
-        self, fn: Any, *iterables: Any, timeout: float | None = None, chunksize: int = 1
-    ) -> Any:
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
         """As ``StarburstExecutor.map``; returns once every chunk is in the store (the input
         is read at once, as the stdlib's ``map`` does). A chunk that cannot be pickled is
         not in the session: its Future fails, and ``collect`` does not count its items.
