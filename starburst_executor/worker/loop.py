@@ -121,6 +121,11 @@ class WorkerOptions:
     capture_output: bool = True
 
 
+class WorkerGone(BaseException):
+    """Raised by an ``on_exit``/``on_restart`` hook that cannot end a process (a worker in a
+    thread): it unwinds the lease thread, which then ends quietly."""
+
+
 def exit_process(code: int) -> NoReturn:
     """End this worker's process at once (SIGTERM handled, session expired mid-task): the
     running task cannot be interrupted from another thread, so the process goes with it."""
@@ -240,7 +245,7 @@ class Worker:
         self._write_record()
         if not self._run_initializer():
             return EXIT_INIT_FAILED
-        renewer = threading.Thread(target=self._renew_loop, name="starburst-lease", daemon=True)
+        renewer = threading.Thread(target=self._lease_thread, name="starburst-lease", daemon=True)
         renewer.start()
         reason = "error"
         try:
@@ -305,6 +310,12 @@ class Worker:
         exit and ends the worker through ``on_exit(143)``."""
         self._terminating.set()
         self._stop.set()
+
+    def _lease_thread(self) -> None:
+        try:
+            self._renew_loop()
+        except WorkerGone:  # a hook ended this worker; its loop stops at _stop
+            pass
 
     def _renew_loop(self) -> None:
         """Renews the lease; acts on SIGTERM; enforces ``task_timeout``."""
