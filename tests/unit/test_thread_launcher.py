@@ -1,0 +1,49 @@
+"""``ThreadLauncher``: the real worker loop in threads, ended where a process would end."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import pytest
+
+from starburst_executor import StarburstExecutor
+from starburst_executor.launchers.thread import ThreadLauncher
+from starburst_executor.stores.memory import FakeClock
+
+from .fakes import RecordingStore, use_launcher, wait_until
+from .test_manager import FAST, RELEASE, blocking
+
+
+def test_stop_hands_the_running_batch_back_like_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
+    launchers = use_launcher(monkeypatch, lambda s, m, c: ThreadLauncher(s, m.session_id, c))
+    store = RecordingStore(clock=FakeClock())
+    ex = StarburstExecutor(store=store, max_workers=1, pacing=FAST)
+    try:
+        future: Future[int] = ex.submit(blocking, 7)
+        wait_until(lambda: future.running() and launchers and launchers[0].running(), what="run")
+        (launcher,) = launchers
+        wait_until(
+            lambda: any(
+                "-requeue-" not in k.key for k in store.list("sessions/") if "/claims/" in k.key
+            ),
+            what="the claim",
+        )
+        launcher.stop(timeout=5)
+        assert launcher.running() == 0
+        (ended,) = launcher.poll()
+        assert ended.code == 143  # what the process would have exited with
+        requeued = [i.key for i in store.list("sessions/") if "-requeue-" in i.key]
+        assert len(requeued) == 1  # handed back: another worker may run it at once
+        assert launcher.poll() == []
+    finally:
+        RELEASE.set()
+        ex.shutdown(wait=True, cancel_futures=True)
+        RELEASE.clear()
+
+
+def test_a_fake_clock_moves_only_forward() -> None:
+    clock = FakeClock(100.0)
+    assert clock() == 100.0
+    assert clock.advance(2.5) == 102.5
+    with pytest.raises(ValueError, match="only moves forward"):
+        clock.advance(-1)
