@@ -30,6 +30,7 @@ import executor_tasks as tasks
 import pytest
 
 from starburst_executor import StarburstExecutor, WorkerLostError
+from starburst_executor.protocol import SessionKeys
 
 MakeExecutor = Callable[..., StarburstExecutor]
 RESULT_TIMEOUT = 60
@@ -134,7 +135,11 @@ def test_frozen_worker_loses_its_lease_and_its_late_result_is_discarded(
     # Thawed, the first worker finishes its copy of the task and tries to deliver it: the
     # duplicate must neither disturb the delivered result nor the executor.
     wait_until(lambda: (tmp_path / f"finished-{frozen}").exists(), what="the thawed worker")
-    time.sleep(1.0)
+    # Its delivery attempt ends with a done event of its own: the third (slow, quick, slow).
+    done = SessionKeys(ex.session_id).done
+    wait_until(
+        lambda: len(list(ex.store.list(done))) >= 3, what="the thawed worker's late delivery"
+    )
     assert slow.result() == runner
     assert ex.submit(tasks.square, 7).result(timeout=RESULT_TIMEOUT) == 49
 
@@ -176,7 +181,7 @@ def test_racing_workers_run_each_task_exactly_once(
                 fut = ex.submit(tasks.record_run, str(runs), index)
                 fut.add_done_callback(count(index))
                 futures.append(fut)
-            time.sleep(0.005)
+            time.sleep(0.005)  # the workload: bursts apart, so they travel as many batches
         assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == [2 * i for i in range(300)]
         wait_until(lambda: sum(delivered.values()) >= 300, what="the done callbacks")
         executions = Counter(int(p.name.split("-")[0]) for p in runs.iterdir())

@@ -324,7 +324,7 @@ def test_now_is_close_to_the_local_clock(store: Store) -> None:
 
 def test_now_advances(store: Store) -> None:
     first = store.now()
-    time.sleep(0.05)
+    time.sleep(0.05)  # the thing under test: real time passes, the store's clock follows
     assert store.now() >= first
 
 
