@@ -508,7 +508,7 @@ def test_expired_session_can_be_collected_but_not_extended(local_store: str, rea
     ex = DetachedExecutor(max_workers=1, store=local_store, session_timeout=1.0, pacing=FAST)
     reap.append(ex.session_id)
     assert ex.submit(tasks.add, 2, 3).result(timeout=30) == 5
-    time.sleep(1.2)
+    time.sleep(1.2)  # the thing under test: session_timeout=1 passes on the store's clock
     # No worker has marked it expired yet (the control record still says "open").
     attached = DetachedExecutor.attach(ex.session_id, store=local_store)
     assert attached.status().state == "expired"
