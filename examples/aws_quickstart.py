@@ -10,19 +10,21 @@ Then:
 
     python examples/aws_quickstart.py --workers 10
 
-It prints the cost estimate before launching, runs 200 tasks of 1,000,000 draws on ECS
-workers, prints the estimate of pi and the cost measured from the workers' runtime, and
-stops every worker. ``--detach`` starts a detached session instead and prints the commands
-to check on it and collect it later (``starburst status SID``, ``starburst collect SID``).
+It shows the cost estimate before launching (the library logs it; this script shows the
+library's INFO records on stderr), runs 200 tasks of 1,000,000 draws on ECS workers, prints
+the estimate of pi and the cost measured from the workers' runtime, and stops every worker.
+``--detach`` starts a detached session instead and prints the commands to check on it and
+collect it later (``starburst status SID``, ``starburst collect SID``).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import time
 
-from starburst_executor import DetachedExecutor, StarburstExecutor
+from starburst_executor import AwsBackend, DetachedExecutor, StarburstExecutor
 
 
 def draws_inside(seed: int, draws: int = 1_000_000) -> int:
@@ -42,11 +44,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="refuse to launch above this estimate (USD per hour)")
     parser.add_argument("--detach", action="store_true", help="start a detached session")
     args = parser.parse_args(argv)
-    options = dict(backend="aws", max_workers=args.workers, cpu=args.cpu, memory=args.memory,
-                   spot=True, max_hourly_cost=args.max_hourly_cost)
+    # The library logs what it decides (the cost estimate, quota waves, the measured cost) and
+    # configures no handler: show its INFO records, as an application chooses to.
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("starburst_executor").setLevel(logging.INFO)
+    backend = AwsBackend(cpu=args.cpu, memory=args.memory, spot=True,
+                         max_hourly_cost=args.max_hourly_cost)
 
     if args.detach:
-        ex = DetachedExecutor(name="pi", **options)
+        ex = DetachedExecutor(backend=backend, max_workers=args.workers, name="pi")
         for seed in range(args.tasks):
             ex.submit(draws_inside, seed)
         print(f"session {ex.session_id} started; check on it with:")
@@ -56,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     start = time.monotonic()
-    with StarburstExecutor(**options) as ex:  # prints the cost estimate before launching
+    # Logs the cost estimate before launching (CostLimitError above max_hourly_cost).
+    with StarburstExecutor(backend=backend, max_workers=args.workers) as ex:
         inside = sum(ex.map(draws_inside, range(args.tasks), chunksize=5))
-    # (leaving the block stopped every worker and printed the measured cost)
+    # (leaving the block stopped every worker and logged the measured cost)
     total = args.tasks * 1_000_000
     print(f"pi ~= {4 * inside / total:.6f} from {total:,} draws in "
           f"{time.monotonic() - start:.1f} s on up to {args.workers} workers")

@@ -5,8 +5,14 @@ object store (a local directory by default, any S3 endpoint, or AWS with ECS wor
     >>> with StarburstExecutor(max_workers=4) as ex:
     ...     print(list(ex.map(abs, [-1, -2, 3])))
     [1, 2, 3]
+
+Every name a public signature uses is importable from here: the executors, their backends
+(``LocalBackend``, ``AwsBackend``), ``Store``, ``Pacing``, the results of a detached session,
+and the whole error tree of :mod:`starburst_executor.errors`.
 """
 
+from starburst_executor._manager import Pacing
+from starburst_executor.backends import AwsBackend, LocalBackend
 from starburst_executor.detached import DetachedExecutor, list_sessions
 from starburst_executor.errors import (
     AwsCredentialsError,
@@ -16,7 +22,9 @@ from starburst_executor.errors import (
     AwsPermissionError,
     BrokenStarburstExecutor,
     CorruptRecordError,
+    CostAlertWarning,
     CostLimitError,
+    ImageBuildError,
     ObjectNotFoundError,
     PreconditionFailedError,
     ProtocolMismatchError,
@@ -32,11 +40,13 @@ from starburst_executor.errors import (
 )
 from starburst_executor.executor import StarburstExecutor
 from starburst_executor.sessions import SessionStatus, TaskResult
-from starburst_executor.stores import open_store
+from starburst_executor.stores import Store, open_store
 
+# The one statement of the version: pyproject.toml reads it (setuptools' dynamic version).
 __version__ = "0.1.0"
 
 __all__ = [
+    "AwsBackend",
     "AwsCredentialsError",
     "AwsError",
     "AwsLaunchError",
@@ -44,9 +54,13 @@ __all__ = [
     "AwsPermissionError",
     "BrokenStarburstExecutor",
     "CorruptRecordError",
+    "CostAlertWarning",
     "CostLimitError",
     "DetachedExecutor",
+    "ImageBuildError",
+    "LocalBackend",
     "ObjectNotFoundError",
+    "Pacing",
     "PreconditionFailedError",
     "ProtocolMismatchError",
     "RemoteTraceback",
@@ -56,6 +70,7 @@ __all__ = [
     "SessionStatus",
     "StarburstError",
     "StarburstExecutor",
+    "Store",
     "StoreConfigError",
     "StoreError",
     "StoreUnavailableError",

@@ -234,9 +234,9 @@ def ecs_logs(reader: Any, worker: str | None, follow: bool) -> int:
     """
     from starburst_executor.aws.launcher import ECSLauncher
     from starburst_executor.aws.logs import follow_logs, read_logs
-    from starburst_executor.aws.options import EcsOptions
+    from starburst_executor.aws.options import session_backend
 
-    options = EcsOptions.from_dict(reader.manifest.extra["aws"])
+    options = session_backend(reader.manifest).options
     aws = _aws(options.region)
     launcher = ECSLauncher(aws, options, reader.manifest.session_id, reader.manifest.store_url)
     live: list[str] = []

@@ -1,4 +1,4 @@
-"""Every exception the library raises, in one tree.
+"""Every exception the library raises, in one tree, and the warnings it gives.
 
 ::
 
@@ -27,6 +27,8 @@
     BrokenStarburstExecutor (+BrokenExecutor)  the pool cannot run anything (initializer failed)
     RemoteTraceback (+_RemoteTraceback)  carries a worker's traceback text as ``__cause__``
 
+    CostAlertWarning (+UserWarning)    the estimate exceeds ``cost_alert_threshold``
+
 Standard exceptions keep their standard meaning: ``ValueError`` for bad arguments,
 ``RuntimeError`` after shutdown, ``TimeoutError`` for timeouts.
 """
@@ -44,6 +46,7 @@ __all__ = [
     "AwsPermissionError",
     "BrokenStarburstExecutor",
     "CorruptRecordError",
+    "CostAlertWarning",
     "CostLimitError",
     "ImageBuildError",
     "ObjectNotFoundError",
@@ -145,6 +148,11 @@ class AwsLaunchError(AwsError):
 
 class CostLimitError(StarburstError, ValueError):
     """The estimated cost exceeds the limit the user set (``max_hourly_cost``)."""
+
+
+class CostAlertWarning(UserWarning):
+    """The estimated cost of a session exceeds the ``cost_alert_threshold`` the user set
+    (the session starts anyway; ``max_hourly_cost`` is the limit that refuses)."""
 
 
 class ImageBuildError(StarburstError):

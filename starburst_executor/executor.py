@@ -12,7 +12,6 @@ import itertools
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -26,9 +25,10 @@ from typing import Any, TypeVar
 from starburst_executor._claims import Claims
 from starburst_executor._manager import Manager, Pacing, Shared, WorkItem
 from starburst_executor._session import Call, SessionWriter, new_session_id
+from starburst_executor.backends import AwsBackend, Backend, BackendConfig, resolve_backend
 from starburst_executor.code_files import pack_code
 from starburst_executor.config import forget_session, keep_logs_default, secret_key
-from starburst_executor.errors import RemoteTraceback, StarburstError
+from starburst_executor.errors import BrokenStarburstExecutor, RemoteTraceback, StarburstError
 from starburst_executor.launchers import Launcher, make_launcher
 from starburst_executor.launchers.local import LocalLauncher, process_started
 from starburst_executor.protocol import Codec, SessionManifest, runtime_versions
@@ -90,9 +90,12 @@ class StarburstExecutor(Executor):
         store: where tasks and results live: ``None`` (a directory under the per-user cache,
             or ``STARBURST_STORE``), ``"file:///path"``, ``"s3://bucket/prefix"``, or a
             ``Store`` object.
-        backend: what runs the workers: ``"local"`` (processes on this machine; the default)
-            or ``"aws"`` (ECS tasks; needs ``starburst setup`` once; the store defaults to the
-            profile's bucket).
+        backend: what runs the workers: ``LocalBackend()`` (processes on this machine; the
+            default, also ``"local"`` or ``None``) or ``AwsBackend(cpu=2, memory="4GB",
+            spot=True, max_hourly_cost=10.0, ...)`` (ECS tasks; needs ``starburst setup``
+            once; the store defaults to the profile's bucket; ``"aws"`` is short for
+            ``AwsBackend()``, the profile's defaults). The worker size, capacity and cost
+            guardrails are options of the backend object.
         max_attempts: how many times a task is started when its worker dies before its Future
             fails with ``WorkerLostError`` (a ``BrokenProcessPool``).
         lease_seconds: how long a worker's claim on a batch lasts without renewal; a worker
@@ -103,13 +106,6 @@ class StarburstExecutor(Executor):
             not yet run fail. ``None``: no limit.
         task_timeout: a task running longer than this many seconds fails with
             ``TimeoutError`` and its worker is replaced by a fresh one. ``None``: no limit.
-        cpu, memory, launch_type, instance_type, spot, region, image: ``backend="aws"``
-            only: worker size (``cpu=2, memory="8GB"``, Fargate pairs are checked before any
-            call), ``"FARGATE"`` or ``"EC2"``, Spot capacity (default on), the region (must
-            match the profile's), and the worker image (default: the profile's).
-        max_hourly_cost: ``backend="aws"``: refuse to launch (``CostLimitError``) when the
-            estimate is above this many dollars per hour.
-        cost_alert_threshold: ``backend="aws"``: warn when the estimate is above it.
         code_files: local modules (``.py`` files) and package directories to ship with the
             session: each worker puts them first on its ``sys.path`` before the initializer,
             so tasks can import code that is not installed in the worker image.
@@ -121,6 +117,11 @@ class StarburstExecutor(Executor):
             else ``False``. A ``DetachedExecutor`` never deletes its data by itself.
         pacing: polling pace of the client (advanced).
 
+    With an ``AwsBackend``, the cost estimate is logged (INFO, logger
+    ``starburst_executor.aws.backend``) before anything launches, an estimate above
+    ``cost_alert_threshold`` gives a ``CostAlertWarning``, and a clean shutdown logs the
+    measured cost (INFO, this module's logger; also ``cost()``).
+
     Raises:
         TypeError: an argument has the wrong type (e.g. ``max_workers="4"``).
         ValueError: ``max_workers`` or ``max_tasks_per_child`` is not positive, or an argument
@@ -128,6 +129,7 @@ class StarburstExecutor(Executor):
         StoreConfigError: the store cannot be used (missing bucket, no credentials, directory
             not writable); the message says what to fix.
         StoreUnavailableError: the store could not be reached.
+        AwsNotSetUpError, CostLimitError, AwsLaunchError: see ``AwsBackend``.
     """
 
     _detached = False
@@ -141,22 +143,13 @@ class StarburstExecutor(Executor):
         *,
         max_tasks_per_child: int | None = None,
         store: str | Store | None = None,
-        backend: str | None = None,
+        backend: str | Backend | None = None,
         max_attempts: int = 3,
         lease_seconds: float = 30.0,
         idle_timeout: float = 60.0,
         name: str = "",
         session_timeout: float | None = None,
         task_timeout: float | None = None,
-        cpu: float | None = None,
-        memory: str | int | None = None,
-        launch_type: str | None = None,
-        instance_type: str | None = None,
-        spot: bool | None = None,
-        region: str | None = None,
-        image: str | None = None,
-        max_hourly_cost: float | None = None,
-        cost_alert_threshold: float | None = None,
         code_files: Sequence[str | os.PathLike[str]] = (),
         keep_logs: bool | None = None,
         pacing: Pacing | None = None,
@@ -188,23 +181,7 @@ class StarburstExecutor(Executor):
             )
         if not isinstance(name, str):
             raise TypeError(f"name must be a string, not {type(name).__name__}")
-        backend = backend or "local"
-        aws_args = {
-            "cpu": cpu,
-            "memory": memory,
-            "launch_type": launch_type,
-            "instance_type": instance_type,
-            "spot": spot,
-            "region": region,
-            "image": image,
-            "max_hourly_cost": max_hourly_cost,
-            "cost_alert_threshold": cost_alert_threshold,
-        }
-        if backend not in ("local", "aws"):
-            raise ValueError(f"backend must be 'local' or 'aws', not {backend!r}")
-        if backend == "local" and any(v is not None for v in aws_args.values()):
-            given = ", ".join(k for k, v in aws_args.items() if v is not None)
-            raise ValueError(f"{given}: only for backend='aws' (local workers use this machine)")
+        backend_obj = resolve_backend(backend)
         if session_timeout is not None and session_timeout <= 0:
             raise ValueError("session_timeout must be > 0 seconds (or None)")
         if task_timeout is not None and task_timeout <= 0:
@@ -214,31 +191,20 @@ class StarburstExecutor(Executor):
         extra: dict[str, Any] = {
             "client": {"host": socket.gethostname(), "pid": os.getpid(), "started": _started()}
         }
-        if backend == "aws":
+        backend_config: BackendConfig
+        if isinstance(backend_obj, AwsBackend):
             from starburst_executor.aws.backend import prepare
 
-            plan = prepare(
-                max_workers=max_workers,
-                cpu=cpu,
-                memory=memory,
-                launch_type=launch_type,
-                instance_type=instance_type,
-                spot=spot,
-                region=region,
-                image=image,
-                max_hourly_cost=max_hourly_cost,
-                cost_alert_threshold=cost_alert_threshold,
-                store=store,
-            )
+            plan = prepare(backend_obj, max_workers=max_workers, store=store)
             max_workers = plan.max_workers
             store_obj = open_store(store if store is not None else plan.store_url)
             codec = Codec(plan.secret_key)
-            extra["aws"] = plan.options.to_dict()
-            extra["rate"] = plan.estimate.per_worker_hour
+            backend_config = plan.session_backend(backend_obj)
         else:
             max_workers = max_workers or os.cpu_count() or 1
             store_obj = open_store(store)
             codec = Codec(secret_key())
+            backend_config = backend_obj
         manifest = SessionManifest(
             session_id=new_session_id(),
             created=store_obj.now(),
@@ -249,7 +215,8 @@ class StarburstExecutor(Executor):
             max_tasks_per_child=max_tasks_per_child,
             name=name,
             store_url=store_obj.url,
-            backend=backend,
+            backend=backend_config.kind,
+            backend_config=backend_config,
             detached=self._detached,
             session_timeout=session_timeout,
             task_timeout=task_timeout,
@@ -347,8 +314,12 @@ class StarburstExecutor(Executor):
         return self._enqueue(Call("call", parts))
 
     def _check_open(self) -> None:
-        if self._shared.broken is not None:
-            raise type(self._shared.broken)(str(self._shared.broken))
+        broken = self._shared.broken
+        if broken is not None:
+            # A new exception per call, as the stdlib's `raise BrokenProcessPool(...)`:
+            # raising the stored one again would grow its traceback on every submit. The
+            # original (the one the pending Futures hold) is its __cause__.
+            raise BrokenStarburstExecutor(_broken_message(broken)) from broken
         if self._shared.shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _interpreter_exiting:
@@ -444,12 +415,12 @@ class StarburstExecutor(Executor):
             self._ensure_started()  # let the manager close the session and exit
         if wait:
             self._manager.thread.join()
-            if self._writer.manifest.backend == "aws":
+            if self._writer.manifest.backend != "local":
                 report = self.cost()
                 # Kept: the session's records are deleted next, and cost() must still answer.
                 self._final_cost = report
-                if report is not None:  # the measured cost, on the console in one line
-                    print(report["text"], file=sys.stderr)
+                if report is not None:
+                    logger.info("session %s: %s", self.session_id, report["text"])
             self._remove_session_data()
 
     def _remove_session_data(self) -> None:
@@ -494,6 +465,13 @@ class StarburstExecutor(Executor):
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)
+
+
+def _broken_message(broken: BaseException) -> str:
+    """The message of the error ``submit`` raises once the executor is broken."""
+    if isinstance(broken, BrokenStarburstExecutor):
+        return str(broken)
+    return f"the executor is broken and cannot run new work: {type(broken).__name__}: {broken}"
 
 
 def _check_int(label: str, value: object, *, optional: bool = False) -> None:

@@ -42,11 +42,12 @@ import hmac
 import json
 import pickle
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import cloudpickle
 
+from starburst_executor.backends import BackendConfig, backend_from_record
 from starburst_executor.errors import CorruptRecordError, ProtocolMismatchError
 
 __all__ = [
@@ -282,6 +283,7 @@ class SessionManifest:
         name: a human label.
         store_url: where the session lives.
         backend: the launcher kind ("local", "aws").
+        backend_config: that backend's options (see :mod:`starburst_executor.backends`).
         detached: whether the session outlives its client.
         session_timeout: seconds after ``created`` when workers stop and the session expires.
         task_timeout: a task running longer fails with ``TimeoutError`` and its worker is
@@ -307,6 +309,9 @@ class SessionManifest:
     task_timeout: float | None = None
     max_workers: int = 1
     code: str | None = None
+    # The backend's options as the session runs them (``LocalBackend``, or for AWS the
+    # options resolved against the profile); encoded by the backend's own to_record().
+    backend_config: BackendConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -315,11 +320,20 @@ class SessionManifest:
         return None if self.session_timeout is None else self.created + self.session_timeout
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(replace(self, backend_config=None))
+        if self.backend_config is not None:
+            data["backend_config"] = self.backend_config.to_record()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SessionManifest:
-        return _from_dict(cls, data)  # type: ignore[no-any-return]
+        record = data.get("backend_config")
+        manifest: SessionManifest = _from_dict(
+            cls, {k: v for k, v in data.items() if k != "backend_config"}
+        )
+        if record is None:
+            return manifest
+        return replace(manifest, backend_config=backend_from_record(record))
 
 
 @dataclass(frozen=True)

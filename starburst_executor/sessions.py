@@ -370,15 +370,17 @@ class SessionReader:
         """The cost so far of an AWS session from its workers' measured runtime (``None``
         for other backends): ``{"cost": USD, "worker_seconds": ..., "text": one line}``."""
         workers = self.workers() if workers is None else workers
-        rate = self.manifest.extra.get("rate")
-        if self.manifest.backend != "aws" or not rate:
+        if self.manifest.backend != "aws":
             return None
         from starburst_executor.aws.billing import session_report
-        from starburst_executor.aws.options import EcsOptions
+        from starburst_executor.aws.options import session_backend
 
+        backend = session_backend(self.manifest)
+        if not backend.rate:
+            return None
         cost = session_report(
-            EcsOptions.from_dict(self.manifest.extra["aws"]),
-            float(rate),
+            backend.options,
+            backend.rate,
             workers,
             created=self.manifest.created,
             batches=len(self.batch_ids()),

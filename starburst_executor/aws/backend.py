@@ -1,24 +1,32 @@
-"""``prepare``: everything ``backend="aws"`` checks and decides before a session starts.
+"""``prepare``: everything an :class:`~starburst_executor.backends.AwsBackend` checks and
+decides before a session starts.
 
 In order, each failure a clear error before anything is launched or paid for: the saved
 profile (``starburst setup`` ran), the region, a ``store=`` the workers' role can reach, the
 worker size (Fargate pairs) and architecture, the worker count against the ceiling and the
 vCPU quota (waves when the quota is smaller), the image in ECR, the cost estimate (of the
 workers that run at once) against ``max_hourly_cost``, and the signing key from SSM.
+
+What it finds is reported through :mod:`logging` (logger ``starburst_executor.aws.backend``):
+the estimate at INFO, the ARM64 On-Demand fallback and quota waves at WARNING; a cost above
+``cost_alert_threshold`` is a :class:`~starburst_executor.errors.CostAlertWarning`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.cost import CostEstimate, check_budget, ec2_packing, estimate
-from starburst_executor.aws.options import EcsOptions
+from starburst_executor.aws.options import AwsSessionBackend, EcsOptions
 from starburst_executor.aws.quota import Quota
 from starburst_executor.aws.settings import AwsSettings
-from starburst_executor.errors import AwsError, AwsNotSetUpError
+from starburst_executor.backends import AwsBackend
+from starburst_executor.errors import AwsError, AwsNotSetUpError, CostAlertWarning
 
 __all__ = ["AwsPlan", "check_store", "prepare", "secret_key_from_ssm"]
 
@@ -28,7 +36,11 @@ DEFAULT_WORKERS = 10
 
 @dataclass(frozen=True)
 class AwsPlan:
-    """The checked plan for one AWS session."""
+    """The checked plan for one AWS session.
+
+    Attributes:
+        notices: what the plan found worth telling (the estimate first), as logged.
+    """
 
     settings: AwsSettings
     options: EcsOptions
@@ -38,28 +50,26 @@ class AwsPlan:
     estimate: CostEstimate
     notices: tuple[str, ...]
 
+    def session_backend(self, requested: AwsBackend) -> AwsSessionBackend:
+        """The backend record the session's manifest keeps (options resolved, rate)."""
+        return AwsSessionBackend(requested, self.options, self.estimate.per_worker_hour)
+
 
 def prepare(
+    backend: AwsBackend,
     *,
     max_workers: int | None,
-    cpu: float | None = None,
-    memory: str | int | None = None,
-    launch_type: str | None = None,
-    instance_type: str | None = None,
-    spot: bool | None = None,
-    region: str | None = None,
-    image: str | None = None,
-    max_hourly_cost: float | None = None,
-    cost_alert_threshold: float | None = None,
-    aws: Aws | None = None,
-    quiet: bool = False,
     store: object = None,
+    aws: Aws | None = None,
 ) -> AwsPlan:
     """Check and plan an AWS session (see the module docstring).
 
     Args:
+        backend: the options asked for (``None`` fields take the profile's).
+        max_workers: the executor's ``max_workers`` (``None``: 10, or the ceiling if lower).
         store: the executor's ``store=`` (a URL or a ``Store``), ``None`` for the profile's:
             it must lie inside the bucket prefix the task role may use (:func:`check_store`).
+        aws: the AWS client to use (default: one for the profile's region).
 
     Raises:
         AwsNotSetUpError: no profile, or the image is missing from ECR.
@@ -70,6 +80,7 @@ def prepare(
         CostLimitError: the estimate exceeds ``max_hourly_cost``.
     """
     settings = AwsSettings.load()
+    region = backend.region
     if region is not None and region != settings.region:
         raise ValueError(
             f"region mismatch: the AWS profile was set up in {settings.region}, but "
@@ -78,15 +89,7 @@ def prepare(
             "the region argument"
         )
     store_url = check_store(settings, store)
-    options = EcsOptions.resolve(
-        settings,
-        cpu=cpu,
-        memory=memory,
-        launch_type=launch_type,
-        spot=spot,
-        instance_type=instance_type,
-        image=image,
-    )
+    options = EcsOptions.resolve(settings, backend)
     workers = max_workers or min(DEFAULT_WORKERS, options.max_workers_ceiling)
     if workers > options.max_workers_ceiling:
         raise ValueError(
@@ -95,9 +98,9 @@ def prepare(
             "max_workers_ceiling in the profile (STARBURST_MAX_WORKERS_CEILING)"
         )
     aws = aws or Aws(settings.region)
-    notices: list[str] = []
-    if spot is None and options.spot_fallback(settings):
-        notices.append(
+    warnings_: list[str] = []
+    if backend.spot is None and options.spot_fallback(settings):
+        warnings_.append(
             "The worker image is ARM64, which Fargate Spot does not run: these workers use "
             "Fargate On-Demand (ARM64 On-Demand is about 20 % cheaper than x86)."
         )
@@ -110,19 +113,21 @@ def prepare(
         fits = quota.max_ec2_workers(packing.vcpus, packing.per_instance, options.spot)
         kind = "EC2"
     if fits < workers:
-        notices.append(
+        warnings_.append(
             f"Your {kind} vCPU quota allows {fits} of the {workers} workers at once: "
             f"they run in waves ({fits} now, more as workers finish)."
         )
     _check_image(aws, options.image)
     cost = estimate(aws, options, workers, at_once=fits)
-    warning = check_budget(cost, max_hourly_cost, cost_alert_threshold)
-    notices.insert(0, str(cost))
-    if warning:
-        notices.append(warning)
-    if not quiet:
-        for line in notices:
-            print(line, file=sys.stderr)
+    alert = check_budget(cost, backend.max_hourly_cost, backend.cost_alert_threshold)
+    logger.info("%s", cost)
+    for line in warnings_:
+        logger.warning("%s", line)
+    if alert:
+        # A warning, not a log record: the user set the threshold to be told, and warnings
+        # show by default (once per call site) where an unconfigured logger would not.
+        warnings.warn(alert, CostAlertWarning, stacklevel=_user_stacklevel())
+    notices = (str(cost), *warnings_, *([alert] if alert else []))
     return AwsPlan(
         settings,
         options,
@@ -130,7 +135,7 @@ def prepare(
         workers,
         secret_key_from_ssm(aws, settings),
         cost,
-        tuple(notices),
+        notices,
     )
 
 
@@ -200,3 +205,18 @@ def secret_key_from_ssm(aws: Aws, settings: AwsSettings) -> bytes:
             ) from exc
         raise
     return bytes.fromhex(str(value))
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` at which a warning given by this module's caller names the user's
+    line (``StarburstExecutor(...)``), however many of the package's frames lie between
+    (``DetachedExecutor`` adds one). Python 3.12's ``skip_file_prefixes`` does this."""
+    level = 1
+    frame = sys._getframe(1)  # the caller of warnings.warn
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level

@@ -55,10 +55,10 @@ from starburst_executor.aws.client import Aws
 from starburst_executor.aws.cost import ec2_packing
 from starburst_executor.aws.failures import explain_failure
 from starburst_executor.aws.logs import tail
-from starburst_executor.aws.options import EcsOptions
+from starburst_executor.aws.options import EcsOptions, session_backend
 from starburst_executor.aws.quota import Quota
 from starburst_executor.aws.task_definition import CONTAINER_NAME, STOP_TIMEOUT
-from starburst_executor.errors import AwsError, AwsLaunchError, AwsNotSetUpError, SessionError
+from starburst_executor.errors import AwsError, AwsLaunchError, AwsNotSetUpError
 from starburst_executor.launchers.base import WorkerExit
 from starburst_executor.protocol import SessionManifest
 
@@ -161,20 +161,14 @@ class ECSLauncher:
 
     @classmethod
     def for_session(cls, manifest: SessionManifest, poll_max: float) -> ECSLauncher:
-        """The launcher of an existing session, from its manifest (``extra["aws"]`` holds
-        :meth:`EcsOptions.to_dict`): a reattaching client starts workers exactly as the
-        first one did.
+        """The launcher of an existing session, from the options its manifest recorded
+        (:class:`~starburst_executor.aws.options.AwsSessionBackend`): a reattaching client
+        starts workers exactly as the first one did.
 
         Raises:
             SessionError: the session was not started on ECS.
         """
-        data = manifest.extra.get("aws")
-        if not isinstance(data, dict):
-            raise SessionError(
-                f"session {manifest.session_id} has no ECS options in its manifest: it was "
-                f"started with backend={manifest.backend!r}, not 'aws'"
-            )
-        options = EcsOptions.from_dict(data)
+        options = session_backend(manifest).options
         return cls(
             Aws(options.region), options, manifest.session_id, manifest.store_url, poll_max=poll_max
         )

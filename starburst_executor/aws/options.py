@@ -1,19 +1,31 @@
 """``EcsOptions``: how one session's workers run on ECS, validated before any AWS call.
 
 Resolved from the saved profile (:class:`~starburst_executor.aws.settings.AwsSettings`) and
-the executor's arguments, then stored in the session manifest (``extra["aws"]``) so that a
-reattaching process starts workers exactly like the first one.
+the user's :class:`~starburst_executor.backends.AwsBackend`, then stored in the session
+manifest as an :class:`AwsSessionBackend`, so that a reattaching process (on any machine,
+with or without the profile) starts workers exactly like the first one.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from starburst_executor.aws.settings import AwsSettings
+from starburst_executor.backends import RECORD_VERSION, AwsBackend, check_record
+from starburst_executor.errors import CorruptRecordError, SessionError
+from starburst_executor.protocol import SessionManifest
 
-__all__ = ["ARCHITECTURES", "FARGATE_PAIRS", "EcsOptions", "parse_memory", "validate_fargate"]
+__all__ = [
+    "ARCHITECTURES",
+    "FARGATE_PAIRS",
+    "AwsSessionBackend",
+    "EcsOptions",
+    "parse_memory",
+    "session_backend",
+    "validate_fargate",
+]
 
 # ECS runtimePlatform.cpuArchitecture values. Fargate Spot runs X86_64 only (AWS ECS developer
 # guide, "Fargate capacity providers": "Linux tasks with the ARM64 architecture don't support
@@ -111,18 +123,8 @@ class EcsOptions:
     max_workers_ceiling: int = 500
 
     @classmethod
-    def resolve(
-        cls,
-        settings: AwsSettings,
-        *,
-        cpu: float | None = None,
-        memory: str | int | None = None,
-        launch_type: str | None = None,
-        spot: bool | None = None,
-        instance_type: str | None = None,
-        image: str | None = None,
-    ) -> EcsOptions:
-        """Profile defaults overridden by executor arguments, validated.
+    def resolve(cls, settings: AwsSettings, backend: AwsBackend) -> EcsOptions:
+        """Profile defaults overridden by the backend's options, validated.
 
         ARM64 images on Fargate: Fargate Spot does not run them, so ``spot=True`` asked
         explicitly is refused, and the profile's default ``spot`` falls back to On-Demand
@@ -134,9 +136,11 @@ class EcsOptions:
                 without a capacity provider from setup, Fargate Spot with an ARM64 image, or
                 no image.
         """
-        kind = (launch_type or settings.launch_type).upper()
+        cpu, memory, spot = backend.cpu, backend.memory, backend.spot
+        instance_type = backend.instance_type
+        kind = (backend.launch_type or settings.launch_type).upper()
         if kind not in ("FARGATE", "EC2"):
-            raise ValueError(f"launch_type must be 'FARGATE' or 'EC2', not {launch_type!r}")
+            raise ValueError(f"launch_type must be 'FARGATE' or 'EC2', not {backend.launch_type!r}")
         # Recorded by `starburst image build` ("" in profiles written before it was: x86).
         arch = (settings.image_architecture or "X86_64").upper()
         if arch not in ARCHITECTURES:
@@ -158,7 +162,7 @@ class EcsOptions:
         options = cls(
             region=settings.region,
             cluster=settings.cluster,
-            image=image or settings.image,
+            image=backend.image or settings.image,
             cpu=float(cpu if cpu is not None else settings.cpu),
             memory_mib=parse_memory(memory if memory is not None else settings.memory),
             launch_type=kind,
@@ -187,7 +191,7 @@ class EcsOptions:
         if not options.image:
             raise ValueError(
                 "no worker image: run `starburst image build` (it pushes one to "
-                "ECR and records it in the profile), or pass image='URI'"
+                "ECR and records it in the profile), or pass AwsBackend(image='URI')"
             )
         return options
 
@@ -202,6 +206,7 @@ class EcsOptions:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (:meth:`from_dict` reverses it)."""
         d = asdict(self)
         d["subnets"] = list(self.subnets)
         d["instance_types"] = list(self.instance_types)
@@ -209,6 +214,11 @@ class EcsOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EcsOptions:
+        """The options :meth:`to_dict` wrote; unknown keys (from a newer release) are dropped.
+
+        Raises:
+            TypeError: a required field (``region``, ``cluster``, ``image``) is missing.
+        """
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
         data["subnets"] = tuple(data.get("subnets", ()))
@@ -216,4 +226,67 @@ class EcsOptions:
         return cls(**data)
 
     def with_image(self, image: str) -> EcsOptions:
+        """These options with another worker image."""
         return replace(self, image=image)
+
+
+@dataclass(frozen=True)
+class AwsSessionBackend:
+    """The backend record of an AWS session's manifest: what was asked, and what it became.
+
+    Attributes:
+        requested: the :class:`AwsBackend` the executor was given (for ``status`` and for
+            the cost guardrails).
+        options: the options resolved against the profile when the session started: a
+            reattaching client starts workers with these, whatever the profile says now.
+        rate: the estimated dollars per worker-hour (the cost report bills the workers'
+            measured runtime at this rate).
+    """
+
+    kind: ClassVar[str] = AwsBackend.kind
+
+    requested: AwsBackend
+    options: EcsOptions
+    rate: float
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able record (``kind`` and ``version`` included; :meth:`from_record`)."""
+        return {
+            "kind": self.kind,
+            "version": RECORD_VERSION,
+            "requested": self.requested.to_record(),
+            "options": self.options.to_dict(),
+            "rate": self.rate,
+        }
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> AwsSessionBackend:
+        """The record :meth:`to_record` wrote.
+
+        Raises:
+            CorruptRecordError: another kind, a newer version, or a malformed record.
+        """
+        check_record(data, cls.kind)
+        try:
+            return cls(
+                AwsBackend.from_record(data["requested"]),
+                EcsOptions.from_dict(data["options"]),
+                float(data["rate"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptRecordError(f"the AWS backend record is malformed: {exc!r}") from exc
+
+
+def session_backend(manifest: SessionManifest) -> AwsSessionBackend:
+    """The AWS backend record of a session's manifest.
+
+    Raises:
+        SessionError: the session was not started on ECS (no AWS backend record).
+    """
+    config = manifest.backend_config
+    if not isinstance(config, AwsSessionBackend):
+        raise SessionError(
+            f"session {manifest.session_id} has no ECS options in its manifest: it was "
+            f"started with backend={manifest.backend!r}, not 'aws'"
+        )
+    return config

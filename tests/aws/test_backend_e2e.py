@@ -1,15 +1,17 @@
-"""``backend="aws"`` end to end on moto, the way a user runs it.
+"""``backend=AwsBackend(...)`` end to end on moto, the way a user runs it.
 
 ``setup()`` creates everything (bucket, cluster, roles, security group, SSM key, log group)
 and writes the profile; an image is pushed to moto's ECR; then ``StarburstExecutor`` and
-``DetachedExecutor`` with ``backend="aws"`` start workers with RunTask, which the test-side
-ECS agent turns into local worker processes built only from the launch request.
+``DetachedExecutor`` with an ``AwsBackend`` (or its shorthand ``"aws"``) start workers with
+RunTask, which the test-side ECS agent turns into local worker processes built only from the
+launch request.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,8 +25,16 @@ import executor_tasks
 import pytest
 from ecs_agent import LocalEcsAgent, strict_list_tasks
 
-from starburst_executor import CostLimitError, DetachedExecutor, StarburstExecutor, cli
+from starburst_executor import (
+    AwsBackend,
+    CostAlertWarning,
+    CostLimitError,
+    DetachedExecutor,
+    StarburstExecutor,
+    cli,
+)
 from starburst_executor.aws.client import Aws
+from starburst_executor.aws.options import AwsSessionBackend
 from starburst_executor.aws.settings import AwsSettings
 from starburst_executor.aws.setup import setup
 from starburst_executor.errors import AwsNotSetUpError
@@ -76,15 +86,26 @@ def _tasks(settings: AwsSettings) -> list[dict[str, object]]:
 
 
 def test_executor_runs_on_ecs_after_setup(profile: AwsSettings, agent: LocalEcsAgent,
+                                          caplog: pytest.LogCaptureFixture,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    with StarburstExecutor(backend="aws", max_workers=2, cpu=0.5, memory="1GB") as ex:
+    caplog.set_level(logging.INFO, logger="starburst_executor")
+    backend = AwsBackend(cpu=0.5, memory="1GB")
+    with StarburstExecutor(backend=backend, max_workers=2) as ex:
         assert ex.store.url == profile.store_url  # the profile's bucket by default
+        # The manifest keeps what was asked and what it became, typed.
+        config = ex._writer.manifest.backend_config
+        assert isinstance(config, AwsSessionBackend) and config.requested == backend
+        assert (config.options.cpu, config.options.memory_mib) == (0.5, 1024)
         assert list(ex.map(executor_tasks.square, range(30), chunksize=3)) == [
             x * x for x in range(30)]
         assert ex.submit(executor_tasks.add, 2, 3).result(timeout=60) == 5
-    # The estimate was shown before launch, in one line.
-    err = capsys.readouterr().err
-    assert "Estimated cost" in err and "/hour" in err
+    # The estimate was logged before launch, in one record, and the measured cost after;
+    # nothing was printed (the library logs, the application decides what to show).
+    messages = [r.getMessage() for r in caplog.records]
+    estimate = [m for m in messages if "Estimated cost" in m]
+    assert len(estimate) == 1 and "/hour" in estimate[0]
+    assert any("Actual cost" in m for m in messages[messages.index(estimate[0]):])
+    assert capsys.readouterr().err == ""
     agent.wait_idle(timeout=20)
     tasks = _tasks(profile)
     assert tasks and {t["lastStatus"] for t in tasks} == {"STOPPED"}  # none left running
@@ -126,18 +147,27 @@ def test_detached_session_on_ecs_reattaches_and_collects(
 
 def test_checks_before_any_launch(profile: AwsSettings, agent: LocalEcsAgent) -> None:
     with pytest.raises(ValueError, match="Fargate does not run 1 vCPU with 1 GB"):
-        StarburstExecutor(backend="aws", cpu=1, memory="1GB")
+        StarburstExecutor(backend=AwsBackend(cpu=1, memory="1GB"))
     with pytest.raises(ValueError, match="ceiling"):
         StarburstExecutor(backend="aws", max_workers=501)
     with pytest.raises(ValueError, match="region mismatch"):
-        StarburstExecutor(backend="aws", region="eu-west-1")
+        StarburstExecutor(backend=AwsBackend(region="eu-west-1"))
     with pytest.raises(CostLimitError, match="max_hourly_cost"):
-        StarburstExecutor(backend="aws", max_workers=50, max_hourly_cost=0.01)
+        StarburstExecutor(backend=AwsBackend(max_hourly_cost=0.01), max_workers=50)
     with pytest.raises(AwsNotSetUpError, match="starburst image build"):
-        StarburstExecutor(backend="aws", image=profile.image.rsplit(":", 1)[0] + ":missing")
-    with pytest.raises(ValueError, match="only for backend='aws'"):
-        StarburstExecutor(cpu=2)
+        StarburstExecutor(backend=AwsBackend(image=profile.image.rsplit(":", 1)[0] + ":missing"))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'cpu'"):
+        StarburstExecutor(cpu=2)  # type: ignore[call-arg]  # AWS options live on AwsBackend
     assert agent.started == 0  # nothing was launched by any of these
+
+
+def test_a_cost_above_the_alert_threshold_warns_and_launches(
+        profile: AwsSettings, agent: LocalEcsAgent) -> None:
+    with pytest.warns(CostAlertWarning, match="above cost_alert_threshold") as caught:
+        ex = StarburstExecutor(backend=AwsBackend(cost_alert_threshold=0.0001), max_workers=1)
+    assert caught[0].filename == __file__  # the warning names the user's line
+    with ex:
+        assert ex.submit(executor_tasks.add, 2, 3).result(timeout=60) == 5
 
 
 def test_backend_aws_without_setup_says_what_to_run(moto_aws_client: Aws) -> None:
@@ -152,9 +182,9 @@ def test_aws_quickstart_example_runs(profile: AwsSettings, agent: LocalEcsAgent)
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "pi ~= 3.1" in result.stdout
-    assert "Estimated cost" in result.stderr
+    assert "Estimated cost" in result.stderr  # the library's INFO records, the example shows
     assert "cost: $" in result.stdout  # the measured cost, as data
-    assert "cost" in result.stderr.lower().split("estimated cost", 1)[1]  # and on the console
+    assert "Actual cost" in result.stderr.split("Estimated cost", 1)[1]  # and on the console
 
 
 def _pin_pending() -> None:
@@ -206,14 +236,16 @@ def test_a_store_outside_the_task_roles_reach_is_refused(profile: AwsSettings) -
 
 
 def test_an_arm64_image_runs_on_fargate_on_demand(profile: AwsSettings,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     dataclasses.replace(profile, image_architecture="ARM64").save()
     with pytest.raises(ValueError, match="Fargate Spot does not run ARM64"):
-        StarburstExecutor(backend="aws", spot=True)
+        StarburstExecutor(backend=AwsBackend(spot=True))
     with StarburstExecutor(backend="aws", max_workers=1) as ex:  # the profile's spot: fallback
-        options = ex._writer.manifest.extra["aws"]
-        assert (options["cpu_architecture"], options["spot"]) == ("ARM64", False)
-    assert "Fargate Spot does not run" in capsys.readouterr().err
+        config = ex._writer.manifest.backend_config
+        assert isinstance(config, AwsSessionBackend)
+        assert (config.options.cpu_architecture, config.options.spot) == ("ARM64", False)
+    assert any(r.levelno == logging.WARNING and "Fargate Spot does not run" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_logs_follow_shows_only_the_session_and_ends_with_it(

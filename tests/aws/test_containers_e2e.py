@@ -39,7 +39,7 @@ from container_agent import ContainerEcsAgent
 from iam_world import ADMIN_POLICY, EnforcedIam, Identity, create_user, moto_api
 from servers import MotoServer
 
-from starburst_executor import DetachedExecutor, StarburstExecutor, cli
+from starburst_executor import AwsBackend, DetachedExecutor, StarburstExecutor, cli
 from starburst_executor.aws import policies
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.settings import AwsSettings
@@ -307,7 +307,7 @@ def test_executor_maps_100_items_over_two_containers(as_user: World) -> None:
     world = as_user
     started = time.monotonic()
     with StarburstExecutor(
-        backend="aws", max_workers=2, cpu=0.5, memory="1GB", code_files=[TASKS]
+        backend=AwsBackend(cpu=0.5, memory="1GB"), max_workers=2, code_files=[TASKS]
     ) as ex:
         results = ex.map(container_tasks.square_where, range(100), [0.05] * 100, chunksize=5)
         first = next(results)

@@ -29,8 +29,9 @@ from starburst_executor.aws.launcher import (
     ECSLauncher,
     started_by,
 )
-from starburst_executor.aws.options import EcsOptions
+from starburst_executor.aws.options import AwsSessionBackend, EcsOptions
 from starburst_executor.aws.quota import DEFAULT_FARGATE_VCPUS, Quota
+from starburst_executor.backends import AwsBackend, LocalBackend
 from starburst_executor.errors import AwsLaunchError, AwsNotSetUpError, SessionError
 from starburst_executor.protocol import SessionManifest
 
@@ -514,14 +515,18 @@ def test_stop_without_tasks_makes_no_stop_call(aws: Aws, options: EcsOptions, ca
 
 
 def test_for_session_rebuilds_the_launcher_from_the_manifest() -> None:
-    manifest = SessionManifest(session_id=SESSION, created=0.0, versions={}, store_url=STORE,
-                               backend="aws", extra={"aws": OFFLINE_OPTIONS.to_dict()})
+    config = AwsSessionBackend(AwsBackend(cpu=0.5, spot=True), OFFLINE_OPTIONS, rate=0.0123)
+    written = SessionManifest(session_id=SESSION, created=0.0, versions={}, store_url=STORE,
+                              backend="aws", backend_config=config)
+    manifest = SessionManifest.from_dict(json.loads(json.dumps(written.to_dict())))
+    assert manifest == written  # the backend record survives the store, typed
     launcher = ECSLauncher.for_session(manifest, poll_max=0.7)
     assert launcher.options == OFFLINE_OPTIONS
     assert (launcher.session_id, launcher.store_url, launcher.poll_max) == (SESSION, STORE, 0.7)
     assert launcher.aws.region == "us-east-1"
+    local = replace(manifest, backend="local", backend_config=LocalBackend())
     with pytest.raises(SessionError, match="backend='local'"):
-        ECSLauncher.for_session(replace(manifest, backend="local", extra={}), poll_max=1)
+        ECSLauncher.for_session(local, poll_max=1)
 
 
 
