@@ -166,7 +166,9 @@ class Manager:
             self._loop()
         except BaseException as exc:  # top of a thread: never die silently, fail the Futures
             logger.exception("session %s: manager thread failed", self.session_id)
-            self._break(StarburstError(f"the executor's manager thread failed: {exc!r}"))
+            broken = BrokenStarburstExecutor(f"the executor's manager thread failed: {exc!r}")
+            broken.__cause__ = exc  # the original, with its traceback, for whoever catches it
+            self._break(broken)
         finally:
             self._close()
 
