@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from starburst_executor.errors import ObjectNotFoundError, PreconditionFailedError
-from starburst_executor.protocol import Claim, Codec, SessionKeys
+from starburst_executor.protocol import Claim, ClaimState, Codec, SessionKeys
 from starburst_executor.stores.base import Store
 
 __all__ = ["ClaimHandle", "Claims"]
@@ -35,7 +35,7 @@ class ClaimHandle:
 
 
 def _how_it_ended(claim: Claim) -> str:
-    if claim.state == "released":
+    if claim.state is ClaimState.RELEASED:
         return claim.ended or "released"
     return "no lease renewal: lost without a trace"
 
@@ -67,24 +67,29 @@ class Claims:
         self.max_attempts = max_attempts
         self.gc_seconds = max(120.0, 4 * lease_seconds)
 
+    def read(self, bid: str) -> Claim | None:
+        """A batch's claim, or ``None`` if it has none (not claimed yet, or collected)."""
+        current = self._read(bid)
+        return None if current is None else current[0]
+
     def _read(self, bid: str) -> tuple[Claim, str] | None:
         key = self._keys.claim(bid)
         try:
             obj = self._store.get(key)
         except ObjectNotFoundError:
             return None
-        return Claim.from_dict(self._codec.decode_json(obj.data, key)), obj.etag
+        return Claim.decode(self._codec, obj.data, key), obj.etag
 
     def _write(self, bid: str, claim: Claim, etag: str | None) -> str:
         key = self._keys.claim(bid)
-        data = self._codec.encode_json(claim.to_dict())
+        data = claim.encode(self._codec)
         if etag is None:
             return self._store.put_if_absent(key, data)
         return self._store.put_if_match(key, data, etag)
 
     def try_claim(self, bid: str, worker: str) -> ClaimHandle | None:
         """Claim a batch nobody has claimed yet; ``None`` if somebody has."""
-        claim = Claim(worker, 1, "running", self._store.now() + self.lease_seconds)
+        claim = Claim(worker, 1, ClaimState.RUNNING, self._store.now() + self.lease_seconds)
         try:
             etag = self._write(bid, claim, None)
         except PreconditionFailedError:
@@ -103,7 +108,7 @@ class Claims:
 
     def finish(self, handle: ClaimHandle) -> None:
         """Mark the batch done (its result is written)."""
-        claim = replace(handle.claim, state="done", n=handle.claim.n + 1)
+        claim = replace(handle.claim, state=ClaimState.DONE, n=handle.claim.n + 1)
         try:
             self._write(handle.bid, claim, handle.etag)
         except PreconditionFailedError:
@@ -115,7 +120,7 @@ class Claims:
         """Give a claim back so another worker runs the batch now (not after the lease);
         ``reason`` (how the holder ended) is named if the batch's tasks fail as lost."""
         claim = replace(
-            handle.claim, state="released", expires=0.0, n=handle.claim.n + 1, ended=reason
+            handle.claim, state=ClaimState.RELEASED, expires=0.0, n=handle.claim.n + 1, ended=reason
         )
         try:
             self._write(handle.bid, claim, handle.etag)
@@ -138,15 +143,15 @@ class Claims:
         if current is None:
             return self.try_claim(bid, worker)
         claim, etag = current
-        if claim.state == "done":
+        if claim.state is ClaimState.DONE:
             return None
-        if claim.state == "running" and claim.expires > self._store.now():
+        if claim.live(self._store.now()):
             return None
         attempt = claim.attempt + 1
         new = Claim(
             worker,
             attempt,
-            "running",
+            ClaimState.RUNNING,
             self._store.now() + self.lease_seconds,
             claim.n + 1,
             (*claim.history, f"{claim.worker} ({_how_it_ended(claim)})"),
@@ -176,7 +181,7 @@ class Claims:
             if current is None:
                 continue
             claim = current[0]
-            if claim.state == "done":
+            if claim.state is ClaimState.DONE:
                 if age > self.gc_seconds:
                     garbage.append(info.key)
             elif claim.expires < now:
@@ -197,7 +202,7 @@ class Claims:
             if current is None:
                 continue
             claim, etag = current
-            running = claim.worker == worker and claim.state == "running"
+            running = claim.worker == worker and claim.state is ClaimState.RUNNING
             if running and self.release(ClaimHandle(bid, claim, etag), reason):
                 released.append(bid)
         return released

@@ -9,7 +9,7 @@ write per call (the price of "submit, note the id, close the laptop"), and a ``m
 its chunks in a few batches at once.
 
 The batches are ordinary batch objects: workers claim them as any others. Each holds calls of
-one shape (see :class:`~starburst_executor.protocol.SessionKeys`), so readers can number every
+one shape (see :class:`~starburst_executor.protocol.BatchId`), so readers can number every
 result by its submission position without reading the batches.
 """
 
@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from starburst_executor._session import BATCH_BYTES_MAX, Call, SessionWriter
+from starburst_executor._session import BATCH_BYTES_MAX, Call, Session
 
 __all__ = ["GroupCommit"]
 
@@ -51,7 +51,7 @@ class GroupCommit:
     """Writes calls to the store as batch objects; see the module docstring.
 
     Args:
-        writer: the session's writer.
+        writer: the session (it names and writes the batches).
         spread: a leader's calls are spread over up to this many batches (twice the
             workers), so that the workers share them.
         batch_limit: the most tasks one batch holds.
@@ -61,7 +61,7 @@ class GroupCommit:
 
     def __init__(
         self,
-        writer: SessionWriter,
+        writer: Session,
         *,
         spread: int,
         batch_limit: int,

@@ -25,23 +25,40 @@ from typing import Any
 
 from starburst_executor._claims import Claims
 from starburst_executor._cursor import KeyCursor
-from starburst_executor._session import BATCH_BYTES_MAX, BatchResult, Call, SessionWriter
-from starburst_executor.errors import BrokenStarburstExecutor, SessionExpiredError, StarburstError
+from starburst_executor._session import BATCH_BYTES_MAX, Call, Session
+from starburst_executor.errors import (
+    BrokenStarburstExecutor,
+    CorruptRecordError,
+    SessionExpiredError,
+    StarburstError,
+)
 from starburst_executor.launchers.base import Launcher, WorkerExit
-from starburst_executor.protocol import SessionKeys
-from starburst_executor.worker.loop import EXIT_INIT_FAILED
+from starburst_executor.protocol import (
+    ControlRecord,
+    DoneEvent,
+    ExitCode,
+    Outcome,
+    WorkerState,
+)
 
 __all__ = ["Manager", "Shared", "WorkItem"]
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_TASKS = 1000
-_EXIT_CANNOT_START = 2
 _START_FAILURES_MAX = 3
 # After the session's deadline, how long to wait for its workers to go before failing what
 # is still outstanding: a worker stops its task within a second of the deadline and writes
 # that task's result (an expiry error), which should win over the client's own error.
 _EXPIRY_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class _BatchResult:
+    """A batch's decoded outcomes (or its batch-wide error) and how long its worker ran it."""
+
+    outcomes: list[Outcome] | BaseException
+    seconds: float
 
 
 @dataclass
@@ -60,8 +77,9 @@ class Shared:
         self.queue: deque[WorkItem] = deque()
         self.shutdown = False
         self.broken: BaseException | None = None
-        self.flush = False  # detach: upload everything queued now
-        self.detach = False  # upload what is queued, then stop without closing the session
+        # detach(): upload everything queued now (the window no longer holds calls back),
+        # then stop without closing the session.
+        self.detaching = False
         self.adopt: list[tuple[str, list[Future[Any]]]] = []  # attach: batches to resolve
 
 
@@ -97,34 +115,43 @@ class Manager:
         self,
         executor: object,
         shared: Shared,
-        writer: SessionWriter,
+        session: Session,
         launcher: Launcher | None,
         *,
         max_workers: int,
         pacing: Pacing,
         window: int | None,
         batch_limit: int | None,
-        claims: Claims,
+        claims: Claims | None = None,
     ) -> None:
         self._executor_ref = weakref.ref(executor, lambda _: self._wake_for_gc())
         self._shared = shared
-        self._writer = writer
+        self._session = session
         self._launcher = launcher
         self._max_workers = max_workers
         self._pacing = pacing
         self._window = window
         self._batch_limit = min(batch_limit or MAX_BATCH_TASKS, MAX_BATCH_TASKS)
-        self._claims = claims
+        self._claims = claims or session.claims()
         self._outstanding: dict[str, list[Future[Any]]] = {}
         self._io = ThreadPoolExecutor(8, thread_name_prefix="starburst-io")
         self._inflight: dict[Future[Any], tuple[str, str]] = {}  # I/O job -> (kind, batch)
         self._fetching: set[str] = set()  # batches whose results are being read
+        # Completion events of batches this manager did not follow when the cursor passed
+        # them (another client's, before attach or collect adopted them): the cursor shows
+        # each key once, so they are kept here for a later adopt.
+        self._unfollowed: dict[str, DoneEvent] = {}
         self._start_failures = 0  # workers in a row that died before registering
         self._task_seconds: float | None = None  # measured run time per task (moving average)
-        self._cursor = KeyCursor(writer.store, writer.keys.done)
+        self._cursor = KeyCursor(session.store, session.keys.done)
         self._last_watermark: str | None = None
         self._next_watermark = 0.0
-        self._detached = False
+        self._next_maintain = 0.0
+        self._interval = pacing.poll_min  # the current wait between polls
+        self._last_result = time.monotonic()
+        self._rewind_after = pacing.rewind_after
+        self._left_open = False  # detached: exit without closing the session
+        self._session_over = False  # another client ended the session: start no workers
         self._expired_since: float | None = None  # when this client saw the deadline pass
         self.thread = threading.Thread(target=self._run, name="starburst-manager", daemon=True)
         self.closed = threading.Event()
@@ -132,7 +159,7 @@ class Manager:
     def request_detach(self) -> None:
         """Upload what is queued, make sure workers run, then exit leaving the session open."""
         with self._shared.lock:
-            self._shared.detach = self._shared.flush = True
+            self._shared.detaching = True
         self._shared.wake.set()
 
     def adopt(self, bid: str, futures: list[Future[Any]]) -> None:
@@ -152,12 +179,12 @@ class Manager:
 
     @property
     def detachable(self) -> bool:
-        """Whether the session outlives this client (``DetachedExecutor``)."""
-        return self._writer.manifest.detached
+        """Whether the session outlives this client (the manifest says: ``DetachedExecutor``)."""
+        return self._session.manifest.detached
 
     @property
     def session_id(self) -> str:
-        return self._writer.keys.session_id
+        return self._session.session_id
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -173,65 +200,103 @@ class Manager:
             self._close()
 
     def _loop(self) -> None:
-        interval = self._pacing.poll_min
-        next_maintain = 0.0
-        last_result = time.monotonic()
-        rewind_after = self._pacing.rewind_after
         while True:
             self._shared.wake.clear()
+            self._adopt_batches()
+            moved = self._process_finished_io()
+            self._upload_queued_calls()
+            moved += self._poll_completions()
+            self._maintain_workers_when_due()
+            self._follow_pace(moved)
+            if self._time_to_leave():
+                return
+            self._wait_for_wakeup()
+
+    def _adopt_batches(self) -> None:
+        """Take the batches handed over by attach and durable submission."""
+        with self._shared.lock:
+            adopted, self._shared.adopt = self._shared.adopt, []
+        self._outstanding.update(adopted)
+        for bid, _ in adopted:
+            event = self._unfollowed.pop(bid, None)
+            if event is not None and bid not in self._fetching:
+                self._fetch_result(event)
+
+    def _poll_completions(self) -> int:
+        return self._poll_results() if self._outstanding else 0
+
+    def _maintain_workers_when_due(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_maintain:
+            self._maintain_workers()
+            self._next_maintain = now + self._pacing.maintain_every
+
+    def _follow_pace(self, moved: int) -> None:
+        """Poll fast while things move; after ``rewind_after`` without a result, re-list the
+        completions from the start (an event stamped by a badly skewed clock sits behind the
+        cursor), doubling the wait each time so a quiet session costs ever less."""
+        now = time.monotonic()
+        if moved:
+            self._interval = self._pacing.poll_min
+            self._last_result, self._rewind_after = now, self._pacing.rewind_after
+        elif self._outstanding and now - self._last_result > self._rewind_after:
+            self._cursor.rewind()
+            self._last_result, self._rewind_after = now, self._rewind_after * 2
+
+    def _busy(self) -> bool:
+        return bool(self._outstanding or self._inflight)
+
+    def _queued(self) -> int:
+        with self._shared.lock:
+            return len(self._shared.queue)
+
+    def _time_to_leave(self) -> bool:
+        """Detaching, once every queued call is uploaded (workers made sure of); stopping,
+        once nothing is queued or outstanding. A collected executor of a detached session
+        detaches; of a plain one, stops."""
+        gone = self._executor_ref() is None
+        with self._shared.lock:
+            queued = len(self._shared.queue)
+            detaching = self._shared.detaching or (gone and self.detachable)
+            stopping = self._shared.shutdown or gone
+        uploading = any(kind == "upload" for kind, _ in self._inflight.values())
+        if detaching and not queued and not uploading:
+            self._maintain_workers()
+            self._left_open = True
+            return True
+        return stopping and not queued and not self._busy()
+
+    def _wait_for_wakeup(self) -> None:
+        """Sleep until a submit, a finished I/O job or shutdown wakes the thread; with work
+        in the store, at most the current polling interval (growing while nothing comes)."""
+        queued = self._queued()
+        if not self._busy() and not queued:
+            self._shared.wake.wait()  # nothing to wait for: no polling at all
+            self._interval = self._pacing.poll_min
+            return
+        if queued and not self._window_full():
+            # Linger: calls submitted in the next moments share the first one's batch.
             with self._shared.lock:
-                adopted, self._shared.adopt = self._shared.adopt, []
-            self._outstanding.update(adopted)
-            io_done = self._collect_io()
-            self._form_batches()
-            got = self._poll_results() if self._outstanding else 0
+                oldest = self._shared.queue[0].queued_at if self._shared.queue else None
             now = time.monotonic()
-            if now >= next_maintain:
-                self._maintain_workers()
-                next_maintain = now + self._pacing.maintain_every
-            if got or io_done:  # things move: look again soon
-                interval = self._pacing.poll_min
-                last_result, rewind_after = now, self._pacing.rewind_after
-            elif self._outstanding and now - last_result > rewind_after:
-                self._cursor.rewind()
-                last_result, rewind_after = now, rewind_after * 2
-            gone = self._executor_ref() is None
-            with self._shared.lock:
-                queued = len(self._shared.queue)
-                detaching = self._shared.detach or (gone and self._writer.manifest.detached)
-                stopping = self._shared.shutdown or gone
-            busy = bool(self._outstanding or self._inflight)
-            if (
-                detaching
-                and not queued
-                and not any(k == "upload" for k, _ in self._inflight.values())
-            ):
-                self._maintain_workers()
-                self._detached = True
-                return
-            if stopping and not queued and not busy:
-                return
-            if not busy and not queued:
-                self._shared.wake.wait()  # nothing to wait for: sleep until a submit or shutdown
-                interval = self._pacing.poll_min
-                continue
-            if queued and not self._window_full():
-                oldest = self._shared.queue[0].queued_at if self._shared.queue else now
-                self._shared.wake.wait(max(0.0, self._pacing.linger - (now - oldest)))
-                continue
-            self._shared.wake.wait(interval)
-            interval = min(interval * 1.5, self._pacing.poll_max)
+            age = now - (oldest if oldest is not None else now)
+            self._shared.wake.wait(max(0.0, self._pacing.linger - age))
+            return
+        self._shared.wake.wait(self._interval)
+        self._interval = min(self._interval * 1.5, self._pacing.poll_max)
 
     def _window_full(self) -> bool:
         return (
             self._window is not None
             and len(self._outstanding) >= self._window
-            and not self._shared.flush
+            and not self._shared.detaching
         )
 
     # -- batches -----------------------------------------------------------------------------
 
-    def _form_batches(self) -> None:
+    def _upload_queued_calls(self) -> None:
+        """Form batches from the queue while the upload window has room; upload each on the
+        I/O pool (the stdlib's ``add_call_item_to_queue``)."""
         if self._deadline_passed():  # nothing more travels into an expired session
             self._fail_queued(self._expiry_error())
             return
@@ -255,9 +320,9 @@ class Manager:
             items = [it for it in items if it.future.set_running_or_notify_cancel()]
             if not items:
                 continue
-            bid = self._writer.next_bid(len(items))
+            bid = self._session.next_bid(len(items))
             self._outstanding[bid] = [it.future for it in items]
-            self._start_io("upload", bid, self._writer.write_batch, bid, [it.call for it in items])
+            self._start_io("upload", bid, self._session.write_batch, bid, [it.call for it in items])
 
     def _batch_size(self, pending: int) -> int:
         """How many queued calls the next batch takes.
@@ -283,8 +348,8 @@ class Manager:
         self._inflight[job] = (kind, bid)
         job.add_done_callback(lambda _: self._shared.wake.set())
 
-    def _collect_io(self) -> int:
-        """Handle finished I/O jobs; returns how many finished."""
+    def _process_finished_io(self) -> int:
+        """Handle finished I/O jobs (uploads, result reads, releases); returns how many."""
         finished = 0
         for job in [j for j in self._inflight if j.done()]:
             kind, bid = self._inflight.pop(job)
@@ -317,23 +382,29 @@ class Manager:
     # -- results -----------------------------------------------------------------------------
 
     def _poll_results(self) -> int:
+        """Follow the completion events; read the results of our batches on the I/O pool."""
         got = 0
         for info in self._cursor.poll():
-            bid = SessionKeys.bid_of(info.key)
-            if bid not in self._outstanding or bid in self._fetching:
+            event = DoneEvent.parse(info.key, info.size)
+            if event.bid not in self._outstanding:
+                self._unfollowed.setdefault(event.bid, event)
+                continue
+            if event.bid in self._fetching:
                 continue
             got += 1
-            self._fetching.add(bid)
-            if info.size:  # small results ride inside the event
-                self._start_io("result", bid, self._read_event, info.key, bid)
-            else:
-                self._start_io("result", bid, self._writer.read_result, bid, None)
+            self._fetch_result(event)
         return got
 
-    def _read_event(self, key: str, bid: str) -> BatchResult:
-        return self._writer.read_result(bid, self._writer.store.get(key).data)
+    def _fetch_result(self, event: DoneEvent) -> None:
+        self._fetching.add(event.bid)
+        self._start_io("result", event.bid, self._read_result, event)
 
-    def _resolve(self, bid: str, result: BatchResult) -> None:
+    def _read_result(self, event: DoneEvent) -> _BatchResult:
+        # On the I/O pool: unpickling the values is the user's code and may take a while.
+        record = self._session.read_result(event)
+        return _BatchResult(record.decode_outcomes(), record.seconds)
+
+    def _resolve(self, bid: str, result: _BatchResult) -> None:
         self._start_failures = 0
         futures = self._outstanding.pop(bid, None)
         if futures is None:
@@ -350,7 +421,9 @@ class Manager:
         for i, fut in enumerate(futures):
             if i >= len(outcomes):
                 fut.set_exception(
-                    StarburstError(f"batch {bid}: the worker returned no result for task {i}")
+                    CorruptRecordError(
+                        f"batch {bid}: its result record has no entry for task {i}"
+                    )
                 )
             elif outcomes[i].error is not None:
                 fut.set_exception(outcomes[i].error)
@@ -368,11 +441,9 @@ class Manager:
             return
         if self._check_expiry():
             return  # no worker is ever started into an expired session
-        with self._shared.lock:
-            queued = len(self._shared.queue)
-        need = min(self._max_workers, len(self._outstanding) + (1 if queued else 0))
+        need = min(self._max_workers, len(self._outstanding) + (1 if self._queued() else 0))
         running = self._launcher.running()
-        if need > running:
+        if need > running and not self._session_ended_elsewhere():
             try:
                 self._launcher.start(need - running)
             except StarburstError as exc:  # e.g. ECS refused every task: nothing can run
@@ -382,11 +453,25 @@ class Manager:
                 logger.warning("session %s: could not start more workers: %s", self.session_id, exc)
         self._update_watermark()
 
+    def _session_ended_elsewhere(self) -> bool:
+        """Whether another client cancelled or closed this detached session: then no worker
+        is started into it (it would exit at once, and be replaced, forever). One GET per
+        decision to start workers; a plain session's control record is only this
+        manager's to change."""
+        if self._session_over or not self.detachable:
+            return self._session_over
+        try:
+            self._session_over = self._session.control().state.terminal
+        except StarburstError as exc:  # deleted, or unreachable: start nothing this round
+            logger.warning("session %s: cannot read its state: %s", self.session_id, exc)
+            return True
+        return self._session_over
+
     def _worker_ended(self, ended: WorkerExit) -> None:
         # Asked whatever the exit code: an emulator (moto reports exit code 0 for every
         # container) or a lost code must not turn a worker that cannot start into an
         # endless relaunch. One GET per ended worker.
-        record = self._writer.worker_record(ended.worker)
+        record = self._session.worker(ended.worker)
         if record is None:
             # It died before registering: it cannot even start (no module, bad interpreter,
             # image that does not run). Replacing it forever would hide that; give up after
@@ -403,9 +488,9 @@ class Manager:
         # The exit code alone does not say what happened: a task may call os._exit(3) or
         # os._exit(0). The worker's own record does: it says "init-failed" when the
         # initializer failed and "exited" when the worker left its loop in order.
-        state = (record or {}).get("state")
-        if ended.code == EXIT_INIT_FAILED and state == "init-failed":
-            error = str((record or {}).get("error", "")) or ended.log_tail
+        state = record.state if record is not None else None
+        if ended.code == ExitCode.INIT_FAILED and state is WorkerState.INIT_FAILED:
+            error = (record.error if record is not None else "") or ended.log_tail
             self._break(
                 BrokenStarburstExecutor(
                     f"the initializer (or installing code_files) failed on worker {ended.worker}, "
@@ -413,14 +498,14 @@ class Manager:
                     f"Its traceback:\n{error}"
                 )
             )
-        elif ended.code == _EXIT_CANNOT_START and record is None:
+        elif ended.code == ExitCode.CANNOT_START and record is None:
             self._break(
                 BrokenStarburstExecutor(
                     f"worker {ended.worker} could not start ({ended.reason}). "
                     f"Its log:\n{ended.log_tail}"
                 )
             )
-        elif state != "exited" and self._outstanding:  # it died, whatever its exit code
+        elif state is not WorkerState.EXITED and self._outstanding:  # it died, whatever its code
             logger.warning(
                 "session %s: worker %s ended (%s); its work will be retried",
                 self.session_id,
@@ -434,12 +519,12 @@ class Manager:
             return
         self._next_watermark = time.monotonic() + self._pacing.watermark_every
         first = min(self._outstanding)
-        mark = self._writer.keys.batch(first)[:-1]  # just before the oldest unfinished batch
+        mark = self._session.keys.batch(first)[:-1]  # just before the oldest unfinished batch
         if mark != self._last_watermark and (
             self._last_watermark is None or mark > self._last_watermark
         ):
             try:
-                self._writer.set_control(low_watermark=mark)
+                self._session.update_control(lambda record: record.raise_watermark(mark))
             except StarburstError as exc:  # only an optimisation for workers that start late
                 logger.warning(
                     "session %s: could not update the watermark: %s", self.session_id, exc
@@ -450,7 +535,7 @@ class Manager:
     # -- session expiry ----------------------------------------------------------------------
 
     def _expiry_error(self) -> SessionExpiredError:
-        timeout = self._writer.manifest.session_timeout or 0.0
+        timeout = self._session.manifest.session_timeout or 0.0
         return SessionExpiredError(
             f"session {self.session_id} expired: its session_timeout of {timeout:g} s passed "
             "before this task could run. Give the executor a longer session_timeout (or "
@@ -479,14 +564,13 @@ class Manager:
     def _deadline_passed(self) -> bool:
         if self._expired_since is not None:
             return True
-        deadline = self._writer.manifest.deadline
-        if deadline is None or self._writer.store.now() <= deadline:
+        if not self._session.expired():
             return False
         self._expired_since = time.monotonic()
         logger.warning(
             "session %s: its session_timeout (%gs) passed; tasks that did not run fail",
             self.session_id,
-            self._writer.manifest.session_timeout,
+            self._session.manifest.session_timeout,
         )
         return True
 
@@ -514,9 +598,9 @@ class Manager:
 
     def _close(self) -> None:
         try:
-            if not self._detached:
+            if not self._left_open:
                 try:
-                    self._writer.set_control(state="closed")
+                    self._session.update_control(ControlRecord.close)
                 except StarburstError as exc:
                     logger.warning(
                         "session %s: could not mark the session closed: %s", self.session_id, exc

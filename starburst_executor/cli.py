@@ -36,6 +36,7 @@ from starburst_executor.config import (
     validate_session_id,
 )
 from starburst_executor.errors import SessionError, StarburstError
+from starburst_executor.protocol import SessionState
 from starburst_executor.sessions import SessionReader, SessionStatus, codec_for
 from starburst_executor.stores import Store, open_store
 
@@ -248,7 +249,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _cmd_sessions(args: argparse.Namespace) -> int:
-    from starburst_executor.detached import list_sessions
+    from starburst_executor.sessions import list_sessions
 
     rows = list_sessions(_store(args))
     header = (
@@ -391,9 +392,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
             return EXIT_OK
         sys.stdout.flush()
         status = reader.status()
-        if not status.workers and (
-            status.done or status.state in ("cancelled", "expired", "closed")
-        ):
+        if not status.workers and (status.done or status.state.terminal):
             return EXIT_OK
         time.sleep(0.5)
 
@@ -421,16 +420,14 @@ def _task_log(reader: SessionReader, task_id: str) -> int:
     done = reader.done()
     if bid not in done:
         if bid not in reader.batch_ids():
-            raise SessionError(f"no task {task_id!r} in session {reader.keys.session_id}")
+            raise SessionError(f"no task {task_id!r} in session {reader.session_id}")
         print(f"task {task_id} has not finished yet")
         return EXIT_OK
-    record = reader.results([bid], done)[bid]
-    output = record.get("outputs", {}).get(index, "")
-    print(f"task {task_id} (worker {record['worker']}, attempt {record['attempt']})")
+    record = reader.read_result(done[bid])
+    output = record.outputs.get(index, "")
+    print(f"task {task_id} (worker {record.worker}, attempt {record.attempt})")
     print(output if output else "(no output)")
-    from starburst_executor._session import SessionWriter
-
-    outcomes = SessionWriter.outcomes_of(record)
+    outcomes = record.decode_outcomes()
     error = outcomes if isinstance(outcomes, BaseException) else outcomes[index].error
     if error is not None:
         print(f"failed: {type(error).__name__}: {error}")
@@ -443,14 +440,14 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     from starburst_executor.detached import DetachedExecutor
 
     state = _reader(args).state()  # SessionError (exit 3) if its data was deleted
-    if state == "closed":
+    if state is SessionState.CLOSED:
         print(
             f"starburst: session {args.session} was cleaned up (closed): nothing to cancel; "
             "nothing was changed",
             file=sys.stderr,
         )
         return EXIT_NOT_FOUND
-    if state in ("cancelled", "expired"):
+    if state in (SessionState.CANCELLED, SessionState.EXPIRED):
         _emit(
             args,
             {"session": args.session, "state": state},
@@ -461,7 +458,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     ex.cancel()
     _emit(
         args,
-        {"session": args.session, "state": "cancelled"},
+        {"session": args.session, "state": SessionState.CANCELLED.value},
         f"session {args.session} cancelled: pending tasks will not run; workers exit "
         "after their current batch",
     )
@@ -476,7 +473,10 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     what = "closed, data deleted" if args.delete_data else "closed, results kept"
     _emit(
         args,
-        {"session": args.session, "state": "deleted" if args.delete_data else "closed"},
+        {
+            "session": args.session,
+            "state": (SessionState.DELETED if args.delete_data else SessionState.CLOSED).value,
+        },
         f"session {args.session} {what}",
     )
     return EXIT_OK

@@ -12,29 +12,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as futures_wait
 from typing import Any, TypeVar
 
 from starburst_executor._commit import GroupCommit
-from starburst_executor._cursor import KeyCursor
 from starburst_executor._manager import MAX_BATCH_TASKS, Pacing
-from starburst_executor._session import Call, SessionWriter
-from starburst_executor.config import validate_session_id
-from starburst_executor.errors import (
-    CorruptRecordError,
-    SessionError,
-    SessionExpiredError,
-    StarburstError,
-)
+from starburst_executor._session import Call, Session
+from starburst_executor.config import remember_session, remembered_store, validate_session_id
+from starburst_executor.errors import SessionError, SessionExpiredError
 from starburst_executor.executor import StarburstExecutor
-from starburst_executor.protocol import SessionKeys
+from starburst_executor.launchers.local import LocalLauncher
+from starburst_executor.protocol import BatchId, SessionState
 from starburst_executor.sessions import (
-    SessionReader,
     SessionStatus,
     TaskResult,
     codec_for,
-    remember_session,
-    remembered_store,
+    collected,
+    list_sessions,
+    session_status,
 )
 from starburst_executor.stores import Store, open_store
 
@@ -42,8 +38,6 @@ __all__ = ["DetachedExecutor", "list_sessions"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_TERMINAL = ("closed", "cancelled", "expired")
 
 
 class DetachedExecutor(StarburstExecutor):
@@ -88,9 +82,7 @@ class DetachedExecutor(StarburstExecutor):
             **kwargs,
         )
         self._restored: list[Future[Any]] | None = []
-        self._reader = SessionReader(self._store, self.session_id, self._writer.codec)
-        self._state = "open"
-        self._detached_here = False
+        self._state = SessionState.OPEN
 
     @classmethod
     def attach(
@@ -119,20 +111,13 @@ class DetachedExecutor(StarburstExecutor):
         """
         validate_session_id(session_id)  # before it becomes part of a key or a file name
         store_obj = open_store(store if store is not None else remembered_store(session_id))
-        codec = codec_for(store_obj)
-        reader = SessionReader(store_obj, session_id, codec)
+        session = Session.open(store_obj, session_id, codec_for(store_obj))
         self = cls.__new__(cls)
-        self._wire(
-            SessionWriter(store_obj, reader.manifest, codec),
-            max_workers or reader.manifest.max_workers,
-            pacing,
-        )
+        self._wire(session, max_workers or session.manifest.max_workers, pacing)
         self._restored = None  # built on first use of .futures
-        self._reader = reader
-        self._detached_here = False
         remember_session(session_id, store_obj.url)
-        self._state = state = reader.state()
-        if state in _TERMINAL:
+        self._state = state = session.state()
+        if state.terminal:
             logger.info(
                 "session %s is %s: it can be inspected and collected, not extended",
                 session_id,
@@ -142,10 +127,11 @@ class DetachedExecutor(StarburstExecutor):
 
     # -- work --------------------------------------------------------------------------------
 
-    def _wire(self, writer: SessionWriter, max_workers: int, pacing: Pacing | None) -> None:
+    def _wire(self, writer: Session, max_workers: int, pacing: Pacing | None) -> None:
         super()._wire(writer, max_workers, pacing)
         manifest = writer.manifest
         self._submitted: list[Future[Any]] = []
+        self._followed: dict[str, list[Future[Any]]] = {}  # batches the manager resolves
         self._bulk = threading.local()  # map(): its chunks, written together
         self._commit = GroupCommit(
             writer,
@@ -221,22 +207,23 @@ class DetachedExecutor(StarburstExecutor):
     def _written(self, bid: str, futures: list[Future[Any]]) -> None:
         """A batch is in the store: the manager thread resolves its Futures from now on."""
         self._submitted.extend(futures)  # submit() and every map() chunk, in order
+        self._followed[bid] = futures
         self._manager.adopt(bid, futures)
 
     def _check_extendable(self) -> None:
-        if self._detached_here:
+        if self._state is SessionState.OPEN and self._writer.expired():
+            self._state = SessionState.EXPIRED
+        state = self._state
+        if state.terminal:
+            raise (SessionExpiredError if state is SessionState.EXPIRED else SessionError)(
+                f"session {self.session_id} is {state}: it takes no more work. Collect its "
+                "results, and start a new DetachedExecutor for new work"
+            )
+        if self._shared.detaching:
             # The manager thread has stopped: a call queued now would never travel.
             raise RuntimeError(
                 f"cannot schedule new futures after detach(): reattach with "
                 f"DetachedExecutor.attach({self.session_id!r}) to add work"
-            )
-        if self._state == "open" and self._reader.expired():
-            self._state = "expired"
-        state = self._state
-        if state in _TERMINAL:
-            raise (SessionExpiredError if state == "expired" else SessionError)(
-                f"session {self.session_id} is {state}: it takes no more work. Collect its "
-                "results, and start a new DetachedExecutor for new work"
             )
 
     @property
@@ -246,24 +233,28 @@ class DetachedExecutor(StarburstExecutor):
         restored from the store and resolve as their results are found."""
         if self._restored is None:
             restored: list[Future[Any]] = []
-            for bid in self._reader.batch_ids():
-                if bid.split("-")[1] == self._writer.origin:
+            for bid in self._writer.batch_ids():
+                if BatchId.parse(bid).origin == self._writer.origin:
                     continue  # submitted by this process: already in _submitted
-                batch: list[Future[Any]] = [Future() for _ in range(SessionKeys.batch_size(bid))]
-                for fut in batch:
-                    fut.set_running_or_notify_cancel()
-                self._manager.adopt(bid, batch)
-                restored.extend(batch)
+                restored.extend(self._adopt(bid))
             self._restored = restored
             self._ensure_started()
         return [*self._restored, *self._submitted]
+
+    def _adopt(self, bid: str) -> list[Future[Any]]:
+        """Futures for a batch in the store, resolved by the manager as its result comes."""
+        batch: list[Future[Any]] = [Future() for _ in range(BatchId.parse(bid).ntasks)]
+        for fut in batch:
+            fut.set_running_or_notify_cancel()
+        self._followed[bid] = batch
+        self._manager.adopt(bid, batch)
+        return batch
 
     def detach(self) -> None:
         """Leave the workers running and stop polling; every call submitted is in the store
         already. The session carries on without this process. Reattach with
         ``DetachedExecutor.attach(session_id)``.
         """
-        self._detached_here = True
         self._manager.request_detach()
         if self._started:
             self._manager.thread.join()
@@ -273,7 +264,7 @@ class DetachedExecutor(StarburstExecutor):
 
     def status(self) -> SessionStatus:
         """Counts by state, workers, progress, creation and last activity (prints as a table)."""
-        return self._reader.status()
+        return session_status(self._writer)
 
     def collect(
         self,
@@ -299,118 +290,72 @@ class DetachedExecutor(StarburstExecutor):
             TimeoutError: ``wait`` and ``timeout`` passed with tasks unfinished.
             SessionError: the session's data was deleted.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         interval = poll_interval or (0.1 if self._store.url.startswith("file:") else 2.0)
-        self._reader.control()  # SessionError if the data was deleted (not an empty list)
-        cursor = KeyCursor(self._store, self._reader.keys.done)
-        done: dict[str, tuple[int, str, int]] = {}
-        bids = self._reader.batch_ids()
-        total = sum(SessionKeys.batch_size(b) for b in bids)
-        bar = _progress_bar(total, progress and wait)
-        terminal_state = None
+        self._writer.control()  # SessionError if the data was deleted (not an empty list)
+        bids = self._writer.batch_ids()
+        if wait:
+            self._wait_for(bids, timeout, interval, progress)
+        done = self._writer.done()
+        terminal = None
+        if any(b not in done for b in bids):  # unfinished: did the session end first?
+            state = self._writer.state()
+            terminal = state if state.terminal else None
+        return collected(self._writer, bids, done, terminal)
+
+    def _wait_for(
+        self, bids: list[str], timeout: float | None, interval: float, progress: bool
+    ) -> None:
+        """Wait until every batch of ``bids`` finished, or the session ended with no worker
+        left to finish them. The manager thread follows the results (and keeps the workers
+        the outstanding batches need) as it does for any Future; this only watches."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        futures = self._follow(bids)
+        pending = {f for f in futures if not f.done()}
+        bar = _progress_bar(len(futures), progress)
+        if bar is not None:
+            bar.update(len(futures) - len(pending))
         try:
-            while True:
-                for info in cursor.poll():
-                    bid = SessionKeys.bid_of(info.key)
-                    if bid not in done:
-                        done[bid] = (SessionKeys.done_failures(info.key), info.key, info.size)
-                        if bar is not None:
-                            bar.update(SessionKeys.batch_size(bid))
-                if not wait or all(b in done for b in bids):
-                    break
-                state = self._reader.state()
-                if state in _TERMINAL and not self._reader.status().workers:
-                    terminal_state = state
-                    break
-                if state not in _TERMINAL:  # a terminal session gets no new workers
-                    self._keep_workers(bids, done)
+            while pending:
+                finished, pending = futures_wait(pending, interval, FIRST_COMPLETED)
+                if bar is not None:
+                    bar.update(len(finished))
+                if not pending or self._all_done_without_manager(bids):
+                    return
+                state = self._writer.state()
+                if state.terminal and not session_status(self._writer).workers:
+                    return  # nobody will run what is left: collect reports it
                 if deadline is not None and time.monotonic() > deadline:
-                    finished = sum(SessionKeys.batch_size(b) for b in bids if b in done)
                     raise TimeoutError(
-                        f"session {self.session_id}: {finished} of {total} tasks finished "
-                        f"within {timeout:g} s; collect(wait=False) returns them"
+                        f"session {self.session_id}: {len(futures) - len(pending)} of "
+                        f"{len(futures)} tasks finished within {timeout:g} s; "
+                        "collect(wait=False) returns them"
                     )
-                time.sleep(interval)
         finally:
             if bar is not None:
                 bar.close()
-        return self._entries(bids, done, terminal_state)
 
-    def _keep_workers(self, bids: list[str], done: dict[str, Any]) -> None:
-        """While waiting on a reattached session, start workers if none is left."""
-        pending = sum(1 for b in bids if b not in done)
-        idle = pending and not self._started and self._launcher.running() == 0
-        if idle and self._reader.status().workers == 0:
-            self._launcher.start(min(self._max_workers, pending))
-
-    def _entries(
-        self,
-        bids: list[str],
-        done: dict[str, tuple[int, str, int]],
-        terminal: str | None,
-    ) -> list[TaskResult]:
-        """One entry per finished task (per item for ``map`` chunks), numbered by submission
-        position: the items of every batch before it count, finished or not."""
-        records = self._reader.read_results([b for b in bids if b in done], done)
-        entries: list[TaskResult] = []
-        position = 0
+    def _follow(self, bids: list[str]) -> list[Future[Any]]:
+        """The Futures of ``bids``, each batch handed to the manager once."""
+        self.futures  # noqa: B018  (restores the earlier processes' batches on first use)
+        out: list[Future[Any]] = []
         for bid in bids:
-            shape = SessionKeys.batch_shape(bid)
-            ntasks = SessionKeys.batch_size(bid)
-            record = records.get(bid)
-            if record is None:  # not finished
-                if terminal is not None:
-                    error: SessionError = (
-                        SessionExpiredError if terminal == "expired" else SessionError
-                    )(f"the task did not run: session {self.session_id} was {terminal}")
-                    entries.extend(TaskResult(i, t, error=error) for i, t in _slots(bid, position))
-            elif isinstance(record, StarburstError):
-                entries.extend(_damaged(bid, position, record))
-            else:
-                made = self._batch_entries(bid, position, record)
-                entries.extend(made)
-                if shape is None:  # mixed kinds: number the entries as they come
-                    position += max(ntasks, len(made))
-                    continue
-            position += ntasks * (shape[1] if shape is not None else 1)
-        return entries
+            out.extend(self._followed.get(bid) or self._adopt(bid))
+        self._ensure_started()
+        return out
 
-    def _batch_entries(self, bid: str, start: int, record: dict[str, Any]) -> list[TaskResult]:
-        shape = SessionKeys.batch_shape(bid)
-        per = shape[1] if shape is not None else None
-        outcomes = self._writer.outcomes_of(record)
-        if isinstance(outcomes, BaseException):  # the whole batch failed (e.g. worker lost)
-            return [TaskResult(i, t, error=outcomes) for i, t in _slots(bid, start)]
-        outputs = record.get("outputs", {})
-        entries: list[TaskResult] = []
-        for i in range(SessionKeys.batch_size(bid)):
-            task_id = f"{bid}/{i}"
-            # Where this task's first item stands: fixed by the shape, else right after the
-            # entries before it (a batch of mixed kinds, from a plain executor).
-            first = start + i * per if per is not None else start + len(entries)
-            if i >= len(outcomes):
-                error = StarburstError(f"batch {bid}: the worker returned no result for task {i}")
-                entries.append(TaskResult(first, task_id, error=error))
-                continue
-            outcome, out = outcomes[i], outputs.get(i, "")
-            if outcome.error is not None:
-                entries.append(TaskResult(first, task_id, error=outcome.error, output=out))
-            elif outcome.chunk:
-                values, error = outcome.value
-                for j, v in enumerate(values):
-                    entries.append(TaskResult(first + j, f"{task_id}.{j}", v, output=out))
-                if error is not None:  # the items after it did not run (as map stops there)
-                    j = len(values)
-                    entries.append(TaskResult(first + j, f"{task_id}.{j}", error=error, output=out))
-            else:
-                entries.append(TaskResult(first, task_id, outcome.value, output=out))
-        return entries
+    def _all_done_without_manager(self, bids: list[str]) -> bool:
+        """After ``detach()`` (or ``cleanup()``) the manager thread has left: then look at
+        the completion events directly."""
+        if not self._manager.closed.is_set():
+            return False
+        done = self._writer.done()
+        return all(b in done for b in bids)
 
     def cancel(self) -> None:
         """Cancel the session: tasks not started yet will not run (``collect`` reports them
         as cancelled), and workers exit after their current batch."""
-        self._writer.set_control(state="cancelled")
-        self._state = "cancelled"
+        self._writer.update_control(lambda record: record.cancel())
+        self._state = SessionState.CANCELLED
 
     def cleanup(self, stop_workers: bool = True, delete_data: bool = False) -> None:
         """End the session: no more work is taken.
@@ -427,39 +372,16 @@ class DetachedExecutor(StarburstExecutor):
         if self._started:  # stop polling; the Futures still pending will not complete
             self._manager.request_detach()
             self._manager.thread.join()
-        self._reader.control()  # SessionError if its data was deleted already
-        self._writer.set_control(state="closed")
-        self._state = "closed"
+        self._writer.control()  # SessionError if its data was deleted already
+        self._writer.update_control(lambda record: record.close())
+        self._state = SessionState.CLOSED
         if stop_workers:
             self._launcher.stop()
-            self._reader.stop_local_workers(timeout=15.0)
+            if isinstance(self._launcher, LocalLauncher):  # and those of earlier processes
+                self._launcher.stop_recorded(self._writer.workers, timeout=15.0)
         if delete_data:
-            removed = self._reader.delete_all()
+            removed = self._writer.delete_all()
             logger.info("session %s: deleted %d objects", self.session_id, removed)
-
-
-def _slots(bid: str, start: int) -> list[tuple[int, str]]:
-    """``(index, task id)`` of every item of a batch whose first item stands at ``start``."""
-    shape = SessionKeys.batch_shape(bid)
-    ntasks = SessionKeys.batch_size(bid)
-    if shape is None or shape[0] != "m":
-        return [(start + i, f"{bid}/{i}") for i in range(ntasks)]
-    per = shape[1]
-    return [(start + i * per + j, f"{bid}/{i}.{j}") for i in range(ntasks) for j in range(per)]
-
-
-def _damaged(bid: str, start: int, exc: StarburstError) -> list[TaskResult]:
-    """Error entries for the tasks of a batch whose result record cannot be read: the rest of
-    the session is still collected."""
-    entries = []
-    for index, task_id in _slots(bid, start):
-        error = CorruptRecordError(
-            f"task {index} ({task_id}): its result cannot be read: {exc}. The other results "
-            "are unaffected; run the task again to get this one"
-        )
-        error.__cause__ = exc
-        entries.append(TaskResult(index, task_id, error=error))
-    return entries
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -468,24 +390,3 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, unit="task", desc="collect")
-
-
-def list_sessions(store: str | Store | None = None) -> list[SessionStatus]:
-    """Every session in a store, oldest first, with its counts and state.
-
-    Sessions whose data was deleted are listed with state "deleted" and zero counts.
-    """
-    store_obj = open_store(store)
-    codec = codec_for(store_obj)
-    out = []
-    for info in store_obj.list("index/"):
-        sid = info.key.split("/", 1)[1]
-        try:
-            out.append(SessionReader(store_obj, sid, codec).status())
-        except SessionError:
-            out.append(
-                SessionStatus(
-                    sid, "", "deleted", 0, 0, 0, 0, 0, 0, 0, 0.0, info.last_modified, store_obj.url
-                )
-            )
-    return out

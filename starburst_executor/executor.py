@@ -24,10 +24,15 @@ from typing import Any, TypeVar
 
 from starburst_executor._claims import Claims
 from starburst_executor._manager import Manager, Pacing, Shared, WorkItem
-from starburst_executor._session import Call, SessionWriter, new_session_id
+from starburst_executor._session import Call, Session, new_session_id
 from starburst_executor.backends import AwsBackend, Backend, BackendConfig, resolve_backend
 from starburst_executor.code_files import pack_code
-from starburst_executor.config import forget_session, keep_logs_default, secret_key
+from starburst_executor.config import (
+    forget_session,
+    keep_logs_default,
+    remember_session,
+    secret_key,
+)
 from starburst_executor.errors import BrokenStarburstExecutor, RemoteTraceback, StarburstError
 from starburst_executor.launchers import Launcher, make_launcher
 from starburst_executor.launchers.local import LocalLauncher, process_started
@@ -39,7 +44,7 @@ from starburst_executor.serialization import (
     dumps_part,
     name_pickling_error,
 )
-from starburst_executor.sessions import SessionReader, remember_session
+from starburst_executor.sessions import session_cost
 from starburst_executor.stores import Store, open_store
 from starburst_executor.stores.local import LocalStore
 
@@ -224,7 +229,7 @@ class StarburstExecutor(Executor):
             extra=extra,
         )
         code = pack_code([Path(p) for p in code_files]) if code_files else None
-        writer = SessionWriter(store_obj, manifest, codec)
+        writer = Session(store_obj, manifest, codec)
         if initializer is not None:
             ref = writer.upload_blob(dumps_part((initializer, initargs), "the initializer"))
             writer.manifest = replace(writer.manifest, initializer=ref)
@@ -239,7 +244,7 @@ class StarburstExecutor(Executor):
             "session %s: %d worker(s) max, store %s", self.session_id, max_workers, store_obj.url
         )
 
-    def _wire(self, writer: SessionWriter, max_workers: int, pacing: Pacing | None) -> None:
+    def _wire(self, writer: Session, max_workers: int, pacing: Pacing | None) -> None:
         """Connect this executor to a session (new, or existing for ``attach``)."""
         manifest = writer.manifest
         self._max_workers = max_workers
@@ -266,7 +271,7 @@ class StarburstExecutor(Executor):
             self._launcher,
             max_workers=max_workers,
             pacing=pacing,
-            window=None if self._detached else max(4, 2 * max_workers),
+            window=None if manifest.detached else max(4, 2 * max_workers),
             batch_limit=batch_limit,
             claims=claims,
         )
@@ -436,7 +441,7 @@ class StarburstExecutor(Executor):
             return
         self._data_removed = True
         try:
-            removed = SessionReader(self._store, self.session_id, self._writer.codec).remove(
+            removed = self._writer.remove(
                 keep_logs=self._keep_logs
             )
             if not self._keep_logs:
@@ -461,7 +466,7 @@ class StarburstExecutor(Executor):
         After a clean shutdown, the figure measured then (the session's data is gone)."""
         if self._final_cost is not None:
             return self._final_cost
-        return SessionReader(self._store, self.session_id, self._writer.codec).cost()
+        return session_cost(self._writer)
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)

@@ -42,22 +42,42 @@ import hmac
 import json
 import pickle
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import cloudpickle
 
 from starburst_executor.backends import BackendConfig, backend_from_record
-from starburst_executor.errors import CorruptRecordError, ProtocolMismatchError
+from starburst_executor.errors import (
+    CorruptRecordError,
+    ProtocolMismatchError,
+    SerializationError,
+)
+from starburst_executor.serialization import ChunkResult, RemoteException, loads
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "BatchId",
+    "BatchRecord",
+    "BatchShape",
     "Claim",
+    "ClaimState",
     "Codec",
     "ControlRecord",
+    "DoneEvent",
+    "ExitCode",
+    "Outcome",
+    "ResultRecord",
     "SessionKeys",
     "SessionManifest",
+    "SessionState",
+    "TaskKind",
+    "TaskOutcome",
+    "TaskSpec",
     "WorkerRecord",
+    "WorkerState",
     "runtime_versions",
 ]
 
@@ -109,6 +129,145 @@ def key_time_ms(name: str) -> int:
     return int(leaf[:13])
 
 
+class SessionState(StrEnum):
+    """A session's state, as its control record stores it and as readers report it.
+
+    A control record holds one of the first four; ``FINISHED`` and ``DELETED`` are what a
+    reader reports for an open session whose tasks are all terminal, and for a session whose
+    data was deleted (only its index entry is left).
+    """
+
+    OPEN = "open"
+    CLOSED = "closed"  # cleaned up: workers exit
+    CANCELLED = "cancelled"  # pending work dropped: workers exit
+    EXPIRED = "expired"  # session_timeout passed: workers exit, queued work fails
+    FINISHED = "finished"
+    DELETED = "deleted"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the session takes no more work (workers exit, nothing new starts)."""
+        return self in (SessionState.CLOSED, SessionState.CANCELLED, SessionState.EXPIRED)
+
+
+class WorkerState(StrEnum):
+    """A worker's state in its :class:`WorkerRecord`."""
+
+    RUNNING = "running"
+    EXITED = "exited"  # left its loop in order (idle, session ended, SIGTERM ...)
+    INIT_FAILED = "init-failed"  # the initializer (or installing code_files) raised
+
+
+class ClaimState(StrEnum):
+    """A claim's state in its :class:`Claim`."""
+
+    RUNNING = "running"
+    RELEASED = "released"  # its worker gave it back (SIGTERM) or was seen dead
+    DONE = "done"  # the batch's result is written
+
+
+class ExitCode(IntEnum):
+    """A worker process's exit codes. The manager never trusts them alone (a task may call
+    ``os._exit(3)``): it checks the worker's record too."""
+
+    OK = 0
+    CANNOT_START = 2  # bad arguments, no such session: it never registered
+    INIT_FAILED = 3  # its record says ``init-failed``
+    SIGTERM = 143  # 128 + 15, the shell's convention, which ECS reports too
+
+
+class TaskKind(StrEnum):
+    """What a task of a batch holds."""
+
+    CALL = "call"  # one submitted call
+    CHUNK = "chunk"  # a ``map`` chunk: its result is a ``ChunkResult``
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What every task of a batch is: ``s1`` submitted calls, ``m{n}`` ``map`` chunks of
+    ``n`` items each."""
+
+    kind: str  # "s" or "m"
+    items: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}{self.items}"
+
+    @property
+    def is_map(self) -> bool:
+        return self.kind == "m"
+
+
+@dataclass(frozen=True)
+class BatchId:
+    """A batch's id: ``{ts}-{origin}-{seq}[-{shape}]-{ntasks}``.
+
+    Attributes:
+        ts_ms: store-clock milliseconds when it was named (13 digits: ids sort by time).
+        origin: the tag of the client that made it.
+        seq: that client's sequence number (6 digits): its submission order.
+        ntasks: how many tasks it holds (readers count tasks from listings alone).
+        shape: every task's shape, or ``None`` for a batch of mixed kinds (the plain
+            executor's manager forms those).
+    """
+
+    ts_ms: int
+    origin: str
+    seq: int
+    ntasks: int
+    shape: BatchShape | None = None
+
+    def __str__(self) -> str:
+        middle = f"-{self.shape}" if self.shape is not None else ""
+        return f"{self.ts_ms:013d}-{self.origin}-{self.seq:06d}{middle}-{self.ntasks}"
+
+    @classmethod
+    def parse(cls, text: str) -> BatchId:
+        """Raises:
+        CorruptRecordError: ``text`` is not a batch id."""
+        parts = text.split("-")
+        try:
+            if len(parts) == 4:
+                return cls(int(parts[0]), parts[1], int(parts[2]), int(parts[3]))
+            if len(parts) == 5 and parts[3][:1] in ("s", "m"):
+                shape = BatchShape(parts[3][0], int(parts[3][1:]))
+                return cls(int(parts[0]), parts[1], int(parts[2]), int(parts[4]), shape)
+        except ValueError:
+            pass
+        raise CorruptRecordError(f"{text!r} is not a batch id ({{ts}}-{{origin}}-{{seq}}-{{n}})")
+
+    @property
+    def items_per_task(self) -> int | None:
+        """Items of each task in submission order (``None``: mixed kinds, unknown)."""
+        return None if self.shape is None else self.shape.items
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """A batch finished: ``done/{b}/{ts}-{bid}.{failed}``; small results ride inline.
+
+    Attributes:
+        bid: the batch.
+        failed: how many of its tasks failed (readers count failures from listings alone).
+        key: the event's key.
+        size: its size: non-zero when the result record rides inside the event.
+    """
+
+    bid: str
+    failed: int
+    key: str
+    size: int
+
+    @classmethod
+    def parse(cls, key: str, size: int) -> DoneEvent:
+        return cls(SessionKeys.bid_of(key), int(key.rsplit(".", 1)[1]), key, size)
+
+    @property
+    def time_ms(self) -> int:
+        return key_time_ms(self.key)
+
+
 class SessionKeys:
     """Builds every key of one session."""
 
@@ -154,37 +313,11 @@ class SessionKeys:
     def bid_of(key: str) -> str:
         """The batch id a batch, requeue, claim, result or done key refers to."""
         leaf = key.rsplit("/", 1)[-1]
-        if "-requeue-" in leaf:
+        if "-requeue-" in leaf:  # {ts}-requeue-{attempt}-{bid}
             return leaf.split("-requeue-", 1)[1].split("-", 1)[1]
-        if key.split("/")[2] == "done":
+        if key.split("/")[2] == "done":  # {ts}-{bid}.{failed}
             return leaf.split("-", 1)[1].rsplit(".", 1)[0]
         return leaf
-
-    @staticmethod
-    def done_failures(key: str) -> int:
-        """How many tasks of the batch failed, from its done event's key."""
-        return int(key.rsplit(".", 1)[1])
-
-    @staticmethod
-    def batch_size(bid: str) -> int:
-        """How many tasks a batch holds, from its id."""
-        return int(bid.rsplit("-", 1)[1])
-
-    @staticmethod
-    def batch_shape(bid: str) -> tuple[str, int] | None:
-        """``("s", 1)`` for a batch of submitted calls, ``("m", n)`` for ``map`` chunks of
-        ``n`` items each, ``None`` for a batch without a shape (mixed kinds)."""
-        parts = bid.split("-")
-        if len(parts) < 5:
-            return None
-        shape = parts[3]
-        return shape[0], int(shape[1:])
-
-    @staticmethod
-    def batch_origin(bid: str) -> tuple[str, int]:
-        """The client tag and its sequence number, from a batch id."""
-        parts = bid.split("-")
-        return parts[1], int(parts[2])
 
     @staticmethod
     def is_requeue(key: str) -> bool:
@@ -262,9 +395,16 @@ class Codec:
         return self._open(blob, _PICKLE, where)
 
 
-def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+def _from_dict(cls: Any, data: Mapping[str, Any]) -> Any:
     names = cls.__dataclass_fields__
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _enum(kind: type[Any], value: object, where: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise CorruptRecordError(f"{where}: {value!r} is not a {kind.__name__}") from None
 
 
 @dataclass(frozen=True)
@@ -319,6 +459,12 @@ class SessionManifest:
         """Store-clock time after which the session is expired, or ``None``."""
         return None if self.session_timeout is None else self.created + self.session_timeout
 
+    def expired(self, now: float) -> bool:
+        """Whether the session's ``session_timeout`` has passed at store-clock time ``now``:
+        the one rule every client, reader and worker applies."""
+        deadline = self.deadline
+        return deadline is not None and now >= deadline
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(replace(self, backend_config=None))
         if self.backend_config is not None:
@@ -335,29 +481,81 @@ class SessionManifest:
             return manifest
         return replace(manifest, backend_config=backend_from_record(record))
 
+    def encode(self, codec: Codec) -> bytes:
+        return codec.encode_json(self.to_dict())
+
+    @classmethod
+    def decode(cls, codec: Codec, blob: bytes, where: str) -> SessionManifest:
+        """Raises:
+        CorruptRecordError: damaged, or not a manifest.
+        ProtocolMismatchError: written by another protocol version."""
+        try:
+            return cls.from_dict(codec.decode_json(blob, where))
+        except TypeError as exc:  # a required field is missing
+            raise CorruptRecordError(f"{where} is not a session manifest: {exc}") from exc
+
 
 @dataclass(frozen=True)
 class ControlRecord:
-    """Session-wide state changed by compare-and-swap.
+    """Session-wide state changed by compare-and-swap (see ``Session.update_control``).
+
+    Each transition returns the next record, or ``None`` when there is nothing to change;
+    every write increments ``n``, because S3 ETags are content hashes: a compare-and-swap
+    must change the body, or two writers holding the same ETag would both win.
 
     Attributes:
-        n: version counter; every write increments it (S3 ETags are content hashes, so a CAS
-            must change the body).
-        state: "open"; or "closed" (cleaned up), "cancelled" (pending work dropped) or
-            "expired" (``session_timeout`` passed): in those three, workers exit.
+        n: version counter.
+        state: ``OPEN``, or one of the terminal states, in which workers exit.
         low_watermark: batches before this key are all finished; workers start listing there.
     """
 
     n: int = 0
-    state: str = "open"
+    state: SessionState = SessionState.OPEN
     low_watermark: str | None = None
 
+    def _next(self, **changes: Any) -> ControlRecord:
+        return replace(self, n=self.n + 1, **changes)
+
+    def close(self) -> ControlRecord:
+        """Cleaned up: from any state (a cancelled or expired session is closed too)."""
+        return self._next(state=SessionState.CLOSED)
+
+    def cancel(self) -> ControlRecord:
+        """Pending work dropped: from any state (the CLI refuses a closed session first)."""
+        return self._next(state=SessionState.CANCELLED)
+
+    def expire(self) -> ControlRecord | None:
+        """``session_timeout`` passed: only an open session expires (a closed or cancelled
+        one keeps saying why it ended)."""
+        return self._next(state=SessionState.EXPIRED) if self.state is SessionState.OPEN else None
+
+    def raise_watermark(self, mark: str) -> ControlRecord | None:
+        """Move the low watermark forward; never back (another client may be further)."""
+        if self.low_watermark is not None and mark <= self.low_watermark:
+            return None
+        return self._next(low_watermark=mark)
+
+    def state_at(self, manifest: SessionManifest, now: float) -> SessionState:
+        """The session's state at ``now``: "expired" once ``session_timeout`` has passed,
+        though only a worker that notices writes that into the record."""
+        if self.state is SessionState.OPEN and manifest.expired(now):
+            return SessionState.EXPIRED
+        return self.state
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"n": self.n, "state": self.state.value, "low_watermark": self.low_watermark}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ControlRecord:
-        return _from_dict(cls, data)  # type: ignore[no-any-return]
+        state = _enum(SessionState, data.get("state", "open"), "control record")
+        return cls(int(data.get("n", 0)), state, data.get("low_watermark"))
+
+    def encode(self, codec: Codec) -> bytes:
+        return codec.encode_json(self.to_dict())
+
+    @classmethod
+    def decode(cls, codec: Codec, blob: bytes, where: str) -> ControlRecord:
+        return cls.from_dict(codec.decode_json(blob, where))
 
 
 @dataclass(frozen=True)
@@ -367,25 +565,30 @@ class Claim:
     Attributes:
         worker: the worker id holding (or last holding) the claim.
         attempt: 1 for the first run; each takeover adds one.
-        state: "running", "released" (its worker gave it back), or "done".
+        state: running, released (its worker gave it back), or done.
         expires: lease expiry, store clock.
-        n: version counter (every write changes the body, see ``ControlRecord.n``).
+        n: version counter (every write changes the body, see ``ControlRecord``).
         history: the workers of earlier attempts and how each ended ("local-1 (killed by
             SIGKILL)"), for the "worker lost" message.
-        ended: why the holder gave the claim back (state "released"): its exit code or
+        ended: why the holder gave the claim back (state released): its exit code or
             signal as its launcher saw it, or "SIGTERM".
     """
 
     worker: str
     attempt: int
-    state: str
+    state: ClaimState
     expires: float
     n: int = 0
     history: tuple[str, ...] = ()
     ended: str = ""
 
+    def live(self, now: float) -> bool:
+        """Held by a running worker whose lease has not expired."""
+        return self.state is ClaimState.RUNNING and self.expires > now
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["state"] = self.state.value
         d["history"] = list(self.history)
         return d
 
@@ -393,7 +596,18 @@ class Claim:
     def from_dict(cls, data: dict[str, Any]) -> Claim:
         data = dict(data)
         data["history"] = tuple(data.get("history", ()))
+        data["state"] = _enum(ClaimState, data.get("state"), "claim")
         return _from_dict(cls, data)  # type: ignore[no-any-return]
+
+    def encode(self, codec: Codec) -> bytes:
+        return codec.encode_json(self.to_dict())
+
+    @classmethod
+    def decode(cls, codec: Codec, blob: bytes, where: str) -> Claim:
+        try:
+            return cls.from_dict(codec.decode_json(blob, where))
+        except TypeError as exc:
+            raise CorruptRecordError(f"{where} is not a claim: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -402,7 +616,7 @@ class WorkerRecord:
 
     Attributes:
         worker: its id.
-        state: "running", "exited", or "init-failed".
+        state: running, exited, or init-failed.
         host: host name; pid: process id; started: store-clock time.
         tasks: tasks run so far; reason: why it exited; error: initializer failure text.
         ended: store-clock time it exited (0 while running): with ``started``, the measured
@@ -410,7 +624,7 @@ class WorkerRecord:
     """
 
     worker: str
-    state: str
+    state: WorkerState
     host: str
     pid: int
     started: float
@@ -420,8 +634,208 @@ class WorkerRecord:
     ended: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["state"] = self.state.value
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerRecord:
+        data = dict(data)
+        data["state"] = _enum(WorkerState, data.get("state"), "worker record")
         return _from_dict(cls, data)  # type: ignore[no-any-return]
+
+    def encode(self, codec: Codec) -> bytes:
+        return codec.encode_json(self.to_dict())
+
+    @classmethod
+    def decode(cls, codec: Codec, blob: bytes, where: str) -> WorkerRecord:
+        try:
+            return cls.from_dict(codec.decode_json(blob, where))
+        except TypeError as exc:
+            raise CorruptRecordError(f"{where} is not a worker record: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a batch: the digests of its pickled parts (inline or blobs).
+
+    Attributes:
+        index: its position in the batch.
+        kind: a call or a ``map`` chunk (then ``args`` is one part: the chunk's items).
+        fn, args, kwargs: digests of the pickled callable and arguments.
+    """
+
+    index: int
+    kind: TaskKind
+    fn: str
+    args: tuple[str, ...]
+    kwargs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """``batches/{b}/{bid}``: tasks that travel in one object (pickle of plain containers:
+    the user's objects inside are pickled already, and verified before they are loaded).
+
+    Attributes:
+        bid: the batch id.
+        versions: :func:`runtime_versions` of the client that wrote it.
+        tasks: the tasks, in submission order.
+        inline: small parts by digest (larger ones are blobs, fetched by digest).
+    """
+
+    bid: str
+    versions: dict[str, str]
+    tasks: tuple[TaskSpec, ...]
+    inline: dict[str, bytes]
+
+    def encode(self, codec: Codec) -> bytes:
+        tasks = [
+            {
+                "i": t.index,
+                "kind": t.kind.value,
+                "fn": t.fn,
+                "args": list(t.args),
+                "kwargs": t.kwargs,
+            }
+            for t in self.tasks
+        ]
+        record = {"bid": self.bid, "versions": self.versions, "tasks": tasks, "inline": self.inline}
+        return codec.encode_pickle(record)
+
+    @classmethod
+    def decode(cls, codec: Codec, blob: bytes, where: str) -> BatchRecord:
+        """Raises:
+        CorruptRecordError: damaged, or not a batch record."""
+        record = codec.decode_pickle(blob, where)
+        try:
+            tasks = tuple(
+                TaskSpec(
+                    int(t["i"]),
+                    _enum(TaskKind, t["kind"], where),
+                    t["fn"],
+                    tuple(t["args"]),
+                    dict(t["kwargs"]),
+                )
+                for t in record["tasks"]
+            )
+            return cls(record["bid"], dict(record["versions"]), tasks, dict(record["inline"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptRecordError(f"{where} does not hold a batch record: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """One task's pickled outcome: its value (``ok``), or a pickled ``RemoteException``."""
+
+    index: int
+    ok: bool
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One task's decoded outcome: ``value`` if ``error`` is ``None``."""
+
+    value: Any = None
+    error: BaseException | None = None
+    chunk: bool = False  # a map chunk: value is (values, error of the item that stopped it)
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """``results/{bid}`` (or inline in its done event): what a worker made of a batch.
+
+    Attributes:
+        bid: the batch.
+        worker: the worker that ran it; attempt: which attempt of the batch this was.
+        outcomes: one per task run (``batch_error`` is ``None``).
+        batch_error: a pickled ``RemoteException`` that failed every task (batch missing,
+            versions differ, worker lost too often), or ``None``.
+        outputs: what each task printed, by task index (the tail, when long).
+        seconds: how long the batch ran: lets the client size later batches.
+    """
+
+    bid: str
+    worker: str
+    attempt: int
+    outcomes: tuple[TaskOutcome, ...] = ()
+    batch_error: bytes | None = None
+    outputs: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def encode(self, codec: Codec) -> bytes:
+        record = {
+            "bid": self.bid,
+            "worker": self.worker,
+            "attempt": self.attempt,
+            "outcomes": [(o.index, "ok" if o.ok else "err", o.payload) for o in self.outcomes],
+            "batch_error": self.batch_error,
+            "outputs": self.outputs,
+            "seconds": self.seconds,
+        }
+        return codec.encode_pickle(record)
+
+    @classmethod
+    def decode(cls, codec: Codec, blob: bytes, where: str) -> ResultRecord:
+        """Raises:
+        CorruptRecordError: damaged, or not a result record.
+        ProtocolMismatchError: written by another protocol version."""
+        record = codec.decode_pickle(blob, where)
+        if not isinstance(record, dict) or "outcomes" not in record:
+            raise CorruptRecordError(f"{where} does not hold a result record")
+        try:
+            outcomes = tuple(TaskOutcome(int(i), s == "ok", p) for i, s, p in record["outcomes"])
+            return cls(
+                str(record.get("bid", "")),
+                str(record.get("worker", "")),
+                int(record.get("attempt", 0)),
+                outcomes,
+                record.get("batch_error"),
+                dict(record.get("outputs") or {}),
+                float(record.get("seconds", 0.0)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecordError(f"{where} does not hold a result record: {exc!r}") from exc
+
+    def decode_outcomes(self) -> list[Outcome] | BaseException:
+        """Unpickle the outcomes: one per task in batch order, or the batch-wide error.
+
+        An outcome that cannot be unpickled here becomes that task's error (a
+        ``SerializationError`` naming the likely cause); the others are unaffected.
+        """
+        if self.batch_error is not None:
+            return _rebuild(self.batch_error)
+        return [_outcome(o) for o in sorted(self.outcomes, key=lambda o: o.index)]
+
+
+def _rebuild(payload: bytes) -> BaseException:
+    try:
+        remote = loads(payload)
+    except Exception as exc:  # a damaged report must not hide the other results
+        return SerializationError(f"a worker's error report could not be unpickled: {exc!r}")
+    if isinstance(remote, RemoteException):
+        return remote.rebuild()
+    return CorruptRecordError(
+        f"a worker sent an unexpected error report: {type(remote).__name__}"
+    )
+
+
+def _outcome(outcome: TaskOutcome) -> Outcome:
+    if not outcome.ok:
+        return Outcome(error=_rebuild(outcome.payload))
+    try:
+        value = loads(outcome.payload)
+    except Exception as exc:  # the value's class may not be importable here
+        from starburst_executor.errors import SerializationError
+
+        error = SerializationError(
+            f"the task's result could not be unpickled on the client: {type(exc).__name__}: "
+            f"{exc}. Is every module it uses importable here?"
+        )
+        error.__cause__ = exc
+        return Outcome(error=error)
+    if isinstance(value, ChunkResult):
+        stopped = value.error.rebuild() if value.error is not None else None
+        return Outcome(value=(value.values, stopped), chunk=True)
+    return Outcome(value=value)

@@ -35,7 +35,6 @@ __all__ = ["Pruned", "parse_age", "prune"]
 logger = logging.getLogger(__name__)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_TERMINAL = ("closed", "cancelled", "expired")
 
 
 @dataclass(frozen=True)
@@ -101,9 +100,9 @@ def _verdict(reader: SessionReader, older_than: float, now: float) -> str | None
         gone = _client_gone(manifest.extra.get("client"), manifest.created)
         if gone:
             return "its client process is gone"
-        if gone is None and age > older_than and status.state not in _TERMINAL:
+        if gone is None and age > older_than and not status.state.terminal:
             return f"its client cannot be checked and it was idle for {_fmt_age(age)}"
-    if status.state in _TERMINAL and age > older_than:
+    if status.state.terminal and age > older_than:
         return f"{status.state} {_fmt_age(age)} ago"
     return None
 

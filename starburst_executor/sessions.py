@@ -1,47 +1,40 @@
-"""Reading sessions from the store: status, results, listing, cleanup.
+"""Reading sessions from the store: status, collected results, listing.
 
 Everything here works from the store alone, so it serves a reattached ``DetachedExecutor``,
 the ``starburst`` command line, and any process that knows the session id and the store.
 Counting is done from key listings (batch ids carry their task counts, completion keys their
 failure counts), so ``status()`` reads no task payloads or results.
+
+AWS sessions need two things only the AWS backend knows (the signing key kept in SSM, and
+the price of a worker hour): :mod:`starburst_executor.aws.sessions` provides them, imported
+only for those sessions (a local-only run never loads the AWS modules).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
-import signal
-import socket
-import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+from starburst_executor._session import Session
 from starburst_executor._text import cell
-from starburst_executor.config import (  # the index's old home: names kept importable
-    forget_session,
-    remember_session,
-    remembered_store,
-    secret_key,
-)
+from starburst_executor.config import secret_key
 from starburst_executor.errors import (
     CorruptRecordError,
-    ObjectNotFoundError,
-    ProtocolMismatchError,
     SessionError,
+    SessionExpiredError,
     StarburstError,
 )
 from starburst_executor.protocol import (
-    Claim,
+    BatchId,
     Codec,
-    ControlRecord,
-    SessionKeys,
-    SessionManifest,
+    DoneEvent,
+    ResultRecord,
+    SessionState,
     WorkerRecord,
-    key_time_ms,
+    WorkerState,
 )
 from starburst_executor.stores.base import Store
 
@@ -52,9 +45,10 @@ __all__ = [
     "SessionStatus",
     "TaskResult",
     "codec_for",
-    "forget_session",
-    "remember_session",
-    "remembered_store",
+    "collected",
+    "list_sessions",
+    "session_cost",
+    "session_status",
 ]
 
 
@@ -102,7 +96,7 @@ class SessionStatus:
 
     session_id: str
     name: str
-    state: str
+    state: SessionState
     total: int
     pending: int
     running: int
@@ -164,13 +158,8 @@ def _fmt_time(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-class SessionReader:
-    """Reads one session's state from its store.
-
-    Args:
-        store: the store holding the session.
-        session_id: the session's id.
-        codec: verifies records.
+class SessionReader(Session):
+    """A session opened by id, for reading: :meth:`Session.open` with ``status`` and ``cost``.
 
     Raises:
         SessionError: no such session in this store (the message says which store was
@@ -180,373 +169,259 @@ class SessionReader:
     """
 
     def __init__(self, store: Store, session_id: str, codec: Codec) -> None:
-        self.store = store
-        self.codec = codec
-        self.keys = SessionKeys(session_id)
-        self.manifest = self._load_manifest()
-
-    def _load_manifest(self) -> SessionManifest:
-        sid = self.keys.session_id
-        try:
-            obj = self.store.get(self.keys.manifest)
-        except ObjectNotFoundError:
-            try:
-                self.store.get(self.keys.index)
-            except ObjectNotFoundError:
-                raise SessionError(
-                    f"no session {sid!r} in store {self.store.url}. List the sessions there "
-                    f"with `starburst sessions --store {self.store.url}` (or list_sessions()), "
-                    "or pass the store the session was created in"
-                ) from None
-            raise SessionError(
-                f"session {sid!r} was cleaned up with its data deleted from {self.store.url}; "
-                "its results are gone"
-            ) from None
-        try:
-            data = self.codec.decode_json(obj.data, self.keys.manifest)
-            return SessionManifest.from_dict(data)
-        except ProtocolMismatchError:
-            raise
-        except (CorruptRecordError, TypeError) as exc:
-            raise CorruptRecordError(
-                f"the manifest of session {sid!r} ({self.store.url}/{self.keys.manifest}) is "
-                f"damaged: {exc}"
-            ) from exc
-
-    def control(self) -> ControlRecord:
-        try:
-            obj = self.store.get(self.keys.control)
-        except ObjectNotFoundError:
-            raise SessionError(
-                f"session {self.keys.session_id!r} has no control record: it was cleaned up "
-                f"with its data deleted from {self.store.url}; its results are gone"
-            ) from None
-        return ControlRecord.from_dict(self.codec.decode_json(obj.data, self.keys.control))
-
-    def state(self) -> str:
-        """The session's state: its control record's, except "expired" once
-        ``session_timeout`` has passed (workers write that only when one of them notices)."""
-        state = self.control().state
-        return "expired" if state == "open" and self.expired() else state
-
-    def expired(self) -> bool:
-        """Whether the session's ``session_timeout`` has passed (store clock)."""
-        deadline = self.manifest.deadline
-        return deadline is not None and self.store.now() > deadline
-
-    def batch_ids(self) -> list[str]:
-        """Every batch of the session, in submission order.
-
-        A batch id is ``{store-clock ms}-{client tag}-{sequence}[-{shape}]-{tasks}``. An S3
-        store's clock is re-anchored on every response's ``Date`` header (one-second
-        resolution), so one client's stamps can step back by up to a second: sorting ids as
-        strings would put a later submission first. Within one client the sequence number is
-        the order; between clients, the time stamp (made non-decreasing along each client's
-        sequence).
-        """
-        by_client: dict[str, list[tuple[int, str]]] = {}
-        for info in self.store.list(self.keys.batches):
-            if SessionKeys.is_requeue(info.key):
-                continue
-            bid = SessionKeys.bid_of(info.key)
-            client, seq = SessionKeys.batch_origin(bid)
-            by_client.setdefault(client, []).append((seq, bid))
-        ordered: list[tuple[tuple[int, str, int], str]] = []
-        for client, items in by_client.items():
-            floor = 0
-            for seq, bid in sorted(items):
-                floor = max(floor, key_time_ms(bid))
-                ordered.append(((floor, client, seq), bid))
-        return [bid for _, bid in sorted(ordered)]
-
-    def done(self) -> dict[str, tuple[int, str, int]]:
-        """Finished batches: ``{bid: (failed count, event key, event size)}``."""
-        out: dict[str, tuple[int, str, int]] = {}
-        for info in self.store.list(self.keys.done):
-            bid = SessionKeys.bid_of(info.key)
-            if bid not in out:
-                out[bid] = (SessionKeys.done_failures(info.key), info.key, info.size)
-        return out
-
-    def workers(self) -> list[WorkerRecord]:
-        infos = list(self.store.list(self.keys.workers))
-
-        def read(key: str) -> WorkerRecord | None:
-            try:
-                return WorkerRecord.from_dict(self.codec.decode_json(self.store.get(key).data, key))
-            except ObjectNotFoundError:
-                return None
-
-        with ThreadPoolExecutor(8) as pool:
-            return [w for w in pool.map(read, [i.key for i in infos]) if w is not None]
+        super().__init__(store, Session.open(store, session_id, codec).manifest, codec)
 
     def status(self) -> SessionStatus:
-        """Count the session's tasks by state (listings, plus a read of each unfinished claim).
-
-        A task is *running* only while a worker runs it: its batch is claimed under a lease
-        that is live (state "running", not expired) by a worker whose record says it runs.
-        A worker runs one task at a time, so such a batch counts one running task and the
-        rest of it as pending (a batch's results travel together when it ends). A batch handed
-        back (SIGTERM, Spot: state "released") or whose lease expired is pending again.
-        """
-        manifest = self.manifest
-        control = self.control()
-        bids = self.batch_ids()
-        done = self.done()
-        claimed = {
-            i.key.rsplit("/", 1)[-1]: i.last_modified for i in self.store.list(self.keys.claims)
-        }
-        workers = self.workers()
-        live_workers = {w.worker for w in workers if w.state == "running"}
-        running_batches = self._running_batches(
-            [b for b in bids if b in claimed and b not in done], live_workers
-        )
-        total = completed = failed = running = pending = 0
-        for bid in bids:
-            n = SessionKeys.batch_size(bid)
-            total += n
-            if bid in done:
-                failed += done[bid][0]
-                completed += n - done[bid][0]
-            elif bid in running_batches and n:
-                running += 1
-                pending += n - 1
-            else:
-                pending += n
-        cancelled = 0
-        state = control.state
-        if state == "open" and self.expired():
-            state = "expired"
-        live = [w for w in workers if w.state == "running"]
-        if state in ("cancelled", "expired", "closed") and not live:
-            cancelled, pending, running = pending + running, 0, 0
-        activity = max([manifest.created, *claimed.values()] + [w.started for w in workers])
-        last_done = max((key_time_ms(k) for _, k, _ in done.values()), default=0)
-        states: dict[str, int] = {}
-        for w in workers:
-            states[w.state] = states.get(w.state, 0) + 1
-        if state == "open" and total and completed + failed == total:
-            state = "finished"
-        return SessionStatus(
-            session_id=self.keys.session_id,
-            name=manifest.name,
-            state=state,
-            total=total,
-            pending=pending,
-            running=running,
-            completed=completed,
-            failed=failed,
-            cancelled=cancelled,
-            workers=len(live),
-            created=manifest.created,
-            last_activity=max(activity, last_done / 1000),
-            store_url=self.store.url,
-            worker_states=states,
-            cost=self.cost(workers),
-        )
-
-    def _running_batches(self, bids: list[str], live_workers: set[str]) -> set[str]:
-        """Those of ``bids`` whose claim is live: "running", lease not expired, held by a
-        worker that has not recorded its exit (one GET per unfinished claimed batch)."""
-        now = self.store.now()
-
-        def live(bid: str) -> bool:
-            key = self.keys.claim(bid)
-            try:
-                claim = Claim.from_dict(self.codec.decode_json(self.store.get(key).data, key))
-            except ObjectNotFoundError:
-                return False  # finished and collected meanwhile
-            except CorruptRecordError:
-                logger.warning("session %s: claim %s is damaged", self.keys.session_id, key)
-                return False
-            return claim.state == "running" and claim.expires > now and claim.worker in live_workers
-
-        if not bids:
-            return set()
-        with ThreadPoolExecutor(min(8, len(bids))) as pool:
-            return {bid for bid, ok in zip(bids, pool.map(live, bids)) if ok}
+        return session_status(self)
 
     def cost(self, workers: list[WorkerRecord] | None = None) -> dict[str, Any] | None:
-        """The cost so far of an AWS session from its workers' measured runtime (``None``
-        for other backends): ``{"cost": USD, "worker_seconds": ..., "text": one line}``."""
-        workers = self.workers() if workers is None else workers
-        if self.manifest.backend != "aws":
-            return None
-        from starburst_executor.aws.billing import session_report
-        from starburst_executor.aws.options import session_backend
-
-        backend = session_backend(self.manifest)
-        if not backend.rate:
-            return None
-        cost = session_report(
-            backend.options,
-            backend.rate,
-            workers,
-            created=self.manifest.created,
-            batches=len(self.batch_ids()),
-            now=self.store.now(),
-        )
-        return {**cost.to_dict(), "text": str(cost)}
-
-    def results(
-        self, bids: Iterable[str], done: dict[str, tuple[int, str, int]]
-    ) -> dict[str, dict[str, Any]]:
-        """Read the result records of finished batches (in parallel).
-
-        Raises:
-            CorruptRecordError: a record is damaged (the message names its key).
-        """
-        records = {}
-        for bid, record in self.read_results(bids, done).items():
-            if isinstance(record, StarburstError):
-                raise record
-            records[bid] = record
-        return records
-
-    def read_results(
-        self, bids: Iterable[str], done: dict[str, tuple[int, str, int]]
-    ) -> dict[str, dict[str, Any] | StarburstError]:
-        """Read the result records of finished batches (in parallel); a record that cannot
-        be read (damaged, signed with another key, of another protocol version, missing) is
-        returned as the error, naming the key, in its place, so one bad object spoils only
-        its own batch.
-
-        Raises:
-            StoreUnavailableError: the store could not be reached.
-        """
-
-        def read(bid: str) -> tuple[str, dict[str, Any] | StarburstError]:
-            _, event_key, size = done[bid]
-            # Small results ride inside the done event (see the worker's delivery).
-            key = event_key if size else self.keys.result(bid)
-            try:
-                record = self.codec.decode_pickle(self.store.get(key).data, key)
-            except (CorruptRecordError, ProtocolMismatchError) as exc:
-                return bid, exc
-            except ObjectNotFoundError:
-                return bid, CorruptRecordError(
-                    f"{key} is missing from the store although batch {bid} finished"
-                )
-            if not isinstance(record, dict) or "outcomes" not in record:
-                return bid, CorruptRecordError(f"{key} does not hold a result record")
-            return bid, record
-
-        with ThreadPoolExecutor(8) as pool:
-            return dict(pool.map(read, list(bids)))
-
-    def stop_local_workers(self, timeout: float) -> int:
-        """SIGTERM workers of this session that run on this host and have not exited yet
-        (they exit by themselves once the session is closed; this only hurries them)."""
-        host = socket.gethostname()
-        sid = self.keys.session_id
-        signalled: list[int] = []
-        for w in self.workers():
-            if w.state == "running" and w.host == host and _is_worker(w.pid, sid):
-                try:
-                    os.kill(w.pid, signal.SIGTERM)
-                    signalled.append(w.pid)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            # A worker writes its "exited" record before it ends: wait for the processes
-            # themselves, so that none is left when this returns.
-            if not any(_is_worker(pid, sid) for pid in signalled) and not any(
-                w.state == "running" and w.host == host and _is_worker(w.pid, sid)
-                for w in self.workers()
-            ):
-                break
-            time.sleep(0.05)
-        return len(signalled)
-
-    def delete_all(self) -> int:
-        """Delete every object of the session (the index entry stays, marking it deleted)."""
-        keys = [i.key for i in self.store.list(self.keys.root)]
-        self.store.delete_many(keys)
-        _remove_empty_dirs(self.store, self.keys.root)
-        return len(keys)
-
-    def remove(self, keep_logs: bool = False) -> int:
-        """Remove the session from its store, as if it had never been there; returns how many
-        objects were deleted.
-
-        Args:
-            keep_logs: keep what ``status`` and ``starburst logs`` read (manifest, control,
-                index entry, worker records and logs): only tasks, results and blobs go.
-        """
-        keep = ("manifest", "control", "workers/", "logs/") if keep_logs else ()
-        keys = [
-            i.key
-            for i in self.store.list(self.keys.root)
-            if not i.key[len(self.keys.root) :].startswith(keep)
-        ]
-        if not keep_logs:
-            keys.append(self.keys.index)  # last: a partial removal stays listed as "deleted"
-        self.store.delete_many(keys)
-        _remove_empty_dirs(self.store, self.keys.root)
-        return len(keys)
+        return session_cost(self, workers)
 
 
-def _remove_empty_dirs(store: Store, prefix: str) -> None:
-    """A directory store keeps the (now empty) directories of deleted keys: remove those under
-    ``prefix``, so a removed session leaves nothing behind. Only done for a whole session that
-    no process writes any more; any other store has no directories."""
-    from starburst_executor.stores.local import LocalStore
+def session_status(session: Session) -> SessionStatus:
+    """Count the session's tasks by state (listings, plus a read of each unfinished claim).
 
-    if not isinstance(store, LocalStore):
-        return
-    top = store.root / prefix.rstrip("/")
-    if not top.is_dir():
-        return
-    for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
+    A task is *running* only while a worker runs it: its batch is claimed under a lease that
+    is live (running, not expired) by a worker whose record says it runs. A worker runs one
+    task at a time, so such a batch counts one running task and the rest of it as pending (a
+    batch's results travel together when it ends). A batch handed back (SIGTERM, Spot) or
+    whose lease expired is pending again.
+
+    Raises:
+        SessionError: the session's data was deleted.
+    """
+    manifest = session.manifest
+    state = session.state()
+    bids = session.batch_ids()
+    done = session.done()
+    claimed = {
+        i.key.rsplit("/", 1)[-1]: i.last_modified for i in session.store.list(session.keys.claims)
+    }
+    workers = session.workers()
+    live = [w for w in workers if w.state is WorkerState.RUNNING]
+    running_batches = _running_batches(
+        session, [b for b in bids if b in claimed and b not in done], {w.worker for w in live}
+    )
+    total = completed = failed = running = pending = 0
+    for bid in bids:
+        n = BatchId.parse(bid).ntasks
+        total += n
+        if bid in done:
+            failed += done[bid].failed
+            completed += n - done[bid].failed
+        elif bid in running_batches and n:
+            running += 1
+            pending += n - 1
+        else:
+            pending += n
+    cancelled = 0
+    if state.terminal and not live:  # nobody will run what is left
+        cancelled, pending, running = pending + running, 0, 0
+    activity = max([manifest.created, *claimed.values()] + [w.started for w in workers])
+    last_done = max((e.time_ms for e in done.values()), default=0)
+    states: dict[str, int] = {}
+    for w in workers:
+        states[w.state.value] = states.get(w.state.value, 0) + 1
+    if state is SessionState.OPEN and total and completed + failed == total:
+        state = SessionState.FINISHED
+    return SessionStatus(
+        session_id=session.session_id,
+        name=manifest.name,
+        state=state,
+        total=total,
+        pending=pending,
+        running=running,
+        completed=completed,
+        failed=failed,
+        cancelled=cancelled,
+        workers=len(live),
+        created=manifest.created,
+        last_activity=max(activity, last_done / 1000),
+        store_url=session.store.url,
+        worker_states=states,
+        cost=session_cost(session, workers),
+    )
+
+
+def _running_batches(session: Session, bids: list[str], live_workers: set[str]) -> set[str]:
+    """Those of ``bids`` whose claim is live and held by a worker that has not recorded its
+    exit (one GET per unfinished claimed batch)."""
+    now = session.store.now()
+    claims = session.claims()
+
+    def live(bid: str) -> bool:
         try:
-            os.rmdir(dirpath)
-        except OSError:
-            pass  # not empty: a key was kept (keep_logs) or written meanwhile
+            claim = claims.read(bid)
+        except CorruptRecordError:
+            logger.warning("session %s: the claim of %s is damaged", session.session_id, bid)
+            return False
+        # None: finished and collected meanwhile.
+        return claim is not None and claim.live(now) and claim.worker in live_workers
+
+    if not bids:
+        return set()
+    with ThreadPoolExecutor(min(8, len(bids))) as pool:
+        return {bid for bid, ok in zip(bids, pool.map(live, bids)) if ok}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def session_cost(
+    session: Session, workers: list[WorkerRecord] | None = None
+) -> dict[str, Any] | None:
+    """The cost so far of an AWS session from its workers' measured runtime (``None`` for
+    other backends): ``{"cost": USD, "worker_seconds": ..., "text": one line}``."""
+    if session.manifest.backend != "aws":
+        return None
+    from starburst_executor.aws.sessions import session_cost as aws_session_cost
 
-
-def _is_worker(pid: int, session_id: str) -> bool:
-    """Whether ``pid`` is a starburst worker of this session (guards against pid reuse)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return _alive(pid)  # no /proc (macOS): trust the worker record
-    return b"starburst_executor.worker" in cmdline and session_id.encode() in cmdline
+    workers = session.workers() if workers is None else workers
+    return aws_session_cost(
+        session.manifest, workers, len(session.batch_ids()), session.store.now()
+    )
 
 
 def codec_for(store: Store) -> Codec:
-    """The codec that verifies sessions in ``store``.
-
-    The local key (``STARBURST_SECRET_KEY`` or the per-user key file), except for the bucket
-    of the saved AWS profile, whose sessions are signed with the key ``starburst setup``
-    stored in SSM (the same as the local key on the machine that ran setup; on any other
-    machine, the only way to read those sessions without copying keys around).
-    """
+    """The codec that verifies sessions in ``store``: the local key (``STARBURST_SECRET_KEY``
+    or the per-user key file), except for sessions in the AWS profile's bucket (see
+    ``starburst_executor.aws.sessions.codec_for``)."""
     if store.url.startswith("s3://"):
-        from starburst_executor.aws.settings import AwsSettings
-        from starburst_executor.errors import AwsError
+        from starburst_executor.aws.sessions import codec_for as aws_codec_for
 
-        try:
-            settings = AwsSettings.load()
-        except AwsError:
-            settings = None
-        bucket = store.url[len("s3://") :].split("/", 1)[0]
-        if settings is not None and settings.bucket == bucket:
-            from starburst_executor.aws.backend import secret_key_from_ssm
-            from starburst_executor.aws.client import Aws
-
-            try:
-                return Codec(secret_key_from_ssm(Aws(settings.region), settings))
-            except AwsError:
-                pass  # no access to the parameter: the local key may still be the one
+        codec = aws_codec_for(store.url)
+        if codec is not None:
+            return codec
     return Codec(secret_key())
+
+
+def list_sessions(store: str | Store | None = None) -> list[SessionStatus]:
+    """Every session in a store, oldest first, with its counts and state.
+
+    Sessions whose data was deleted are listed with state "deleted" and zero counts.
+    """
+    from starburst_executor.stores import open_store
+
+    store_obj = open_store(store)
+    codec = codec_for(store_obj)
+    out = []
+    for info in store_obj.list("index/"):
+        sid = info.key.split("/", 1)[1]
+        try:
+            out.append(SessionReader(store_obj, sid, codec).status())
+        except SessionError:
+            out.append(
+                SessionStatus(
+                    session_id=sid,
+                    name="",
+                    state=SessionState.DELETED,
+                    total=0,
+                    pending=0,
+                    running=0,
+                    completed=0,
+                    failed=0,
+                    cancelled=0,
+                    workers=0,
+                    created=0.0,
+                    last_activity=info.last_modified,
+                    store_url=store_obj.url,
+                )
+            )
+    return out
+
+
+# -- collected results ---------------------------------------------------------------------
+
+
+def collected(
+    session: Session,
+    bids: list[str],
+    done: dict[str, DoneEvent],
+    terminal: SessionState | None,
+) -> list[TaskResult]:
+    """One entry per finished task (per item for ``map`` chunks), numbered by submission
+    position: the items of every batch before it count, finished or not.
+
+    Args:
+        session: where to read the results.
+        bids: every batch, in submission order.
+        done: the finished ones.
+        terminal: the session's state if it ended (then unfinished tasks get an error entry
+            saying they did not run), else ``None``.
+    """
+    records = session.read_results(done[b] for b in bids if b in done)
+    entries: list[TaskResult] = []
+    position = 0
+    for bid in bids:
+        batch = BatchId.parse(bid)
+        record = records.get(bid)
+        if record is None:  # not finished
+            if terminal is not None:
+                error: SessionError = (
+                    SessionExpiredError if terminal is SessionState.EXPIRED else SessionError
+                )(f"the task did not run: session {session.session_id} was {terminal}")
+                entries.extend(TaskResult(i, t, error=error) for i, t in _slots(batch, position))
+        elif isinstance(record, StarburstError):
+            entries.extend(_damaged(batch, position, record))
+        else:
+            made = _batch_entries(batch, position, record)
+            entries.extend(made)
+            if batch.shape is None:  # mixed kinds: number the entries as they come
+                position += max(batch.ntasks, len(made))
+                continue
+        per = batch.items_per_task
+        position += batch.ntasks * (per if per is not None else 1)
+    return entries
+
+
+def _batch_entries(batch: BatchId, start: int, record: ResultRecord) -> list[TaskResult]:
+    bid = str(batch)
+    per = batch.items_per_task
+    outcomes = record.decode_outcomes()
+    if isinstance(outcomes, BaseException):  # the whole batch failed (e.g. worker lost)
+        return [TaskResult(i, t, error=outcomes) for i, t in _slots(batch, start)]
+    entries: list[TaskResult] = []
+    for i in range(batch.ntasks):
+        task_id = f"{bid}/{i}"
+        # Where this task's first item stands: fixed by the shape, else right after the
+        # entries before it (a batch of mixed kinds, from a plain executor).
+        first = start + i * per if per is not None else start + len(entries)
+        if i >= len(outcomes):
+            error = CorruptRecordError(f"batch {bid}: its result record has no entry for task {i}")
+            entries.append(TaskResult(first, task_id, error=error))
+            continue
+        outcome, out = outcomes[i], record.outputs.get(i, "")
+        if outcome.error is not None:
+            entries.append(TaskResult(first, task_id, error=outcome.error, output=out))
+        elif outcome.chunk:
+            values, error = outcome.value
+            for j, v in enumerate(values):
+                entries.append(TaskResult(first + j, f"{task_id}.{j}", v, output=out))
+            if error is not None:  # the items after it did not run (as map stops there)
+                j = len(values)
+                entries.append(TaskResult(first + j, f"{task_id}.{j}", error=error, output=out))
+        else:
+            entries.append(TaskResult(first, task_id, outcome.value, output=out))
+    return entries
+
+
+def _slots(batch: BatchId, start: int) -> list[tuple[int, str]]:
+    """``(index, task id)`` of every item of a batch whose first item stands at ``start``."""
+    bid = str(batch)
+    if batch.shape is None or not batch.shape.is_map:
+        return [(start + i, f"{bid}/{i}") for i in range(batch.ntasks)]
+    per = batch.shape.items
+    return [
+        (start + i * per + j, f"{bid}/{i}.{j}") for i in range(batch.ntasks) for j in range(per)
+    ]
+
+
+def _damaged(batch: BatchId, start: int, exc: StarburstError) -> list[TaskResult]:
+    """Error entries for the tasks of a batch whose result record cannot be read: the rest of
+    the session is still collected."""
+    entries = []
+    for index, task_id in _slots(batch, start):
+        error = CorruptRecordError(
+            f"task {index} ({task_id}): its result cannot be read: {exc}. The other results "
+            "are unaffected; run the task again to get this one"
+        )
+        error.__cause__ = exc
+        entries.append(TaskResult(index, task_id, error=error))
+    return entries

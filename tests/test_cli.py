@@ -288,8 +288,8 @@ def test_worker_started_by_hand_joins_the_session(
         assert not blocked.done()
         reader = SessionReader(open_store(store_url), ex.session_id, Codec(secret_key()))
         done = reader.done()
-        records = reader.results(list(done), done)
-        assert sorted(r["worker"] for r in records.values()) == ["by-hand"] * 3
+        records = [reader.read_result(event) for event in done.values()]
+        assert sorted(r.worker for r in records) == ["by-hand"] * 3
         assert "by-hand" in {w.worker for w in reader.workers() if w.state == "running"}
     finally:
         gate.touch()
@@ -313,14 +313,14 @@ def test_version() -> None:
 
 def _bare_sessions(store_url: str, names: list[str]) -> list[str]:
     """Sessions created in the store without workers or tasks (fast), named ``names``."""
-    from starburst_executor._session import SessionWriter, new_session_id
+    from starburst_executor._session import Session, new_session_id
     from starburst_executor.protocol import SessionManifest, runtime_versions
 
     store, codec = open_store(store_url), Codec(secret_key())
     sids = []
     for name in names:
         sid = new_session_id()
-        SessionWriter(store, SessionManifest(sid, store.now(), runtime_versions(), name=name,
+        Session(store, SessionManifest(sid, store.now(), runtime_versions(), name=name,
                                              store_url=store.url), codec).create()
         sids.append(sid)
     return sids

@@ -24,7 +24,7 @@ from detached_support import session_processes, subprocess_env, wait_until
 
 from starburst_executor import DetachedExecutor, StarburstExecutor, open_store
 from starburst_executor._manager import Pacing
-from starburst_executor._session import Call, SessionWriter, new_session_id
+from starburst_executor._session import Call, Session, new_session_id
 from starburst_executor.config import home_dir, indexed_sessions, remembered_store, secret_key
 from starburst_executor.detached import list_sessions
 from starburst_executor.launchers.local import LocalLauncher
@@ -179,7 +179,7 @@ def test_status_counts_one_running_task_per_worker_and_a_released_batch_as_pendi
     reap.append(sid)
     manifest = SessionManifest(sid, store.now(), runtime_versions(), store_url=store.url,
                                detached=True, idle_timeout=60)
-    writer = SessionWriter(store, manifest, codec)
+    writer = Session(store, manifest, codec)
     writer.create()
     gate = str(tmp_path / "gate")
     for _ in range(2):

@@ -8,6 +8,7 @@ The core cycle runs on a directory store and on S3 (SeaweedFS).
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import signal
 import subprocess
@@ -41,7 +42,7 @@ from starburst_executor import (
     open_store,
 )
 from starburst_executor._manager import Pacing
-from starburst_executor._session import SessionWriter
+from starburst_executor._session import Session
 from starburst_executor.cli import main as cli_main
 from starburst_executor.config import home_dir, secret_key
 from starburst_executor.errors import SessionExpiredError
@@ -281,7 +282,7 @@ def test_a_damaged_result_fails_only_its_own_entry(
     read_from = {}
     for victim, damage in ((1, "signature"), (3, "unpickle")):
         bid = bids[victim]
-        _, event_key, size = done[bid]
+        event_key, size = done[bid].key, done[bid].size
         for key in (event_key, keys.result(bid)):  # every stored copy of its result
             data = store.get(key).data
             if damage == "signature":
@@ -389,7 +390,7 @@ def test_submission_order_survives_a_store_clock_that_steps_back(
     store = open_store(local_store)
     ex = DetachedExecutor(max_workers=1, store=store)
     ex.detach()
-    writer = SessionWriter(store, ex._writer.manifest, ex._writer.codec)
+    writer = Session(store, ex._writer.manifest, ex._writer.codec)
     stamps = iter([5000.9, 5000.2, 5000.5, 4999.9])
     monkeypatch.setattr(store, "now", lambda: next(stamps))
     bids = [writer.next_bid(1) for _ in range(4)]
@@ -420,7 +421,8 @@ def test_two_clients_submitting_at_once_lose_nothing(local_store: str, reap: lis
         for i in range(25):
             futures[n].append(clients[n].submit(tasks.square, 1000 * (n + 1) + i))
             if i % 5 == 0:
-                clients[n]._writer.set_control()  # an extra compare-and-swap of the record
+                # An extra compare-and-swap of the record.
+                clients[n]._writer.update_control(lambda r: dataclasses.replace(r, n=r.n + 1))
 
     threads = [threading.Thread(target=submit_many, args=(n,)) for n in (0, 1)]
     for t in threads:

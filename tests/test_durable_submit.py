@@ -23,7 +23,7 @@ from detached_support import subprocess_env, wait_until
 from starburst_executor import DetachedExecutor, TaskResult, open_store
 from starburst_executor._manager import Pacing
 from starburst_executor.config import secret_key
-from starburst_executor.protocol import Codec, SessionKeys
+from starburst_executor.protocol import BatchId, Codec, SessionKeys
 from starburst_executor.sessions import SessionReader
 
 FAST = Pacing(poll_max=0.1)
@@ -142,7 +142,7 @@ def test_submits_that_arrive_during_a_write_share_the_next_one(
     # One write for the first call, then the seven waiting ones together, spread over
     # 2 x max_workers batches (4 + 3 calls) so that workers share them.
     bids = reader(local_store, ex.session_id).batch_ids()
-    assert [SessionKeys.batch_size(b) for b in bids] == [1, 4, 3]
+    assert [BatchId.parse(b).ntasks for b in bids] == [1, 4, 3]
     assert [futures[i].result(timeout=60) for i in range(8)] == [i * i for i in range(8)]
     ex.cleanup(delete_data=True)
 

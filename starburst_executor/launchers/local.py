@@ -13,13 +13,16 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from starburst_executor.config import SECRET_ENV, home_dir, secret_key
 from starburst_executor.launchers.base import WorkerExit
+from starburst_executor.protocol import WorkerRecord, WorkerState
 
 __all__ = ["LocalLauncher", "process_started"]
 
@@ -45,6 +48,25 @@ def process_started(pid: int) -> float | None:
     # command name, which may itself hold spaces.
     fields = stat.rsplit(")", 1)[-1].split()
     return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_worker(pid: int, session_id: str) -> bool:
+    """Whether ``pid`` is a starburst worker of this session (guards against pid reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return _alive(pid)  # no /proc (macOS): trust the worker record
+    return b"starburst_executor.worker" in cmdline and session_id.encode() in cmdline
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -167,3 +189,41 @@ class LocalLauncher:
                 )
                 proc.kill()
                 proc.wait()
+
+    def stop_recorded(
+        self, workers: Callable[[], Iterable[WorkerRecord]], timeout: float = 15.0
+    ) -> int:
+        """SIGTERM the workers of this session that run on this host but were started by
+        another process (an earlier client of a detached session), as their records say;
+        returns how many were signalled. They exit by themselves once the session is closed:
+        this only hurries them, and waits up to ``timeout`` for the processes to be gone.
+
+        Args:
+            workers: reads the session's worker records (again while waiting).
+            timeout: seconds to wait for them to exit.
+        """
+        host = socket.gethostname()
+        sid = self.session_id
+
+        def local_pids() -> list[int]:
+            return [
+                w.pid
+                for w in workers()
+                if w.state is WorkerState.RUNNING and w.host == host and _is_worker(w.pid, sid)
+            ]
+
+        signalled: list[int] = []
+        for pid in local_pids():
+            try:
+                os.kill(pid, signal.SIGTERM)
+                signalled.append(pid)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # A worker writes its "exited" record before it ends: wait for the processes
+            # themselves, so that none is left when this returns.
+            if not any(_is_worker(pid, sid) for pid in signalled) and not local_pids():
+                break
+            time.sleep(0.05)  # a poll with a deadline: no event tells a foreign pid's exit
+        return len(signalled)

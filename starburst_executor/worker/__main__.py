@@ -18,7 +18,7 @@ import urllib.request
 
 from starburst_executor.config import secret_key
 from starburst_executor.errors import StarburstError
-from starburst_executor.protocol import Codec
+from starburst_executor.protocol import Codec, ExitCode
 from starburst_executor.stores import open_store
 from starburst_executor.worker.loop import Worker, WorkerOptions
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m starburst_executo
         )
     except (StarburstError, ValueError) as exc:
         logging.getLogger("starburst_executor.worker").error("cannot start: %s", exc)
-        return 2
+        return ExitCode.CANNOT_START
     worker.handle_sigterm()
     # The first line of every worker's log: the container reached the worker.
     logging.getLogger("starburst_executor.worker").info(

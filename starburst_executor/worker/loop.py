@@ -21,28 +21,38 @@ import time
 import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any, NoReturn
 
-from starburst_executor._claims import ClaimHandle, Claims
+from starburst_executor._claims import ClaimHandle
 from starburst_executor._cursor import KeyCursor
+from starburst_executor._session import Session
 from starburst_executor.code_files import install_code
 from starburst_executor.errors import (
     ObjectNotFoundError,
-    PreconditionFailedError,
     ProtocolMismatchError,
     SerializationError,
+    SessionError,
     SessionExpiredError,
     StarburstError,
     WorkerLostError,
 )
 from starburst_executor.protocol import (
+    BatchId,
+    BatchRecord,
     Codec,
     ControlRecord,
+    ExitCode,
+    ResultRecord,
     SessionKeys,
     SessionManifest,
+    SessionState,
+    TaskKind,
+    TaskOutcome,
+    TaskSpec,
     WorkerRecord,
+    WorkerState,
     key_time_ms,
     version_mismatch,
 )
@@ -56,16 +66,13 @@ from starburst_executor.serialization import (
 )
 from starburst_executor.stores.base import Store
 
-__all__ = ["EXIT_INIT_FAILED", "Worker", "WorkerOptions"]
+__all__ = ["Worker", "WorkerOptions"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_INIT_FAILED = 3
-INLINE_RESULT_MAX = 256 * 1024  # results up to this size ride inside the done event
 _BLOB_CACHE_BYTES = 512 * 1024 * 1024
 OUTPUT_MAX = 64 * 1024  # captured stdout/stderr kept per task (the tail beyond this)
 _LOG_LINES = 2000  # worker log lines kept in memory and uploaded to the store at exit
-_Outcome = tuple[int, str, bytes]
 
 
 class _Tee(io.TextIOBase):
@@ -190,19 +197,16 @@ class Worker:
     ) -> None:
         self._on_exit = on_exit
         self._on_restart = on_restart
+        try:
+            self.session = Session.open(store, session_id, codec)
+        except SessionError:
+            raise SessionError(f"session {session_id} does not exist in {store.url}") from None
         self.store = store
-        self.keys = SessionKeys(session_id)
+        self.keys = self.session.keys
+        self.manifest = self.session.manifest
         self.worker_id = worker_id
-        self.codec = codec
         self.options = options or WorkerOptions()
-        self.manifest = self._load_manifest()
-        self.claims = Claims(
-            store,
-            self.keys,
-            codec,
-            lease_seconds=self.manifest.lease_seconds,
-            max_attempts=self.manifest.max_attempts,
-        )
+        self.claims = self.session.claims()
         self._mismatch = version_mismatch(self.manifest.versions)
         self._blobs = _BlobCache(_BLOB_CACHE_BYTES)
         self._stop = threading.Event()
@@ -211,40 +215,32 @@ class Worker:
         self._handle: ClaimHandle | None = None  # the claim being run, renewed in background
         self._tasks_run = 0
         self._task_started: float | None = None  # monotonic start of the running task
-        self._outcomes: list[_Outcome] = []  # of the running batch, for the watchdog
+        self._outcomes: list[TaskOutcome] = []  # of the running batch, for the watchdog
         self._outputs: dict[int, str] = {}
         self._chunk_failures = 0  # map chunks of the running batch that stopped on an error
-        self._current_batch: dict[str, Any] | None = None
+        self._current_batch: BatchRecord | None = None
         self._batch_started = time.monotonic()
         self._ring = _RingHandler()
         logging.getLogger("starburst_executor").addHandler(self._ring)
         self._started = store.now()
         self._record = WorkerRecord(
-            worker_id, "running", socket.gethostname(), os.getpid(), self._started
+            worker_id, WorkerState.RUNNING, socket.gethostname(), os.getpid(), self._started
         )
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def _load_manifest(self) -> SessionManifest:
-        try:
-            obj = self.store.get(self.keys.manifest)
-        except ObjectNotFoundError:
-            raise StarburstError(
-                f"session {self.keys.session_id} does not exist in {self.store.url}"
-            ) from None
-        return SessionManifest.from_dict(self.codec.decode_json(obj.data, self.keys.manifest))
-
     def _write_record(self, **changes: Any) -> None:
         self._record = replace(self._record, tasks=self._tasks_run, **changes)
-        self.store.put(
-            self.keys.worker(self.worker_id), self.codec.encode_json(self._record.to_dict())
-        )
+        self.session.write_worker(self._record)
+
+    def _record_exit(self, reason: str) -> None:
+        self._write_record(state=WorkerState.EXITED, reason=reason, ended=self.store.now())
 
     def run(self) -> int:
         """Work until the session ends; returns the process exit code."""
         self._write_record()
         if not self._run_initializer():
-            return EXIT_INIT_FAILED
+            return ExitCode.INIT_FAILED
         renewer = threading.Thread(target=self._lease_thread, name="starburst-lease", daemon=True)
         renewer.start()
         reason = "error"
@@ -260,16 +256,16 @@ class Worker:
                     self.keys.session_id,
                     reason,
                 )
-                self._write_record(state="exited", reason=reason, ended=self.store.now())
+                self._record_exit(reason)
                 self._upload_log()
             # A worker in a thread must not leave its handler on the shared logger.
             logging.getLogger("starburst_executor").removeHandler(self._ring)
-        return 0
+        return ExitCode.OK
 
     def _upload_log(self) -> None:
         text = "\n".join(self._ring.lines) + "\n"
         try:
-            self.store.put(self.keys.log(self.worker_id), text.encode())
+            self.session.write_log(self.worker_id, text)
         except StarburstError as exc:
             logger.warning("worker %s: could not upload its log: %s", self.worker_id, exc)
 
@@ -287,7 +283,10 @@ class Worker:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             logger.error("worker %s: initializer failed:\n%s", self.worker_id, text)
             self._write_record(
-                state="init-failed", reason="initializer failed", error=text, ended=self.store.now()
+                state=WorkerState.INIT_FAILED,
+                reason="initializer failed",
+                error=text,
+                ended=self.store.now(),
             )
             self._upload_log()
             return False
@@ -317,46 +316,49 @@ class Worker:
         except WorkerGone:  # a hook ended this worker; its loop stops at _stop
             pass
 
+    # -- the lease thread ------------------------------------------------------------------
+
     def _renew_loop(self) -> None:
-        """Renews the lease; acts on SIGTERM; enforces ``task_timeout``."""
-        interval = self.claims.lease_seconds / 3
-        watch = self.manifest.task_timeout or self.manifest.deadline
-        tick = min(interval, 0.5) if watch else interval
-        next_renewal = time.monotonic() + interval
+        """The lease thread: hands the claim back on SIGTERM, enforces ``task_timeout`` and
+        the session's deadline, renews the lease; until the worker stops."""
+        lease = _LeaseClock.for_worker(self.claims.lease_seconds, self.manifest)
         while True:
             if self._terminating.is_set():
-                self._terminate()
-            if self._stop.wait(tick) and not self._terminating.is_set():
+                self._hand_back_and_exit()
+            if self._stop.wait(lease.tick) and not self._terminating.is_set():
                 return
             if self._terminating.is_set():
-                continue
-            self._check_task_timeout()
-            if time.monotonic() < next_renewal:
-                continue
-            next_renewal = time.monotonic() + interval
-            with self._lock:
-                handle = self._handle
-            if handle is None:
-                continue
-            try:
-                renewed = self.claims.renew(handle)
-            except StarburstError as exc:  # the next renewal may get through
-                logger.warning(
-                    "worker %s: lease renewal of %s failed: %s", self.worker_id, handle.bid, exc
-                )
-                continue
-            with self._lock:
-                if self._handle is not None and self._handle.bid == handle.bid:
-                    self._handle = renewed
-            if renewed is None:
-                logger.warning(
-                    "worker %s: lost its claim on batch %s (lease expired and taken "
-                    "over); its result may be discarded",
-                    self.worker_id,
-                    handle.bid,
-                )
+                continue  # SIGTERM arrived during the wait: handled at the top
+            self._enforce_timeouts()
+            if lease.renewal_due():
+                self._renew_lease()
 
-    def _check_task_timeout(self) -> None:
+    def _renew_lease(self) -> None:
+        with self._lock:
+            handle = self._handle
+        if handle is None:
+            return
+        try:
+            renewed = self.claims.renew(handle)
+        except StarburstError as exc:  # the next renewal may get through
+            logger.warning(
+                "worker %s: lease renewal of %s failed: %s", self.worker_id, handle.bid, exc
+            )
+            return
+        with self._lock:
+            # The batch may have finished while the renewal was in flight: only the claim
+            # still being run takes the new ETag (finish() must compare against it).
+            if self._handle is not None and self._handle.bid == handle.bid:
+                self._handle = renewed
+        if renewed is None:
+            logger.warning(
+                "worker %s: lost its claim on batch %s (lease expired and taken "
+                "over); its result may be discarded",
+                self.worker_id,
+                handle.bid,
+            )
+
+    def _enforce_timeouts(self) -> None:
         """Stop a task past ``task_timeout`` or the session's deadline (``session_timeout``).
 
         A running task cannot be interrupted from this thread: its error (and one for each
@@ -371,62 +373,71 @@ class Worker:
             return
         limit = self.manifest.task_timeout
         if limit is not None and time.monotonic() - started > limit:
-            logger.error(
-                "worker %s: a task of batch %s exceeded task_timeout=%gs; restarting",
-                self.worker_id,
-                handle.bid,
-                limit,
+            self._replace_after_task_timeout(handle, done, limit)
+        if self.session.expired():
+            self._exit_as_session_expired(handle, done)
+
+    def _replace_after_task_timeout(
+        self, handle: ClaimHandle, done: list[TaskOutcome], limit: float
+    ) -> NoReturn:
+        logger.error(
+            "worker %s: a task of batch %s exceeded task_timeout=%gs; restarting",
+            self.worker_id,
+            handle.bid,
+            limit,
+        )
+        try:
+            self._abandon(
+                handle,
+                done,
+                TimeoutError(
+                    f"the task ran longer than task_timeout={limit:g}s on worker "
+                    f"{self.worker_id}; it was stopped and the worker replaced"
+                ),
             )
-            try:
-                self._abandon(
-                    handle,
-                    done,
-                    TimeoutError(
-                        f"the task ran longer than task_timeout={limit:g}s on worker "
-                        f"{self.worker_id}; it was stopped and the worker replaced"
-                    ),
-                )
-            finally:
-                self._on_restart()
-        deadline = self.manifest.deadline
-        if deadline is not None and self.store.now() > deadline:
-            logger.error(
-                "worker %s: session %s expired while batch %s ran; exiting",
-                self.worker_id,
-                self.keys.session_id,
-                handle.bid,
+        finally:
+            self._on_restart()
+
+    def _exit_as_session_expired(self, handle: ClaimHandle, done: list[TaskOutcome]) -> NoReturn:
+        logger.error(
+            "worker %s: session %s expired while batch %s ran; exiting",
+            self.worker_id,
+            self.keys.session_id,
+            handle.bid,
+        )
+        try:
+            self._mark_expired()
+            self._abandon(
+                handle,
+                done,
+                SessionExpiredError(
+                    f"session {self.keys.session_id} expired (session_timeout="
+                    f"{self.manifest.session_timeout:g}s) while the task ran; it was stopped"
+                ),
+                reason="session expired (session_timeout) during a task",
             )
-            try:
-                self._expired()
-                self._abandon(
-                    handle,
-                    done,
-                    SessionExpiredError(
-                        f"session {self.keys.session_id} expired (session_timeout="
-                        f"{self.manifest.session_timeout:g}s) while the task ran; it was stopped"
-                    ),
-                    reason="session expired (session_timeout) during a task",
-                )
-            finally:
-                self._on_exit(0)
+        finally:
+            self._on_exit(ExitCode.OK)
 
     def _abandon(
-        self, handle: ClaimHandle, done: list[_Outcome], error: BaseException, reason: str = ""
+        self, handle: ClaimHandle, done: list[TaskOutcome], error: BaseException, reason: str = ""
     ) -> None:
         """Deliver ``error`` for the batch's unfinished tasks and record the exit."""
         payload = dumps(capture_exception(error))
-        finished = {o[0] for o in done}
-        batch = self._current_batch or {"tasks": []}
+        finished = {o.index for o in done}
+        tasks = self._current_batch.tasks if self._current_batch is not None else ()
         outcomes = done + [
-            (t["i"], "err", payload) for t in batch["tasks"] if t["i"] not in finished
+            TaskOutcome(t.index, False, payload) for t in tasks if t.index not in finished
         ]
         self._deliver(handle, outcomes, None)
         self.claims.finish(handle)
         if reason:
-            self._write_record(state="exited", reason=reason, ended=self.store.now())
+            self._record_exit(reason)
         self._upload_log()
 
-    def _terminate(self) -> None:
+    def _hand_back_and_exit(self) -> NoReturn:
+        """SIGTERM: release the claim (another worker runs the batch at once, not after the
+        lease), record the exit, and end with 143 as a process killed by SIGTERM would."""
         with self._lock:
             handle = self._handle
         try:
@@ -435,92 +446,97 @@ class Worker:
             logger.info(
                 "worker %s of session %s exits: SIGTERM", self.worker_id, self.keys.session_id
             )
-            self._write_record(state="exited", reason="SIGTERM", ended=self.store.now())
+            self._record_exit("SIGTERM")
             self._upload_log()
         finally:
-            self._on_exit(143)
+            self._on_exit(ExitCode.SIGTERM)
 
     # -- the loop --------------------------------------------------------------------------
 
     def _loop(self) -> str:
-        control = self._read_control()
+        """Claim and run batches until the session ends; returns why the worker leaves."""
+        try:
+            scan = self._start_scan()
+        except SessionError:
+            return "session deleted"
+        while not self._stop.is_set():
+            ended = self._session_ended(scan)
+            if ended is not None:
+                return ended
+            ran = self._run_next_listed_batch(scan) or self._take_over_lost_batch(scan)
+            limit = self.manifest.max_tasks_per_child
+            if limit is not None and self._tasks_run >= limit:
+                return f"ran max_tasks_per_child={limit} tasks"
+            if ran or scan.pending:
+                scan.worked()
+                continue
+            if scan.idle_for() > self.manifest.idle_timeout:
+                return f"idle for {self.manifest.idle_timeout:g} s"
+            self._stop.wait(scan.backoff(self.options.poll_max))
+        return "stopped"
+
+    def _start_scan(self) -> _Scan:
+        """Follow the batches from the low watermark (batches before it are all finished)."""
+        control = self.session.control()
         cursor = KeyCursor(
             self.store,
             self.keys.batches,
             margin=self.options.cursor_margin,
             start_after=control.low_watermark,
         )
+        # Batches stamped before this worker started, less the cursor's margin, may have
+        # finished with their claims collected already: see _claim.
         old_before_ms = int(self._started * 1000) - int(self.options.cursor_margin * 1000)
-        interval = self.options.poll_min
-        last_work = time.monotonic()
-        next_control = time.monotonic() + self.options.control_every
-        next_scan = 0.0
-        pending: list[str] = []
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= next_control:
-                control = self._read_control()
-                next_control = now + self.options.control_every
-                if control.state == "open" and self._expired():
-                    return "session expired (session_timeout)"
-            if control.state != "open":
-                return f"session {control.state}"
-            if not pending:
-                keys = [info.key for info in cursor.poll()]
-                if keys:  # start at a random point: racing workers rarely contend on one key
-                    k = random.randrange(len(keys))
-                    pending = keys[k:] + keys[:k]
-            ran = False
-            while pending and not self._stop.is_set():
-                key = pending.pop(0)
-                handle = self._claim(key, old_before_ms)
-                if handle is not None:
-                    self._run_claimed(handle)
-                    ran = True
-                    break
-            if not ran and now >= next_scan:
-                next_scan = now + self.claims.lease_seconds / 2
-                for bid in self.claims.scan():
-                    handle = self.claims.take_over(bid, self.worker_id)
-                    if handle is not None:
-                        self._run_claimed(handle)
-                        ran = True
-                        break
-            limit = self.manifest.max_tasks_per_child
-            if limit is not None and self._tasks_run >= limit:
-                return f"ran max_tasks_per_child={limit} tasks"
-            if ran or pending:
-                interval = self.options.poll_min
-                last_work = time.monotonic()
-                continue
-            if time.monotonic() - last_work > self.manifest.idle_timeout:
-                return f"idle for {self.manifest.idle_timeout:g} s"
-            self._stop.wait(interval)
-            interval = min(interval * 2, self.options.poll_max)
-        return "stopped"
+        return _Scan(cursor, old_before_ms, self.options, control.state)
 
-    def _expired(self) -> bool:
-        deadline = self.manifest.deadline
-        if deadline is None or self.store.now() < deadline:
+    def _session_ended(self, scan: _Scan) -> str | None:
+        """Re-read the control record every ``control_every``; why to leave, or ``None``."""
+        if scan.control_due():
+            try:
+                scan.state = self.session.control().state
+            except SessionError:
+                return "session deleted"
+            if scan.state is SessionState.OPEN and self._mark_expired():
+                return "session expired (session_timeout)"
+        return None if scan.state is SessionState.OPEN else f"session {scan.state}"
+
+    def _run_next_listed_batch(self, scan: _Scan) -> bool:
+        """Claim the first batch listed that nobody holds, and run it."""
+        if not scan.pending:
+            keys = [info.key for info in scan.cursor.poll()]
+            if keys:  # start at a random point: racing workers rarely contend on one key
+                k = random.randrange(len(keys))
+                scan.pending = keys[k:] + keys[:k]
+        while scan.pending and not self._stop.is_set():
+            handle = self._claim(scan.pending.pop(0), scan.old_before_ms)
+            if handle is not None:
+                self._run_claimed(handle)
+                return True
+        return False
+
+    def _take_over_lost_batch(self, scan: _Scan) -> bool:
+        """Every half lease, look for a claim whose lease expired (its worker vanished
+        without a trace) and run its batch again."""
+        if not scan.takeover_due(self.claims.lease_seconds / 2):
+            return False
+        for bid in self.claims.scan():
+            handle = self.claims.take_over(bid, self.worker_id)
+            if handle is not None:
+                self._run_claimed(handle)
+                return True
+        return False
+
+    def _mark_expired(self) -> bool:
+        """Whether the session's deadline passed; if so, record it in the control record for
+        every reader (the first worker to notice writes it; a transition that finds the
+        session no longer open changes nothing)."""
+        if not self.session.expired():
             return False
         try:
-            obj = self.store.get(self.keys.control)
-            record = ControlRecord.from_dict(self.codec.decode_json(obj.data, self.keys.control))
-            if record.state == "open":
-                new = replace(record, n=record.n + 1, state="expired")
-                self.store.put_if_match(
-                    self.keys.control, self.codec.encode_json(new.to_dict()), obj.etag
-                )
-        except PreconditionFailedError:
-            pass  # another worker or a client changed it first
+            self.session.update_control(ControlRecord.expire)
+        except StarburstError as exc:  # deleted, or contended: the workers exit either way
+            logger.info("worker %s: could not mark the session expired: %s", self.worker_id, exc)
         return True
-
-    def _read_control(self) -> ControlRecord:
-        try:
-            obj = self.store.get(self.keys.control)
-        except ObjectNotFoundError:
-            return ControlRecord(state="deleted")
-        return ControlRecord.from_dict(self.codec.decode_json(obj.data, self.keys.control))
 
     def _claim(self, key: str, old_before_ms: int) -> ClaimHandle | None:
         bid = SessionKeys.bid_of(key)
@@ -530,7 +546,7 @@ class Worker:
         # A batch from before this worker started may be finished with its claim already
         # collected: then its result exists, and it must not run again.
         old = handle is not None and key_time_ms(bid) < old_before_ms
-        if old and handle is not None and any(True for _ in self.store.list(self.keys.result(bid))):
+        if old and handle is not None and self.session.has_result(bid):
             self.claims.finish(handle)
             return None
         return handle
@@ -555,14 +571,13 @@ class Worker:
         if current is not None:
             self.claims.finish(current)
 
-    def _execute(self, handle: ClaimHandle) -> tuple[list[_Outcome], bytes | None]:
-        key = self.keys.batch(handle.bid)
+    def _execute(self, handle: ClaimHandle) -> tuple[list[TaskOutcome], bytes | None]:
         try:
-            batch = self.codec.decode_pickle(self.store.get(key).data, key)
+            batch = self.session.read_batch(handle.bid)
         except ObjectNotFoundError:
             return [], dumps(
                 capture_exception(
-                    StarburstError(
+                    SessionError(
                         f"batch {handle.bid} is missing from the store (was the session's "
                         "data deleted?)"
                     )
@@ -582,15 +597,14 @@ class Worker:
             )
             return [], dumps(capture_exception(error))
         self._current_batch = batch
-        inline: dict[str, bytes] = batch["inline"]
-        for task in batch["tasks"]:
-            outcome = self._capture(task, inline)
+        for task in batch.tasks:
+            outcome = self._capture(task, batch.inline)
             with self._lock:
                 self._outcomes.append(outcome)
             self._tasks_run += 1
         return list(self._outcomes), None
 
-    def _capture(self, task: dict[str, Any], inline: dict[str, bytes]) -> _Outcome:
+    def _capture(self, task: TaskSpec, inline: dict[str, bytes]) -> TaskOutcome:
         """Run a task with its stdout/stderr kept (and still echoed to the worker's log)."""
         out, err = _Tee(sys.stdout), _Tee(sys.stderr)
         buffer = io.StringIO()
@@ -607,24 +621,23 @@ class Worker:
                 self._task_started = None
             text = buffer.getvalue()
             if text:
-                self._outputs[task["i"]] = text[-OUTPUT_MAX:]
+                self._outputs[task.index] = text[-OUTPUT_MAX:]
 
     def _part(self, digest: str, inline: dict[str, bytes]) -> bytes:
         data = inline.get(digest)
         if data is None:
             data = self._blobs.get(digest)
         if data is None:
-            key = self.keys.blob(digest)
-            data = self.codec.decode_blob(self.store.get(key).data, key)
+            data = self.session.read_blob(digest)
             self._blobs.put(digest, data)
         return data
 
-    def _run_task(self, task: dict[str, Any], inline: dict[str, bytes]) -> _Outcome:
-        index = task["i"]
+    def _run_task(self, task: TaskSpec, inline: dict[str, bytes]) -> TaskOutcome:
+        index = task.index
         try:
-            fn = loads(self._part(task["fn"], inline))
-            args = [loads(self._part(d, inline)) for d in task["args"]]
-            kwargs = {k: loads(self._part(d, inline)) for k, d in task["kwargs"].items()}
+            fn = loads(self._part(task.fn, inline))
+            args = [loads(self._part(d, inline)) for d in task.args]
+            kwargs = {k: loads(self._part(d, inline)) for k, d in task.kwargs.items()}
         except Exception as exc:
             error = SerializationError(
                 f"the task's callable or arguments could not be unpickled on worker "
@@ -632,7 +645,7 @@ class Worker:
                 "installed on the worker?"
             )
             error.__cause__ = exc
-            return index, "err", dumps(capture_exception(error))
+            return TaskOutcome(index, False, dumps(capture_exception(error)))
         except BaseException as exc:  # sys.exit() (or Ctrl-C) in a __reduce__ or __setstate__
             if self._terminating.is_set():
                 raise
@@ -646,8 +659,8 @@ class Worker:
                 "__reduce__/__setstate__ of the objects passed to the task"
             )
             lost.__cause__ = exc
-            return index, "err", dumps(capture_exception(lost))
-        if task["kind"] == "chunk":
+            return TaskOutcome(index, False, dumps(capture_exception(lost)))
+        if task.kind is TaskKind.CHUNK:
             value: Any = self._run_chunk(fn, args[0])
             self._chunk_failures += value.error is not None
         else:
@@ -656,16 +669,16 @@ class Worker:
             except BaseException as exc:  # user code: every exception is the task's result
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)) and self._terminating.is_set():
                     raise
-                return index, "err", dumps(capture_exception(exc))
+                return TaskOutcome(index, False, dumps(capture_exception(exc)))
         try:
-            return index, "ok", dumps(value)
+            return TaskOutcome(index, True, dumps(value))
         except Exception as exc:  # the pickler's own exception, as ProcessPoolExecutor's
             failed = name_pickling_error(exc, "the task's result", value, RESULT_ADVICE)
-            return index, "err", dumps(capture_exception(failed))
+            return TaskOutcome(index, False, dumps(capture_exception(failed)))
         except BaseException as exc:  # sys.exit() in a __reduce__: the task's exception, as
             if self._terminating.is_set():  # ProcessPoolExecutor's _sendback_result has it
                 raise
-            return index, "err", dumps(capture_exception(exc))
+            return TaskOutcome(index, False, dumps(capture_exception(exc)))
 
     @staticmethod
     def _run_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> ChunkResult:
@@ -678,27 +691,98 @@ class Worker:
         return ChunkResult(values)
 
     def _deliver(
-        self, handle: ClaimHandle, outcomes: list[_Outcome], batch_error: bytes | None
+        self, handle: ClaimHandle, outcomes: list[TaskOutcome], batch_error: bytes | None
     ) -> None:
-        record = {
-            "bid": handle.bid,
-            "worker": self.worker_id,
-            "attempt": handle.claim.attempt,
-            "outcomes": outcomes,
-            "batch_error": batch_error,
-            "outputs": dict(self._outputs),
-            "seconds": time.monotonic() - self._batch_started,  # lets the client size batches
-        }
-        failed = (
-            SessionKeys.batch_size(handle.bid)
-            if batch_error
-            else (sum(1 for o in outcomes if o[1] == "err") + self._chunk_failures)
+        record = ResultRecord(
+            handle.bid,
+            self.worker_id,
+            handle.claim.attempt,
+            tuple(outcomes),
+            batch_error,
+            dict(self._outputs),
+            time.monotonic() - self._batch_started,  # lets the client size batches
         )
-        data = self.codec.encode_pickle(record)
-        try:
-            self.store.put_if_absent(self.keys.result(handle.bid), data)
-            inline = data if len(data) <= INLINE_RESULT_MAX else b""
-        except PreconditionFailedError:  # a duplicate run delivered first: its result stands
-            inline = b""
-        ts_ms = int(self.store.now() * 1000)
-        self.store.put(self.keys.done_event(ts_ms, handle.bid, failed), inline)
+        # The done event's key carries the failure count, so readers count without reading
+        # results; a map chunk that stopped on an error counts as a failed task.
+        failed = (
+            BatchId.parse(handle.bid).ntasks
+            if batch_error
+            else sum(1 for o in outcomes if not o.ok) + self._chunk_failures
+        )
+        self.session.write_result(record, failed)
+
+
+@dataclass
+class _Scan:
+    """The worker loop's state between turns: where it is in the batch listing, what it
+    has listed but not tried yet, and when it next re-reads the control record, looks for
+    lost claims, and gives up as idle."""
+
+    cursor: KeyCursor
+    old_before_ms: int
+    options: WorkerOptions
+    state: SessionState
+    pending: list[str] = field(default_factory=list)
+    interval: float = 0.0
+    last_work: float = field(default_factory=time.monotonic)
+    next_control: float = 0.0
+    next_takeover: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.interval = self.options.poll_min
+        self.next_control = time.monotonic() + self.options.control_every
+
+    def control_due(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_control:
+            return False
+        self.next_control = now + self.options.control_every
+        return True
+
+    def takeover_due(self, every: float) -> bool:
+        now = time.monotonic()
+        if now < self.next_takeover:
+            return False
+        self.next_takeover = now + every
+        return True
+
+    def worked(self) -> None:
+        self.interval = self.options.poll_min
+        self.last_work = time.monotonic()
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self.last_work
+
+    def backoff(self, longest: float) -> float:
+        """The wait before the next look for work: doubling while none comes."""
+        wait, self.interval = self.interval, min(self.interval * 2, longest)
+        return wait
+
+
+@dataclass
+class _LeaseClock:
+    """When the lease thread wakes and renews.
+
+    It renews every third of the lease: two renewals may fail (a store hiccup) before the
+    lease expires and another worker takes the batch over. It wakes at least every half
+    second when a task or session deadline must be watched, so a timeout is acted on within
+    that.
+    """
+
+    interval: float
+    tick: float
+    next_renewal: float
+
+    @classmethod
+    def for_worker(cls, lease_seconds: float, manifest: SessionManifest) -> _LeaseClock:
+        interval = lease_seconds / 3
+        watch = manifest.task_timeout or manifest.deadline
+        tick = min(interval, 0.5) if watch else interval
+        return cls(interval, tick, time.monotonic() + interval)
+
+    def renewal_due(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_renewal:
+            return False
+        self.next_renewal = now + self.interval
+        return True

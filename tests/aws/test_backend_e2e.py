@@ -132,7 +132,7 @@ def test_detached_session_on_ecs_reattaches_and_collects(
 
     # `starburst logs SID` reads the workers' CloudWatch streams (awslogs driver names them
     # starburst/worker/{task id}; the local agent does not, so write one line the way it would).
-    worker = again._reader.workers()[0].worker
+    worker = again._writer.workers()[0].worker
     logs = boto3.session.Session().client("logs", region_name=profile.region)
     stream = f"starburst/worker/{worker.removeprefix('ecs-')}"
     logs.create_log_stream(logGroupName=profile.log_group, logStreamName=stream)

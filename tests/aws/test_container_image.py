@@ -71,7 +71,7 @@ def ecs_docker_run(
 def s3_session(seaweed: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, dict[str, str]]:
     """A real session (manifest and control record) in SeaweedFS whose workers exit after
     one idle second: ``(store URL, session id, environment a worker needs to reach it)``."""
-    from starburst_executor._session import SessionWriter, new_session_id
+    from starburst_executor._session import Session, new_session_id
     from starburst_executor.stores.s3 import S3Store
 
     prefix = f"container/{uuid.uuid4().hex}"
@@ -81,7 +81,7 @@ def s3_session(seaweed: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str,
         session_id=new_session_id(), created=store.now(), versions=runtime_versions(),
         idle_timeout=1.0, store_url=store.url, backend="aws",
     )  # fmt: skip
-    SessionWriter(store, manifest, codec).create()
+    Session(store, manifest, codec).create()
     store.close()
     reach = {
         "AWS_ENDPOINT_URL": seaweed.endpoint_url,
