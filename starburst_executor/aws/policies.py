@@ -298,7 +298,6 @@ class Scope:
         autoscaling_group: the EC2 capacity provider's Auto Scaling group ("" for none).
         kms_key: the customer-managed KMS key encrypting the bucket ("" for none).
         instance_role: the EC2 instances' role name ("" without EC2; setup policy only).
-        security_group_name: the workers' group name (setup policy only).
     """
 
     partition: str
@@ -316,7 +315,6 @@ class Scope:
     autoscaling_group: str = ""
     kms_key: str = ""
     instance_role: str = ""
-    security_group_name: str = ""
 
 
 def _arns(scope: Scope) -> dict[str, str]:

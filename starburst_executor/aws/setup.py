@@ -229,7 +229,6 @@ def scope(place: Place, settings: AwsSettings) -> policies.Scope:
         autoscaling_group=settings.ec2_capacity_provider if ec2 else "",
         kms_key=settings.bucket_kms_key,
         instance_role=names.instance_role if ec2 else "",
-        security_group_name=names.security_group,
     )
 
 

@@ -20,8 +20,9 @@ CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 # Limits (characters) from each service's API reference.
 IAM_ROLE_MAX = 64  # CreateRole RoleName; the instance profile shares the role's name
 SECURITY_GROUP_MAX = 255  # CreateSecurityGroup GroupName
-LAUNCH_TEMPLATE_MAX = 128  # CreateLaunchTemplate LaunchTemplateName
-AUTO_SCALING_GROUP_MAX = 255  # CreateAutoScalingGroup; also the capacity provider's name
+# CreateLaunchTemplate LaunchTemplateName; the Auto Scaling group and the capacity provider
+# share that name and allow 255, so this shorter limit is the one that binds.
+LAUNCH_TEMPLATE_MAX = 128
 LOG_GROUP_MAX = 512
 PARAMETER_MAX = 1011  # SSM parameter names, including the path
 # The launcher appends "-" and a 12-character digest; ECS families are at most 255.
