@@ -20,6 +20,15 @@ PACKAGE = Path(starburst_executor.__file__).parent
 PROGRAMS = {"cli.py", "cli_aws.py", "__main__.py"}
 
 
+def _calls_of(path: Path, name: str) -> list[int]:
+    tree = ast.parse(path.read_text(), str(path))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
+    ]
+
+
 def test_submit_on_a_broken_executor_raises_from_the_original_error(tmp_path: Path) -> None:
     with StarburstExecutor(max_workers=1, store=str(tmp_path), initializer=tasks.init_fail) as ex:
         future = ex.submit(tasks.square, 2)
@@ -56,15 +65,6 @@ def test_a_failed_manager_thread_breaks_the_executor_with_its_error_as_cause(
     ex.shutdown(wait=True)
 
 
-def _prints(path: Path) -> list[int]:
-    tree = ast.parse(path.read_text(), str(path))
-    return [
-        node.lineno
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
-    ]
-
-
 def test_the_library_never_prints() -> None:
     """Only the programs (``starburst``, ``python -m starburst_executor.worker``) write to the
     console; the library reports through ``logging`` and ``warnings``, which the application
@@ -72,6 +72,17 @@ def test_the_library_never_prints() -> None:
     found = {
         str(path.relative_to(PACKAGE)): lines
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path.name not in PROGRAMS and (lines := _prints(path))
+        if path.name not in PROGRAMS and (lines := _calls_of(path, "print"))
+    }
+    assert found == {}
+
+
+def test_errors_are_raised_with_a_specific_type() -> None:
+    """``StarburstError`` is the root to catch, never the type raised: each failure has its
+    own class (``SessionError``, ``CorruptRecordError``, ``BrokenStarburstExecutor`` ...)."""
+    found = {
+        str(path.relative_to(PACKAGE)): lines
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (lines := _calls_of(path, "StarburstError"))
     }
     assert found == {}
