@@ -1,9 +1,10 @@
 """Fixtures for the AWS backend: moto's server on 127.0.0.1 as every AWS API.
 
 - ``moto_aws`` (session): one moto server. moto keeps its state per process, so
-- ``aws_env`` (per test): resets that state, pins ECS tasks so that DescribeTasks does not
-  walk them to STOPPED by itself (DESIGN.md), and points boto3 at the server through
-  ``AWS_ENDPOINT_URL`` (worker subprocesses inherit it). Yields the endpoint URL.
+- ``aws_env`` (per test): resets that state, pins every request to moto's default account,
+  pins ECS tasks so that DescribeTasks does not walk them to STOPPED by itself (DESIGN.md),
+  and points boto3 at the server through ``AWS_ENDPOINT_URL`` (worker subprocesses inherit
+  it). Yields the endpoint URL.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def moto_aws() -> Iterator[MotoServer]:
 def aws_env(moto_aws: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     endpoint = moto_aws.endpoint_url
     moto_api(endpoint, "reset")
+    # One account for every request. Otherwise moto finds the account of each first request
+    # after a reset by looking the access key up in the IAM backend of every partition,
+    # creating six IAM backends that each load the ~1,300 AWS-managed policies
+    # (MOTO_IAM_LOAD_MANAGED_POLICIES): about 1 s per test. The tests use one account only.
+    monkeypatch.setenv("MOTO_ACCOUNT_ID", "123456789012")
     moto_api(endpoint, "state-manager/set-transition", {
         "model_name": "ecs::task",
         "transition": {"progression": "manual", "times": 1_000_000_000},
@@ -64,14 +70,9 @@ def _shared_boto3_session() -> object:
 
 
 @pytest.fixture
-def moto_one_account(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Pin moto (in this process) to its default account, 123456789012.
-
-    Without it, moto finds the account of every first request after a reset by looking the
-    access key up in the IAM backend of each partition, creating six IAM backends that each
-    load the ~1,300 AWS-managed policies (MOTO_IAM_LOAD_MANAGED_POLICIES): ~1 s per test.
-    """
-    monkeypatch.setenv("MOTO_ACCOUNT_ID", "123456789012")
+def moto_one_account(aws_env: str) -> str:
+    """moto (in this process) pinned to its default account, 123456789012: what ``aws_env``
+    does now for every AWS test; kept as the name the setup and doctor tests ask for."""
     return aws_env
 
 
