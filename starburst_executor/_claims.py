@@ -65,6 +65,9 @@ class Claims:
         self._codec = codec
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
+        # A done claim stays so that a worker listing its batch late (within its cursor's
+        # margin, 15 s by default) finds it and does not run the batch again; four leases,
+        # two minutes at least, is well past that. After that, _claim's result check holds.
         self.gc_seconds = max(120.0, 4 * lease_seconds)
 
     def read(self, bid: str) -> Claim | None:
@@ -157,6 +160,8 @@ class Claims:
             (*claim.history, f"{claim.worker} ({_how_it_ended(claim)})"),
         )
         try:
+            # Compare-and-swap against the ETag just read: of several workers that saw the
+            # same expired lease, exactly one wins; the others see 412 and move on.
             etag = self._write(bid, new, etag)
         except PreconditionFailedError:
             return None
@@ -173,10 +178,12 @@ class Claims:
         now = self._store.now()
         expired, garbage = [], []
         for info in self._store.list(self._keys.claims):
+            # LastModified is the last renewal: a claim renewed within a lease cannot have
+            # expired, so only older ones cost a GET (one listing finds the candidates).
             age = now - info.last_modified
             if age < self.lease_seconds:
                 continue
-            bid = info.key.rsplit("/", 1)[-1]
+            bid = SessionKeys.leaf(info.key)
             current = self._read(bid)
             if current is None:
                 continue
@@ -197,7 +204,7 @@ class Claims:
         message."""
         released = []
         for info in self._store.list(self._keys.claims):
-            bid = info.key.rsplit("/", 1)[-1]
+            bid = SessionKeys.leaf(info.key)
             current = self._read(bid)
             if current is None:
                 continue

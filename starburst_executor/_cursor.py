@@ -37,10 +37,14 @@ class KeyCursor:
 
     def poll(self) -> list[ObjectInfo]:
         """List the keys that appeared since the last poll, in key order."""
+        # Taken before listing: a key stamped during the listing may not show in it, so the
+        # next poll must start at or before this moment (less the margin), not after.
         now_ms = int(self._store.now() * 1000)
         if self._horizon_ms is None:
             start = self._start_after
         else:
+            # A key stamped up to ``margin`` before the last poll may only have become
+            # visible since (slow write, writer's clock behind ours): list from there again.
             start = self._prefix + ts_key(max(0, self._horizon_ms - self._margin_ms))
         fresh = []
         for info in self._store.list(self._prefix, start_after=start):
@@ -49,6 +53,8 @@ class KeyCursor:
             self._seen[info.key] = key_time_ms(info.key)
             fresh.append(info)
         self._horizon_ms = now_ms
+        # Forget keys older than twice the margin: the next listing starts after them, so
+        # they cannot come back; the set stays the size of the margin window, not the session.
         floor = now_ms - 2 * self._margin_ms
         if len(self._seen) > 256:
             self._seen = {k: t for k, t in self._seen.items() if t >= floor}

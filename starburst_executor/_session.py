@@ -395,7 +395,7 @@ class Session:
 
     def workers(self) -> list[WorkerRecord]:
         """Every worker that registered (read in parallel)."""
-        ids = [i.key.rsplit("/", 1)[-1] for i in self.store.list(self.keys.workers)]
+        ids = [SessionKeys.leaf(i.key) for i in self.store.list(self.keys.workers)]
         with ThreadPoolExecutor(_READERS) as pool:
             return [w for w in pool.map(self.worker, ids) if w is not None]
 

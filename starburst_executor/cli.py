@@ -36,7 +36,7 @@ from starburst_executor.config import (
     validate_session_id,
 )
 from starburst_executor.errors import SessionError, StarburstError
-from starburst_executor.protocol import SessionState
+from starburst_executor.protocol import SessionKeys, SessionState
 from starburst_executor.sessions import SessionReader, SessionStatus, codec_for
 from starburst_executor.stores import Store, open_store
 
@@ -400,7 +400,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 def _store_logs(reader: SessionReader, worker: str | None) -> None:
     """Logs that workers uploaded when they exited (workers on other machines)."""
     for info in reader.store.list(reader.keys.logs):
-        wid = info.key.rsplit("/", 1)[-1]
+        wid = SessionKeys.leaf(info.key)
         if worker and wid != worker:
             continue
         for line in reader.store.get(info.key).data.decode(errors="replace").splitlines():

@@ -87,6 +87,7 @@ _JSON, _PICKLE = b"J", b"P"
 _MAC_SIZE = 32
 _HEADER = len(_MAGIC) + 1 + 1
 BUCKET_MS = 100_000  # one time bucket = 100 s of keys
+INDEX = "index/"  # one key per session, listed without touching sessions/
 
 
 def runtime_versions() -> dict[str, str]:
@@ -283,7 +284,7 @@ class SessionKeys:
         self.workers = self.root + "workers/"
         self.blobs = self.root + "blobs/"
         self.logs = self.root + "logs/"
-        self.index = f"index/{session_id}"
+        self.index = INDEX + session_id
 
     def batch(self, bid: str) -> str:
         return f"{self.batches}{time_bucket(key_time_ms(bid))}/{bid}"
@@ -318,6 +319,11 @@ class SessionKeys:
         if key.split("/")[2] == "done":  # {ts}-{bid}.{failed}
             return leaf.split("-", 1)[1].rsplit(".", 1)[0]
         return leaf
+
+    @staticmethod
+    def leaf(key: str) -> str:
+        """The id a claim, worker, log or index key names (its last segment)."""
+        return key.rsplit("/", 1)[-1]
 
     @staticmethod
     def is_requeue(key: str) -> bool:
@@ -816,9 +822,7 @@ def _rebuild(payload: bytes) -> BaseException:
         return SerializationError(f"a worker's error report could not be unpickled: {exc!r}")
     if isinstance(remote, RemoteException):
         return remote.rebuild()
-    return CorruptRecordError(
-        f"a worker sent an unexpected error report: {type(remote).__name__}"
-    )
+    return CorruptRecordError(f"a worker sent an unexpected error report: {type(remote).__name__}")
 
 
 def _outcome(outcome: TaskOutcome) -> Outcome:

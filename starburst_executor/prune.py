@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from starburst_executor.config import forget_session, home_dir, indexed_sessions
 from starburst_executor.errors import SessionError, StarburstError
 from starburst_executor.launchers.local import process_started
+from starburst_executor.protocol import INDEX, SessionKeys
 from starburst_executor.sessions import SessionReader, codec_for
 from starburst_executor.stores import Store, open_store
 
@@ -118,8 +119,8 @@ def _prune_store(store: Store, older_than: float, dry_run: bool) -> list[Pruned]
     codec = codec_for(store)
     now = store.now()
     out: list[Pruned] = []
-    for info in list(store.list("index/")):
-        sid = info.key.split("/", 1)[1]
+    for info in list(store.list(INDEX)):
+        sid = SessionKeys.leaf(info.key)
         try:
             reader = SessionReader(store, sid, codec)
         except SessionError:  # data deleted earlier: only the "deleted" marker is left

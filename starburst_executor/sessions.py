@@ -20,7 +20,12 @@ from typing import Any
 
 from starburst_executor._session import Session
 from starburst_executor._text import cell
-from starburst_executor.config import secret_key
+from starburst_executor.config import (  # the index's old home: names kept importable
+    forget_session,
+    remember_session,
+    remembered_store,
+    secret_key,
+)
 from starburst_executor.errors import (
     CorruptRecordError,
     SessionError,
@@ -28,10 +33,12 @@ from starburst_executor.errors import (
     StarburstError,
 )
 from starburst_executor.protocol import (
+    INDEX,
     BatchId,
     Codec,
     DoneEvent,
     ResultRecord,
+    SessionKeys,
     SessionState,
     WorkerRecord,
     WorkerState,
@@ -46,7 +53,10 @@ __all__ = [
     "TaskResult",
     "codec_for",
     "collected",
+    "forget_session",
     "list_sessions",
+    "remember_session",
+    "remembered_store",
     "session_cost",
     "session_status",
 ]
@@ -195,7 +205,7 @@ def session_status(session: Session) -> SessionStatus:
     bids = session.batch_ids()
     done = session.done()
     claimed = {
-        i.key.rsplit("/", 1)[-1]: i.last_modified for i in session.store.list(session.keys.claims)
+        SessionKeys.leaf(i.key): i.last_modified for i in session.store.list(session.keys.claims)
     }
     workers = session.workers()
     live = [w for w in workers if w.state is WorkerState.RUNNING]
@@ -302,8 +312,8 @@ def list_sessions(store: str | Store | None = None) -> list[SessionStatus]:
     store_obj = open_store(store)
     codec = codec_for(store_obj)
     out = []
-    for info in store_obj.list("index/"):
-        sid = info.key.split("/", 1)[1]
+    for info in store_obj.list(INDEX):
+        sid = SessionKeys.leaf(info.key)
         try:
             out.append(SessionReader(store_obj, sid, codec).status())
         except SessionError:

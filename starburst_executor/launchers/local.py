@@ -205,15 +205,17 @@ class LocalLauncher:
         host = socket.gethostname()
         sid = self.session_id
 
-        def local_pids() -> list[int]:
+        def local_pids(running_only: bool) -> list[int]:
             return [
                 w.pid
                 for w in workers()
-                if w.state is WorkerState.RUNNING and w.host == host and _is_worker(w.pid, sid)
+                if w.host == host
+                and (w.state is WorkerState.RUNNING or not running_only)
+                and _is_worker(w.pid, sid)
             ]
 
         signalled: list[int] = []
-        for pid in local_pids():
+        for pid in local_pids(running_only=True):
             try:
                 os.kill(pid, signal.SIGTERM)
                 signalled.append(pid)
@@ -221,9 +223,10 @@ class LocalLauncher:
                 pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            # A worker writes its "exited" record before it ends: wait for the processes
-            # themselves, so that none is left when this returns.
-            if not any(_is_worker(pid, sid) for pid in signalled) and not local_pids():
+            # A worker writes its "exited" record before it ends (then uploads its log):
+            # wait for the processes themselves, also of workers that were already leaving
+            # by themselves, so that none is left when this returns.
+            if not any(_is_worker(pid, sid) for pid in signalled) and not local_pids(False):
                 break
             time.sleep(0.05)  # a poll with a deadline: no event tells a foreign pid's exit
         return len(signalled)
