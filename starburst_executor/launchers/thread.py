@@ -75,6 +75,7 @@ class ThreadLauncher:
         self._lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
         self._reported: set[str] = set()
+        self._stopping = False
 
     def start(self, count: int) -> list[str]:
         started = []
@@ -128,6 +129,10 @@ class ThreadLauncher:
             logger.error("worker %s: cannot start: %s", worker_id, exc)
             self._ended(worker_id, _EXIT_CANNOT_START, f"exit code {_EXIT_CANNOT_START}")
             return
+        with self._lock:
+            stopping = self._stopping
+        if stopping:  # stop() came while this worker was being made: it missed the request
+            slot.worker.request_stop()
         try:
             code = slot.worker.run()
         except WorkerGone:
@@ -153,6 +158,7 @@ class ThreadLauncher:
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
+            self._stopping = True
             slots = list(self._slots.items())
         for _, slot in slots:
             if slot.worker is not None and slot.code is None:

@@ -47,3 +47,30 @@ def test_a_fake_clock_moves_only_forward() -> None:
     assert clock.advance(2.5) == 102.5
     with pytest.raises(ValueError, match="only moves forward"):
         clock.advance(-1)
+
+
+def test_workers_stopped_as_they_start_still_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from starburst_executor.config import secret_key
+    from starburst_executor.protocol import Codec
+
+    use_launcher(monkeypatch, lambda s, m, c: ThreadLauncher(s, m.session_id, c))
+    store = RecordingStore(clock=FakeClock())
+    ex = StarburstExecutor(store=store, max_workers=1, pacing=FAST)  # writes the session
+    try:
+        launcher = ThreadLauncher(store, ex.session_id, Codec(secret_key()))
+        launcher.start(3)
+        launcher.stop(timeout=5)
+        assert launcher.running() == 0
+        assert [e.code for e in launcher.poll()] == [143, 143, 143]
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_a_worker_of_a_missing_session_cannot_start() -> None:
+    from starburst_executor.protocol import Codec
+
+    launcher = ThreadLauncher(RecordingStore(), "20300101-000000-000000", Codec(b"k" * 32))
+    (worker,) = launcher.start(1)
+    wait_until(lambda: launcher.running() == 0, what="the worker to give up")
+    (ended,) = launcher.poll()
+    assert (ended.worker, ended.code) == (worker, 2)  # as `python -m ...worker` exits
