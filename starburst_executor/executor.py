@@ -441,9 +441,7 @@ class StarburstExecutor(Executor):
             return
         self._data_removed = True
         try:
-            removed = self._writer.remove(
-                keep_logs=self._keep_logs
-            )
+            removed = self._writer.remove(keep_logs=self._keep_logs)
             if not self._keep_logs:
                 if isinstance(self._launcher, LocalLauncher):
                     self._launcher.remove_logs()
