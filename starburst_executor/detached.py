@@ -307,7 +307,10 @@ class DetachedExecutor(StarburstExecutor):
     ) -> None:
         """Wait until every batch of ``bids`` finished, or the session ended with no worker
         left to finish them. The manager thread follows the results (and keeps the workers
-        the outstanding batches need) as it does for any Future; this only watches."""
+        the outstanding batches need) as it does for any Future; this waits on those Futures
+        and then checks the store, which has the last word: a Future the manager failed
+        (e.g. at the session's deadline) may still get its batch's result from a worker
+        stopping its task."""
         deadline = None if timeout is None else time.monotonic() + timeout
         futures = self._follow(bids)
         pending = {f for f in futures if not f.done()}
@@ -315,11 +318,12 @@ class DetachedExecutor(StarburstExecutor):
         if bar is not None:
             bar.update(len(futures) - len(pending))
         try:
-            while pending:
-                finished, pending = futures_wait(pending, interval, FIRST_COMPLETED)
-                if bar is not None:
-                    bar.update(len(finished))
-                if not pending or self._all_done_without_manager(bids):
+            while True:
+                if pending:
+                    finished, pending = futures_wait(pending, interval, FIRST_COMPLETED)
+                    if bar is not None:
+                        bar.update(len(finished))
+                if (not pending or self._manager.closed.is_set()) and self._all_done(bids):
                     return
                 state = self._writer.state()
                 if state.terminal and not session_status(self._writer).workers:
@@ -330,6 +334,8 @@ class DetachedExecutor(StarburstExecutor):
                         f"{len(futures)} tasks finished within {timeout:g} s; "
                         "collect(wait=False) returns them"
                     )
+                if not pending:  # resolved, not all in the store yet: a worker is finishing
+                    time.sleep(interval)  # a poll with a deadline: nothing here signals it
         finally:
             if bar is not None:
                 bar.close()
@@ -343,11 +349,8 @@ class DetachedExecutor(StarburstExecutor):
         self._ensure_started()
         return out
 
-    def _all_done_without_manager(self, bids: list[str]) -> bool:
-        """After ``detach()`` (or ``cleanup()``) the manager thread has left: then look at
-        the completion events directly."""
-        if not self._manager.closed.is_set():
-            return False
+    def _all_done(self, bids: list[str]) -> bool:
+        """Whether every batch of ``bids`` has its completion event (one listing)."""
         done = self._writer.done()
         return all(b in done for b in bids)
 

@@ -31,16 +31,15 @@ Why this shape (DESIGN.md, "Requirements on the store protocol"):
 - ``results/{bid}`` is created with create-if-absent: a retried duplicate of a batch can never
   replace a delivered result.
 
-Every record is wrapped in a signed envelope: magic, protocol version, kind, HMAC-SHA256 over
-all of it. Records are verified before anything is unpickled: pickles are code.
+Every record is wrapped in a signed envelope (:class:`Codec`, in ``_envelope.py``): magic,
+protocol version, kind, HMAC-SHA256 over all of it. Records are verified before anything is
+unpickled: pickles are code. Each record below has its ``encode``/``decode`` pair here, and
+no other module reads or builds a record's fields from JSON or pickled dicts.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
-import pickle
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -49,10 +48,10 @@ from typing import Any
 
 import cloudpickle
 
+from starburst_executor._envelope import PROTOCOL_VERSION, Codec
 from starburst_executor.backends import BackendConfig, backend_from_record
 from starburst_executor.errors import (
     CorruptRecordError,
-    ProtocolMismatchError,
     SerializationError,
 )
 from starburst_executor.serialization import ChunkResult, RemoteException, loads
@@ -81,11 +80,6 @@ __all__ = [
     "runtime_versions",
 ]
 
-PROTOCOL_VERSION = 1
-_MAGIC = b"SBX"
-_JSON, _PICKLE = b"J", b"P"
-_MAC_SIZE = 32
-_HEADER = len(_MAGIC) + 1 + 1
 BUCKET_MS = 100_000  # one time bucket = 100 s of keys
 INDEX = "index/"  # one key per session, listed without touching sessions/
 
@@ -333,72 +327,6 @@ class SessionKeys:
 def digest(data: bytes) -> str:
     """Content address of a pickled part."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-class Codec:
-    """Encodes and verifies records: ``magic | version | kind | HMAC | payload``.
-
-    Args:
-        key: the HMAC key (see :func:`starburst_executor.config.secret_key`).
-    """
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def _seal(self, kind: bytes, payload: bytes) -> bytes:
-        header = _MAGIC + bytes([PROTOCOL_VERSION]) + kind
-        mac = hmac.new(self._key, header + payload, hashlib.sha256).digest()
-        return header + mac + payload
-
-    def _open(self, blob: bytes, kind: bytes, where: str) -> bytes:
-        if len(blob) < _HEADER + _MAC_SIZE or blob[:3] != _MAGIC:
-            raise CorruptRecordError(f"{where} is not a starburst record (bad header)")
-        if blob[3] != PROTOCOL_VERSION:
-            raise ProtocolMismatchError(
-                f"{where} was written with store protocol version {blob[3]}, this is version "
-                f"{PROTOCOL_VERSION}: use the same starburst-executor version on both sides"
-            )
-        if blob[4:5] != kind:
-            raise CorruptRecordError(f"{where} holds the wrong kind of record")
-        mac = blob[_HEADER : _HEADER + _MAC_SIZE]
-        payload = blob[_HEADER + _MAC_SIZE :]
-        expected = hmac.new(self._key, blob[:_HEADER] + payload, hashlib.sha256).digest()
-        if not hmac.compare_digest(mac, expected):
-            raise CorruptRecordError(
-                f"{where} failed its signature check: it was tampered with, or written with "
-                "another STARBURST_SECRET_KEY (client and workers must share the key)"
-            )
-        return payload
-
-    def encode_json(self, record: dict[str, Any]) -> bytes:
-        return self._seal(_JSON, json.dumps(record, separators=(",", ":")).encode())
-
-    def decode_json(self, blob: bytes, where: str) -> dict[str, Any]:
-        payload = self._open(blob, _JSON, where)
-        try:
-            value = json.loads(payload)
-        except ValueError as exc:
-            raise CorruptRecordError(f"{where} holds invalid JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise CorruptRecordError(f"{where} does not hold a JSON object")
-        return value
-
-    def encode_pickle(self, record: Any) -> bytes:
-        """Records of plain containers and bytes: the user's objects are already pickled."""
-        return self._seal(_PICKLE, pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
-
-    def decode_pickle(self, blob: bytes, where: str) -> Any:
-        payload = self._open(blob, _PICKLE, where)
-        try:
-            return pickle.loads(payload)
-        except Exception as exc:  # a signed payload that will not load: a bug, say where
-            raise CorruptRecordError(f"{where} could not be decoded: {exc!r}") from exc
-
-    def encode_blob(self, data: bytes) -> bytes:
-        return self._seal(_PICKLE, data)
-
-    def decode_blob(self, blob: bytes, where: str) -> bytes:
-        return self._open(blob, _PICKLE, where)
 
 
 def _from_dict(cls: Any, data: Mapping[str, Any]) -> Any:
