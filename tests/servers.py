@@ -50,6 +50,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -86,6 +87,10 @@ def find_weed() -> str:
     raise WeedNotFoundError(f"the SeaweedFS 'weed' binary was not found; {_INSTALL_HINT}")
 
 
+_boto3_session: Any = None
+_boto3_session_lock = threading.Lock()
+
+
 def s3_client(endpoint_url: str, **config: Any) -> Any:
     """A boto3 S3 client for a loopback test server: us-east-1, dummy keys, path-style URLs.
 
@@ -107,7 +112,14 @@ def s3_client(endpoint_url: str, **config: Any) -> Any:
         "max_pool_connections": 32,  # the race tests run 16 threads on one client
     }
     options.update(config)
-    return boto3.session.Session().client(
+    global _boto3_session
+    with _boto3_session_lock:
+        # One session for every test client: it loads the service models once (a new
+        # session per client costs ~0.1 s). Everything else is given to each client here.
+        if _boto3_session is None:
+            _boto3_session = boto3.session.Session()
+        session = _boto3_session
+    return session.client(
         "s3",
         endpoint_url=endpoint_url,
         region_name="us-east-1",
