@@ -132,6 +132,32 @@ _TESTS_DIR = Path(__file__).resolve().parent
 _REPO_DIR = _TESTS_DIR.parent
 
 
+# Every executor test runs end to end on a directory store and again on SeaweedFS, where it
+# costs as much again (worker processes, S3 round trips). The SeaweedFS repeats are marked
+# slow (they run in CI, ``pytest`` without ``-m``), except these, which keep the S3 path of
+# submit, map, errors and shutdown in the quick run; the store contract suite proves the
+# S3 store itself on every run.
+_QUICK_ON_SEAWEED = frozenset(
+    {
+        "test_submit_returns_the_result",
+        "test_map_returns_results_in_order",
+        "test_remote_exception_keeps_type_args_and_traceback",
+        "test_large_result_comes_back_whole",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if (
+            callspec is not None
+            and callspec.params.get("executor_store") == "seaweed"
+            and getattr(item, "originalname", item.name) not in _QUICK_ON_SEAWEED
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(params=EXECUTOR_BACKENDS)
 def executor_store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
