@@ -213,6 +213,7 @@ def test_logs_of_one_task_show_its_output_and_traceback(
 # -- cancel and cleanup ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cancel_then_cleanup_with_delete_data(
     store_url: str, made: list[DetachedExecutor], tmp_path: Path
 ) -> None:
@@ -243,6 +244,7 @@ def test_cancel_then_cleanup_with_delete_data(
     gate.touch()
 
 
+@pytest.mark.slow
 def test_unknown_session_exits_3_naming_the_store_and_how_to_list(store_url: str) -> None:
     for command in (["status"], ["collect", "-o", os.devnull], ["logs"], ["cancel"], ["cleanup"]):
         proc = starburst(command[0], "20200101-000000-abcdef", *command[1:], "--store", store_url)
@@ -265,6 +267,7 @@ def test_every_subcommand_help_has_an_example() -> None:
 # -- a worker started by hand ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_worker_started_by_hand_joins_the_session(
     store_url: str, made: list[DetachedExecutor], tmp_path: Path
 ) -> None:
@@ -382,6 +385,7 @@ def test_worker_help_lists_its_options() -> None:
         assert option in proc.stdout
 
 
+@pytest.mark.slow
 def test_worker_given_only_the_session_finds_its_store_in_the_index(
     store_url: str, made: list[DetachedExecutor], tmp_path: Path
 ) -> None:

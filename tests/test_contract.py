@@ -168,6 +168,7 @@ def _submit_ending(ex: Executor, phase: str, how: str) -> Future[Any]:
 
 @pytest.mark.parametrize("how", ENDINGS)
 @pytest.mark.parametrize("phase", ["unpickling", "result-pickling"])
+@pytest.mark.slow
 def test_process_exit_while_pickling_resolves_promptly_like_the_stdlib(
     make_executor: MakeExecutor, phase: str, how: str
 ) -> None:
@@ -196,6 +197,7 @@ def test_process_exit_while_pickling_resolves_promptly_like_the_stdlib(
 
 
 @pytest.mark.parametrize("chunksize", [1, 3])
+@pytest.mark.slow
 def test_map_iterator_keeps_no_reference_to_yielded_results(
     make_executor: MakeExecutor, stdlib: ProcessPoolExecutor, chunksize: int
 ) -> None:
@@ -295,6 +297,7 @@ def _run(source: str, *args: str) -> tuple[subprocess.CompletedProcess[str], flo
 
 
 @pytest.mark.parametrize("shutdown", ["never", "no-wait"])
+@pytest.mark.slow
 def test_interpreter_exit_with_running_work_finishes_it_like_the_stdlib(
     executor_store: str, tmp_path: Path, shutdown: str
 ) -> None:
@@ -309,6 +312,7 @@ def test_interpreter_exit_with_running_work_finishes_it_like_the_stdlib(
         assert elapsed < 30, (kind, elapsed)
 
 
+@pytest.mark.slow
 def test_dropped_executor_with_running_work_is_collected(executor_store: str) -> None:
     """CPython's ``test_del_shutdown``: an executor dropped while a ``map`` and a ``submit``
     run is garbage collected at once; its manager thread ends once the work is done, and the

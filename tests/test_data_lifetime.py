@@ -117,6 +117,7 @@ def _starburst(*args: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
+@pytest.mark.slow
 def test_prune_removes_what_a_crashed_client_left_and_keeps_open_detached_sessions(
     store_dir: Path, reap: list[str]
 ) -> None:
@@ -150,6 +151,7 @@ def test_prune_removes_what_a_crashed_client_left_and_keeps_open_detached_sessio
     assert remembered_store(detached.session_id) == store.url
 
 
+@pytest.mark.slow
 def test_prune_removes_ended_sessions_older_than_the_age(store_dir: Path, reap: list[str]) -> None:
     ex = DetachedExecutor(max_workers=1, store=store_dir.as_uri(), pacing=FAST)
     reap.append(ex.session_id)

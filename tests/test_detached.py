@@ -64,6 +64,7 @@ def values(results: list[TaskResult]) -> list[object]:
 # -- the whole cycle ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_detach_then_attach_from_another_process_full_cycle(
     executor_store: str, tmp_path: Path, reap: list[str]
 ) -> None:
@@ -144,6 +145,7 @@ def test_detach_then_attach_from_another_process_full_cycle(
     assert [s.state for s in list_sessions(executor_store) if s.session_id == sid] == ["deleted"]
 
 
+@pytest.mark.slow
 def test_attach_after_the_creator_was_killed(
     executor_store: str, tmp_path: Path, reap: list[str]
 ) -> None:
@@ -193,6 +195,7 @@ def test_collect_with_timeout_raises_quickly(local_store: str, tmp_path: Path, r
     ex.cleanup(delete_data=True)
 
 
+@pytest.mark.slow
 def test_collect_after_cancel_returns_the_unrun_tasks_as_errors(
     local_store: str, tmp_path: Path, reap: list[str]
 ) -> None:
@@ -230,6 +233,7 @@ def test_collect_after_cancel_returns_the_unrun_tasks_as_errors(
     other.cleanup(delete_data=True)
 
 
+@pytest.mark.slow
 def test_collect_numbers_results_by_submission_position(
     local_store: str, tmp_path: Path, reap: list[str]
 ) -> None:
@@ -311,6 +315,7 @@ def test_a_damaged_result_fails_only_its_own_entry(
 
 
 @pytest.mark.parametrize("kind", ["detached", "plain"])
+@pytest.mark.slow
 def test_session_expiry_fails_queued_work_and_starts_no_worker(
     kind: str, local_store: str, tmp_path: Path, reap: list[str]
 ) -> None:
@@ -506,6 +511,7 @@ def test_cleaned_up_session_is_read_only(local_store: str, reap: list[str]) -> N
         attached.status()
 
 
+@pytest.mark.slow
 def test_expired_session_can_be_collected_but_not_extended(local_store: str, reap: list[str]) -> None:
     ex = DetachedExecutor(max_workers=1, store=local_store, session_timeout=1.0, pacing=FAST)
     reap.append(ex.session_id)
@@ -525,6 +531,7 @@ def test_expired_session_can_be_collected_but_not_extended(local_store: str, rea
 # -- the example -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_detached_reattach_example(tmp_path: Path) -> None:
     env = subprocess_env(STARBURST_HOME=str(tmp_path / "home"))
     proc = subprocess.run(

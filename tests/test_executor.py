@@ -211,6 +211,7 @@ def test_map_raises_at_the_failing_item_after_the_earlier_values(
     assert isinstance(info.value.__cause__, RemoteTraceback)
 
 
+@pytest.mark.slow
 def test_map_timeout_counts_from_the_call_and_cancels_the_rest(
     make_executor: MakeExecutor, gate: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -451,6 +452,7 @@ def test_shutdown_of_an_unused_executor_is_prompt(make_executor: MakeExecutor) -
         ex.submit(tasks.square, 2)
 
 
+@pytest.mark.slow
 def test_with_block_waits_for_every_future(executor_store: str) -> None:
     with StarburstExecutor(max_workers=2, store=executor_store) as ex:
         futures = [ex.submit(tasks.sleep_and_return, 0.3, i) for i in range(5)]
@@ -458,6 +460,7 @@ def test_with_block_waits_for_every_future(executor_store: str) -> None:
     assert [f.result() for f in futures] == list(range(5))
 
 
+@pytest.mark.slow
 def test_shutdown_without_wait_returns_at_once_and_work_completes(
     make_executor: MakeExecutor,
 ) -> None:
@@ -469,6 +472,7 @@ def test_shutdown_without_wait_returns_at_once_and_work_completes(
     assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == list(range(4))
 
 
+@pytest.mark.slow
 def test_shutdown_cancel_futures_cancels_queued_work(
     make_executor: MakeExecutor, gate: Path, tmp_path: Path
 ) -> None:
@@ -488,6 +492,7 @@ def test_shutdown_cancel_futures_cancels_queued_work(
     assert list(marks.iterdir()) == []  # the cancelled tasks never ran
 
 
+@pytest.mark.slow
 def test_shutdown_leaves_no_worker_process(make_executor: MakeExecutor) -> None:
     ex = make_executor(max_workers=2)
     list(ex.map(tasks.sleep_and_return, [0.3] * 4))
@@ -502,6 +507,7 @@ def test_shutdown_leaves_no_worker_process(make_executor: MakeExecutor) -> None:
 # -- cancel ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cancel_of_a_queued_future_prevents_the_call(
     make_executor: MakeExecutor, gate: Path, tmp_path: Path
 ) -> None:
@@ -596,6 +602,7 @@ def test_failing_initializer_breaks_the_executor(make_executor: MakeExecutor) ->
         ex.submit(tasks.square, 1)
 
 
+@pytest.mark.slow
 def test_max_tasks_per_child_replaces_workers(make_executor: MakeExecutor) -> None:
     ex = make_executor(max_workers=2, max_tasks_per_child=2)
     pids = list(ex.map(tasks.getpid, range(10)))
@@ -638,6 +645,7 @@ def test_version_mismatch_fails_each_task_clearly(
             list(mapped)
 
 
+@pytest.mark.slow
 def test_unreachable_s3_endpoint_is_reported(
     monkeypatch: pytest.MonkeyPatch, free_port: int
 ) -> None:

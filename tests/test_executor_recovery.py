@@ -53,6 +53,7 @@ def is_alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_task_that_kills_its_worker_once_completes_on_retry(
     make_executor: MakeExecutor, tmp_path: Path
 ) -> None:
@@ -65,6 +66,7 @@ def test_task_that_kills_its_worker_once_completes_on_retry(
     assert ex.submit(tasks.square, 5).result(timeout=RESULT_TIMEOUT) == 25
 
 
+@pytest.mark.slow
 def test_task_that_always_kills_its_worker_fails_with_worker_lost(
     make_executor: MakeExecutor, tmp_path: Path
 ) -> None:
@@ -82,6 +84,7 @@ def test_task_that_always_kills_its_worker_fails_with_worker_lost(
     assert ex.submit(tasks.square, 4).result(timeout=RESULT_TIMEOUT) == 16
 
 
+@pytest.mark.slow
 def test_worker_killed_from_outside_mid_task_is_retried(
     make_executor: MakeExecutor, tmp_path: Path
 ) -> None:
@@ -97,6 +100,7 @@ def test_worker_killed_from_outside_mid_task_is_retried(
     assert not (tmp_path / f"finished-{victim}").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_hands_the_claim_back_before_the_lease_expires(
     make_executor: MakeExecutor, tmp_path: Path
 ) -> None:

@@ -71,6 +71,7 @@ def test_unused_executor_does_not_delay_exit(executor_store: str, drop: str) -> 
     assert elapsed < 15
 
 
+@pytest.mark.slow
 def test_interpreter_exit_finishes_pending_work(executor_store: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -138,6 +139,7 @@ def test_unused_executor_is_garbage_collected(executor_store: str) -> None:
     assert "collected: True threads: 0" in proc.stdout
 
 
+@pytest.mark.slow
 def test_futures_of_a_dropped_executor_still_complete(executor_store: str) -> None:
     proc, _ = run_script(
         """

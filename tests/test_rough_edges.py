@@ -78,6 +78,7 @@ def test_an_unwritable_starburst_home_says_which_variable_to_set(
         StarburstExecutor(max_workers=1, store=(tmp_path / "store").as_uri())
 
 
+@pytest.mark.slow
 def test_aws_region_is_honoured_like_aws_default_region(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
@@ -118,6 +119,7 @@ def test_an_endpoint_that_is_not_s3_is_named_as_such(
         assert "AWS_ENDPOINT_URL_S3" in message and "does not exist" not in message
 
 
+@pytest.mark.slow
 def test_worker_lost_error_names_the_signal_that_killed_the_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from detached_support import subprocess_env, wait_until
 
 from starburst_executor.config import forget_session, home_dir, indexed_sessions
@@ -32,6 +33,7 @@ print(ex.session_id, flush=True)
 """
 
 
+@pytest.mark.slow
 def test_sessions_started_concurrently_from_16_processes_are_all_found(tmp_path: Path) -> None:
     store = (tmp_path / "store").as_uri()
     gate, ready = tmp_path / "gate", tmp_path / "ready"

@@ -44,6 +44,7 @@ def store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 # -- idle_timeout ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_idle_workers_exit_after_idle_timeout(store_url: str, reap: list[str]) -> None:
     ex = DetachedExecutor(max_workers=2, store=store_url, idle_timeout=1.0, pacing=FAST)
     sid = ex.session_id
@@ -68,6 +69,7 @@ def test_idle_workers_exit_after_idle_timeout(store_url: str, reap: list[str]) -
 # -- session_timeout ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_session_timeout_expires_the_session_and_fails_the_unrun_tasks(
     store_url: str, tmp_path: Path, reap: list[str]
 ) -> None:
@@ -134,6 +136,7 @@ def test_session_timeout_stops_a_worker_blocked_on_a_task(
 # -- task_timeout ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_task_timeout_fails_the_task_and_replaces_the_worker(
     store_url: str, tmp_path: Path, reap: list[str]
 ) -> None:
@@ -163,6 +166,7 @@ def test_task_timeout_fails_the_task_and_replaces_the_worker(
     assert session_processes(sid) == []
 
 
+@pytest.mark.slow
 def test_task_timeout_in_a_plain_executor(store_url: str) -> None:
     with StarburstExecutor(max_workers=1, store=store_url, task_timeout=1.0, pacing=FAST) as ex:
         stuck = ex.submit(tasks.sleep_and_return, 30.0, "never")

@@ -209,6 +209,7 @@ def test_an_image_of_the_wrong_architecture_is_refused(docker: str, tmp_path: Pa
 # --------------------------------------------------------------------------- worker logging
 
 
+@pytest.mark.slow
 def test_the_worker_logs_botocore_at_warning_and_itself_at_info(
     s3_session: tuple[str, str, dict[str, str]],
 ) -> None:

@@ -271,6 +271,7 @@ def test_ec2_spot_without_history_is_on_demand_times_the_stated_discount(offline
     assert source == f"{TABLE_SOURCE} x 0.4 (typical Spot discount)"
 
 
+@pytest.mark.slow
 def test_ec2_on_moto_uses_the_table_and_moto_spot_history(moto_aws: Aws) -> None:
     # moto has no Pricing API (-> table) but answers DescribeSpotPriceHistory with a fixed
     # $0.00001 in every zone.
@@ -293,6 +294,7 @@ def test_an_instance_type_nobody_can_price_is_refused(moto_aws: Aws) -> None:
         ec2_rate(moto_aws, "us-east-1", "m5.large", spot=False)
 
 
+@pytest.mark.slow
 def test_instance_shape_asks_ec2_for_types_outside_the_table(moto_aws: Aws) -> None:
     assert instance_shape(moto_aws, "c7i.xlarge") == (4, 8192)
     assert instance_shape(moto_aws, "m5.large") == (2, 8192)

@@ -58,6 +58,7 @@ def ready(moto_aws_client: Aws, moto_serves_tls: None) -> AwsSettings:
     return settings
 
 
+@pytest.mark.slow
 def test_all_green_after_setup_except_the_unknown_quota(moto_aws_client: Aws,
                                                         ready: AwsSettings) -> None:
     checks = doctor(moto_aws_client, AwsSettings.load())
@@ -76,6 +77,7 @@ def test_all_green_after_setup_except_the_unknown_quota(moto_aws_client: Aws,
     assert "15 checks: 13 passed, 0 failed, 2 warning(s)" in text
 
 
+@pytest.mark.slow
 def test_the_probe_leaves_nothing_behind(moto_aws_client: Aws, ready: AwsSettings) -> None:
     doctor(moto_aws_client, ready)
     listed = moto_aws_client.call("s3", "list_objects_v2", Bucket=ready.bucket)
@@ -91,6 +93,7 @@ def test_before_setup_says_run_setup(moto_aws_client: Aws) -> None:
     assert "    fix: run `starburst setup`" in format_checks(checks)
 
 
+@pytest.mark.slow
 def test_a_profile_whose_resources_are_gone_says_run_setup(moto_aws_client: Aws) -> None:
     settings = AwsSettings(
         region="us-east-1", bucket="starburst-gone", image=IMAGE,
@@ -131,6 +134,7 @@ def test_region_mismatch(moto_aws_client: Aws, ready: AwsSettings) -> None:
     assert region.fix.startswith("export AWS_REGION=eu-west-1")
 
 
+@pytest.mark.slow
 def test_missing_image(moto_aws_client: Aws, ready: AwsSettings) -> None:
     untagged = dataclasses.replace(ready, image=IMAGE.replace("py311-abc123", "py311-old"))
     image = by_name(doctor(moto_aws_client, untagged))["worker image"]
@@ -143,6 +147,7 @@ def test_missing_image(moto_aws_client: Aws, ready: AwsSettings) -> None:
     assert all(c.ok for name, c in none.items() if name not in ("worker image", "image starts"))
 
 
+@pytest.mark.slow
 def test_drift_is_reported_with_a_fix(moto_aws_client: Aws, ready: AwsSettings) -> None:
     aws = moto_aws_client
     aws.call("ec2", "authorize_security_group_ingress", GroupId=ready.security_group,
@@ -164,6 +169,7 @@ def test_drift_is_reported_with_a_fix(moto_aws_client: Aws, ready: AwsSettings) 
     assert all(c.ok for c in doctor(aws, ready))
 
 
+@pytest.mark.slow
 def test_a_denied_check_names_the_permission(moto_aws_client: Aws, ready: AwsSettings) -> None:
     with Stubber(moto_aws_client.client("ssm")) as stub:
         stub.add_client_error("get_parameter", service_error_code="AccessDeniedException",
@@ -226,6 +232,7 @@ GOOD = {"Architecture": "amd64",
         "Entrypoint": ["python", "-m", "starburst_executor.worker"],
         "Cmd": ["python", "-m", "starburst_executor.worker"]}}, "", "adds arguments"),
 ])
+@pytest.mark.slow
 def test_image_starts_judges_architecture_and_entrypoint(
         moto_aws_client: Aws, ready: AwsSettings, tmp_path: Any, inspect: dict[str, Any],
         architecture: str, problem: str | None) -> None:
@@ -240,6 +247,7 @@ def test_image_starts_judges_architecture_and_entrypoint(
         assert "starburst image build" in check.fix
 
 
+@pytest.mark.slow
 def test_image_config_is_read_from_ecr_without_docker(
         moto_aws_client: Aws, ready: AwsSettings) -> None:
     # moto implements no GetDownloadUrlForLayer: the two registry calls are stubbed, and the
@@ -287,6 +295,7 @@ def test_image_config_is_read_from_ecr_without_docker(
     assert not checks["ECR repository"].ok  # the stubbed repository lacks its lifecycle rule
 
 
+@pytest.mark.slow
 def test_ec2_capacity_and_its_s3_endpoint_are_checked(moto_aws_client: Aws,
                                                       moto_serves_tls: None) -> None:
     aws = moto_aws_client
@@ -304,6 +313,7 @@ def test_ec2_capacity_and_its_s3_endpoint_are_checked(moto_aws_client: Aws,
     assert by_name(doctor(aws, settings))["S3 endpoint"].ok
 
 
+@pytest.mark.slow
 def test_a_bucket_key_the_task_role_lacks_fails(moto_aws_client: Aws,
                                                 ready: AwsSettings) -> None:
     aws = moto_aws_client

@@ -277,6 +277,7 @@ def captured(tmp_path: Path) -> Environment:
     return capture_environment(reqs)
 
 
+@pytest.mark.slow
 def test_build_and_push_logs_in_builds_and_pushes(
     ecr: tuple[Aws, str], captured: Environment, fake_docker: Path, tmp_path: Path,
 ) -> None:
@@ -309,6 +310,7 @@ def test_build_and_push_logs_in_builds_and_pushes(
     assert messages[-1] == f"pushing {uri}"
 
 
+@pytest.mark.slow
 def test_an_image_already_in_ecr_is_reused_without_docker(
     ecr: tuple[Aws, str], captured: Environment, fake_docker: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -541,6 +543,7 @@ def test_an_installed_wheel_builds_a_working_image(docker: str, tmp_path: Path) 
         subprocess.run([docker, "rmi", "-f", tag], capture_output=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_image_build_command_passes_base_image_and_platform(
     aws_env: str, fake_docker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

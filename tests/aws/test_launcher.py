@@ -125,6 +125,7 @@ def arns_of(launcher: ECSLauncher) -> list[str]:
 # -- task definition ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_task_definition_carries_logs_secret_memory_and_no_payload(aws: Aws, options: EcsOptions) -> None:
     arn = make(aws, options).ensure_task_definition()
     td = ecs(aws).describe_task_definition(taskDefinition=arn)["taskDefinition"]
@@ -156,6 +157,7 @@ def test_task_definition_carries_logs_secret_memory_and_no_payload(aws: Aws, opt
     assert names <= {"PYTHONUNBUFFERED"}
 
 
+@pytest.mark.slow
 def test_identical_specs_share_one_task_definition(aws: Aws, options: EcsOptions, calls: Calls) -> None:
     first = make(aws, options).ensure_task_definition()
     again = make(aws, options, session="20261121-090000-aaaaaa").ensure_task_definition()
@@ -169,6 +171,7 @@ def test_identical_specs_share_one_task_definition(aws: Aws, options: EcsOptions
 # -- RunTask -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_task_in_calls_of_ten_with_unique_client_tokens(aws: Aws, options: EcsOptions, calls: Calls) -> None:
     launcher = make(aws, options)
     workers = launcher.start(25)
@@ -186,6 +189,7 @@ def test_run_task_in_calls_of_ten_with_unique_client_tokens(aws: Aws, options: E
     assert {f"ecs-{t['taskArn'].rsplit('/', 1)[1]}" for t in tasks} == set(workers)
 
 
+@pytest.mark.slow
 def test_overrides_hold_only_small_settings(aws: Aws, options: EcsOptions, calls: Calls) -> None:
     make(aws, options).start(1)
     (run,) = calls["RunTask"]
@@ -219,6 +223,7 @@ def test_started_by_fits_ecs_limit() -> None:
     ("FARGATE", False, "FARGATE"),
     ("EC2", True, "starburst-ec2"),
 ])
+@pytest.mark.slow
 def test_capacity_provider_strategy(aws: Aws, options: EcsOptions, calls: Calls,
                                     launch_type: str, spot: bool, provider: str) -> None:
     options = replace(options, launch_type=launch_type, spot=spot,
@@ -370,6 +375,7 @@ def test_quota_smaller_than_one_worker() -> None:
     assert Quota(vcpus=6).max_workers(4, spot=True) == 1
 
 
+@pytest.mark.slow
 def test_quota_falls_back_to_a_stated_default_without_service_quotas(aws: Aws) -> None:
     quota = Quota(aws)  # moto has no Fargate quotas
     assert quota.fargate_vcpus(spot=True) == (DEFAULT_FARGATE_VCPUS, "default")
@@ -403,6 +409,7 @@ def test_poll_reports_spot_interruption_with_nonzero_code(aws: Aws, options: Ecs
     assert launcher.running() == 0 and launcher.poll() == []
 
 
+@pytest.mark.slow
 def test_poll_is_rate_limited(aws: Aws, options: EcsOptions, calls: Calls) -> None:
     launcher = make(aws, options, describe_every=60.0)
     launcher.start(1)
@@ -427,6 +434,7 @@ def test_poll_survives_a_failing_describe(offline: Aws, caplog: pytest.LogCaptur
         assert [e.code for e in launcher.poll()] == [0]
 
 
+@pytest.mark.slow
 def test_poll_describes_at_most_100_tasks_per_call(aws: Aws, options: EcsOptions, calls: Calls) -> None:
     launcher = make(aws, options)
     assert len(launcher.start(150)) == 150
@@ -489,6 +497,7 @@ def test_tasks_that_keep_failing_to_start_break_the_pool(offline: Aws) -> None:
 # -- stopping ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stop_stops_every_task_of_the_session(aws: Aws, options: EcsOptions) -> None:
     mine = make(aws, options)
     mine.start(2)
@@ -551,6 +560,7 @@ def _pin_status(arns: list[str], status: str) -> None:
                 tasks[arn].last_status = status
 
 
+@pytest.mark.slow
 def test_a_reattached_launcher_stops_every_task_of_the_session(
         aws: Aws, options: EcsOptions, strict: None, calls: Calls) -> None:
     """cleanup() from another client: ListTasks gets startedBy alone (AWS: "it must be the
@@ -585,6 +595,7 @@ def test_a_new_launcher_counts_the_sessions_tasks_still_starting(
 # -- task definitions --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_arm64_images_get_an_arm64_runtime_platform(aws: Aws, options: EcsOptions) -> None:
     arm = replace(options, cpu_architecture="ARM64", spot=False)
     td = ecs(aws).describe_task_definition(
@@ -592,6 +603,7 @@ def test_arm64_images_get_an_arm64_runtime_platform(aws: Aws, options: EcsOption
     assert td["runtimePlatform"] == {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"}
 
 
+@pytest.mark.slow
 def test_an_older_task_definition_nothing_uses_is_retired(
         aws: Aws, options: EcsOptions, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(task_definition, "RETIRE_AFTER", 0.0)  # moto's are all seconds old
@@ -610,6 +622,7 @@ def test_an_older_task_definition_nothing_uses_is_retired(
     assert status(again) == "ACTIVE" and again != idle
 
 
+@pytest.mark.slow
 def test_young_task_definitions_are_not_retired(aws: Aws, options: EcsOptions) -> None:
     first = make(aws, options).ensure_task_definition()  # a client may be about to use it
     make(aws, options.with_image("example.com/new:1")).ensure_task_definition()
@@ -620,6 +633,7 @@ def test_young_task_definitions_are_not_retired(aws: Aws, options: EcsOptions) -
 # -- quotas: EC2, and failures matched by code ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ec2_workers_at_once_follow_the_ec2_vcpu_quota_and_network_interfaces(
         aws: Aws, options: EcsOptions, calls: Calls) -> None:
     options = replace(options, launch_type="EC2", spot=True, ec2_capacity_provider="starburst-ec2",

@@ -45,6 +45,7 @@ def test_stream_names() -> None:
         stream_name("laptop-1234-ab12")
 
 
+@pytest.mark.slow
 def test_read_logs_per_worker(aws: Aws) -> None:
     put(aws, "starburst/worker/aaa", (0, "a1\n"), (10, "a2"))
     put(aws, "starburst/worker/bbb", (5, "b1"))
@@ -65,6 +66,7 @@ def test_read_logs_of_a_missing_group_is_empty(aws_env: str) -> None:
     assert list(read_logs(aws, "/no/such/group", ["ecs-aaa"])) == []
 
 
+@pytest.mark.slow
 def test_follow_logs_yields_new_events_once_and_stops_when_told(aws: Aws) -> None:
     put(aws, "starburst/worker/aaa", (0, "a1"))
     put(aws, "starburst/worker/ccc", (1, "not followed"))
@@ -109,6 +111,7 @@ def test_follow_logs_of_a_missing_group_waits_quietly(aws_env: str) -> None:
                             sleep=lambda _: None)) == []
 
 
+@pytest.mark.slow
 def test_follow_logs_reads_only_the_named_streams(aws: Aws) -> None:
     """Following a session asks CloudWatch for its workers' streams only (logStreamNames), not
     for every stream of the group (which holds every session's workers)."""
@@ -132,6 +135,7 @@ def test_follow_logs_of_no_worker_yet_asks_nothing(aws: Aws) -> None:
     assert asked == []
 
 
+@pytest.mark.slow
 def test_tail_gives_the_last_lines_of_a_worker(aws: Aws) -> None:
     put(aws, "starburst/worker/aaa", *[(i, f"line {i}") for i in range(30)])
     assert tail(aws, GROUP, "ecs-aaa", lines=3) == "line 27\nline 28\nline 29"

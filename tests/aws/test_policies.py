@@ -295,6 +295,7 @@ class Recorder:
         return {a for s, o in self.calls for a in Aws.actions(s, o) if a not in allowed}
 
 
+@pytest.mark.slow
 def test_setup_and_teardown_call_only_what_the_setup_policy_grants(
         moto_aws_client: Any, moto_serves_tls: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from starburst_executor.aws.resources.base import Place
@@ -317,6 +318,7 @@ def test_setup_and_teardown_call_only_what_the_setup_policy_grants(
     assert recorder.missing_from(document) == set()
 
 
+@pytest.mark.slow
 def test_doctor_calls_only_what_the_user_policy_grants(
         moto_aws_client: Any, moto_serves_tls: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from starburst_executor.aws.doctor import doctor

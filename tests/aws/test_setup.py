@@ -30,6 +30,7 @@ def status_of(report: SetupReport, kind: str) -> str:
     return status
 
 
+@pytest.mark.slow
 def test_setup_creates_every_resource_as_configured(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     report = setup(aws, lifecycle_days=7, log_retention_days=30)
@@ -127,6 +128,7 @@ def test_setup_creates_every_resource_as_configured(moto_aws_client: Aws) -> Non
     assert s.ec2_capacity_provider == "" and s.image == ""
 
 
+@pytest.mark.slow
 def test_second_setup_changes_nothing(moto_aws_client: Aws) -> None:
     first = setup(moto_aws_client)
     second = setup(moto_aws_client)
@@ -137,6 +139,7 @@ def test_second_setup_changes_nothing(moto_aws_client: Aws) -> None:
     assert second.settings == first.settings
 
 
+@pytest.mark.slow
 def test_setup_repairs_drift(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     s = setup(aws).settings
@@ -160,6 +163,7 @@ def test_setup_repairs_drift(moto_aws_client: Aws) -> None:
     assert not setup(aws).changed
 
 
+@pytest.mark.slow
 def test_setup_adopts_an_existing_bucket_and_keeps_its_rules(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     bucket = "my-lab-data"
@@ -192,6 +196,7 @@ def test_setup_adopts_an_existing_bucket_and_keeps_its_rules(moto_aws_client: Aw
     assert not setup(aws, bucket=bucket, prefix="runs").changed
 
 
+@pytest.mark.slow
 def test_setup_outside_us_east_1_names_the_region(moto_one_account: str,
                                                   _shared_boto3_session: Any) -> None:
     aws = Aws("eu-west-1", session=_shared_boto3_session, retry_sleep=lambda _: None)
@@ -203,6 +208,7 @@ def test_setup_outside_us_east_1_names_the_region(moto_one_account: str,
     assert not setup(aws).changed
 
 
+@pytest.mark.slow
 def test_setup_keeps_the_profile_image_and_choices(moto_aws_client: Aws) -> None:
     first = setup(moto_aws_client).settings
     image = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/starburst-worker:py311-abc"
@@ -215,6 +221,7 @@ def test_setup_keeps_the_profile_image_and_choices(moto_aws_client: Aws) -> None
     assert AwsSettings.load().image == image
 
 
+@pytest.mark.slow
 def test_an_existing_signing_key_is_kept_and_the_difference_noted(
         moto_aws_client: Aws) -> None:
     aws = moto_aws_client
@@ -230,6 +237,7 @@ def test_an_existing_signing_key_is_kept_and_the_difference_noted(
     assert "differs" in str(report)
 
 
+@pytest.mark.slow
 def test_ec2_capacity_spot_parked_at_zero(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     report = setup(aws, ec2=True, instance_types=("c7a.xlarge", "c6a.xlarge"))
@@ -288,6 +296,7 @@ def test_ec2_refuses_mixed_architectures(moto_aws_client: Aws) -> None:
         setup(moto_aws_client, ec2=True, instance_types=("c7a.xlarge", "c7g.xlarge"))
 
 
+@pytest.mark.slow
 def test_ec2_falls_back_when_the_ami_parameter_is_missing(
         moto_aws_client: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     # moto ships the SSM public parameters; a region or emulator without them must still work.
@@ -305,6 +314,7 @@ def test_ec2_falls_back_when_the_ami_parameter_is_missing(
     assert any("SSM parameter for the ECS-optimised AMI is missing" in n for n in report.notes)
 
 
+@pytest.mark.slow
 def test_teardown_removes_everything_but_the_bucket(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     s = setup(aws, ec2=True).settings
@@ -339,6 +349,7 @@ def test_teardown_removes_everything_but_the_bucket(moto_aws_client: Aws) -> Non
     assert {r.status for r in second.resources} == {"absent", "kept"}
 
 
+@pytest.mark.slow
 def test_teardown_deletes_the_bucket_only_when_asked_and_only_if_setup_made_it(
         moto_aws_client: Aws, moto_serves_tls: None) -> None:
     aws = moto_aws_client
@@ -362,6 +373,7 @@ def test_teardown_deletes_the_bucket_only_when_asked_and_only_if_setup_made_it(
     assert keys == ["raw/keep.csv"]
 
 
+@pytest.mark.slow
 def test_access_denied_names_the_missing_permission(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     ecs = aws.client("ecs")
@@ -403,6 +415,7 @@ def test_teardown_refuses_another_region(moto_aws_client: Aws) -> None:
         teardown(moto_aws_client, settings)
 
 
+@pytest.mark.slow
 def test_ec2_waits_for_a_new_instance_profile_to_reach_ec2(
         moto_aws_client: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     # AWS refuses the group for a few seconds while the new profile propagates; moto never
@@ -442,6 +455,7 @@ def s3_endpoints(aws: Aws, vpc: str) -> list[dict[str, Any]]:
             and e["State"].lower() not in ("deleted", "deleting")]
 
 
+@pytest.mark.slow
 def test_ec2_workers_get_an_s3_gateway_endpoint(moto_aws_client: Aws) -> None:
     # awsvpc tasks on EC2 get no public IP and a default VPC has no NAT: without a gateway
     # endpoint on the subnets' route table the workers cannot reach S3.
@@ -463,12 +477,14 @@ def test_ec2_workers_get_an_s3_gateway_endpoint(moto_aws_client: Aws) -> None:
     assert len(s3_endpoints(aws, vpc)) == 1
 
 
+@pytest.mark.slow
 def test_fargate_only_setup_leaves_the_vpc_routes_alone(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     setup(aws)
     assert s3_endpoints(aws, default_vpc(aws)) == []
 
 
+@pytest.mark.slow
 def test_an_existing_s3_endpoint_is_used_and_kept(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     vpc = default_vpc(aws)
@@ -484,6 +500,7 @@ def test_an_existing_s3_endpoint_is_used_and_kept(moto_aws_client: Aws) -> None:
     assert [e["VpcEndpointId"] for e in s3_endpoints(aws, vpc)] == [theirs]
 
 
+@pytest.mark.slow
 def test_teardown_with_delete_bucket_leaves_nothing(moto_aws_client: Aws,
                                                     moto_serves_tls: None) -> None:
     aws = moto_aws_client
@@ -516,6 +533,7 @@ def test_teardown_with_delete_bucket_leaves_nothing(moto_aws_client: Aws,
                     capacityProviders=[s.ec2_capacity_provider])["capacityProviders"] == []
 
 
+@pytest.mark.slow
 def test_setup_uses_the_named_subnets_of_the_named_vpc(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     vpc = default_vpc(aws)
@@ -531,6 +549,7 @@ def test_setup_uses_the_named_subnets_of_the_named_vpc(moto_aws_client: Aws) -> 
     assert setup(aws, subnets=subnets).settings.vpc_id == vpc
 
 
+@pytest.mark.slow
 def test_setup_refuses_subnets_of_another_vpc(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     other = aws.call("ec2", "create_vpc", CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
@@ -542,6 +561,7 @@ def test_setup_refuses_subnets_of_another_vpc(moto_aws_client: Aws) -> None:
         setup(aws, subnets=["subnet-00000000"])
 
 
+@pytest.mark.slow
 def test_at_most_16_subnets_spread_over_the_zones(moto_aws_client: Aws) -> None:
     # RunTask's awsvpcConfiguration takes at most 16 subnets.
     aws = moto_aws_client
@@ -561,6 +581,7 @@ def test_at_most_16_subnets_spread_over_the_zones(moto_aws_client: Aws) -> None:
 
 
 @pytest.mark.parametrize("region", ["ap-southeast-2", "us-gov-west-1"])
+@pytest.mark.slow
 def test_long_cluster_names_fit_every_limit(moto_one_account: str, _shared_boto3_session: Any,
                                             region: str) -> None:
     aws = Aws(region, session=_shared_boto3_session, retry_sleep=lambda _: None)
@@ -589,6 +610,7 @@ def create_kms_bucket(aws: Aws, bucket: str, key_id: str) -> None:
             "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_id}}]})
 
 
+@pytest.mark.slow
 def test_an_adopted_bucket_with_a_customer_key_grants_the_key(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     key = aws.call("kms", "create_key", Description="lab data")["KeyMetadata"]
@@ -615,6 +637,7 @@ def test_an_adopted_bucket_with_a_customer_key_grants_the_key(moto_aws_client: A
     assert not setup(aws, bucket="lab-encrypted").changed
 
 
+@pytest.mark.slow
 def test_the_aws_managed_s3_key_needs_no_grant(moto_aws_client: Aws) -> None:
     aws = moto_aws_client
     create_kms_bucket(aws, "lab-managed-key", "alias/aws/s3")
@@ -622,6 +645,7 @@ def test_the_aws_managed_s3_key_needs_no_grant(moto_aws_client: Aws) -> None:
     assert s.bucket_kms_key == ""
 
 
+@pytest.mark.slow
 def test_ecs_service_linked_role_is_created_before_capacity_providers(
         moto_aws_client: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     from starburst_executor.aws import setup as setup_module
@@ -648,6 +672,7 @@ def test_ecs_service_linked_role_is_created_before_capacity_providers(
     assert status_of(setup(moto_aws_client), "service-linked role") == "exists"
 
 
+@pytest.mark.slow
 def test_a_taken_service_linked_role_name_means_it_exists(
         moto_aws_client: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     real_call = Aws.call
