@@ -42,10 +42,14 @@ def aws_env(moto_aws: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
     # creating six IAM backends that each load the ~1,300 AWS-managed policies
     # (MOTO_IAM_LOAD_MANAGED_POLICIES): about 1 s per test. The tests use one account only.
     monkeypatch.setenv("MOTO_ACCOUNT_ID", "123456789012")
-    moto_api(endpoint, "state-manager/set-transition", {
-        "model_name": "ecs::task",
-        "transition": {"progression": "manual", "times": 1_000_000_000},
-    })
+    moto_api(
+        endpoint,
+        "state-manager/set-transition",
+        {
+            "model_name": "ecs::task",
+            "transition": {"progression": "manual", "times": 1_000_000_000},
+        },
+    )
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
@@ -101,7 +105,8 @@ def moto_serves_tls(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def is_tls_rule(statement: dict[str, object]) -> bool:
         return statement.get("Effect") == "Deny" and statement.get("Condition") == {
-            "Bool": {"aws:SecureTransport": "false"}}
+            "Bool": {"aws:SecureTransport": "false"}
+        }
 
     def get_permission(self: FakeBucket, action: str, resource: str) -> PermissionResult:
         if self.policy is None:
