@@ -74,3 +74,24 @@ def test_a_worker_of_a_missing_session_cannot_start() -> None:
     wait_until(lambda: launcher.running() == 0, what="the worker to give up")
     (ended,) = launcher.poll()
     assert (ended.worker, ended.code) == (worker, 2)  # as `python -m ...worker` exits
+
+
+def test_a_task_past_task_timeout_fails_and_its_worker_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process would re-exec; the thread worker ends (its task's thread is abandoned
+    until the task returns) and the manager starts another for the next call. About 0.5 s:
+    task_timeout is real time, and the worker's watchdog looks twice a second."""
+    launchers = use_launcher(monkeypatch, lambda s, m, c: ThreadLauncher(s, m.session_id, c))
+    ex = StarburstExecutor(store=RecordingStore(), max_workers=1, pacing=FAST, task_timeout=0.05)
+    try:
+        with pytest.raises(TimeoutError, match="task_timeout"):
+            ex.submit(blocking, 1).result(timeout=10)
+        RELEASE.set()  # the abandoned task may return now; its late result is discarded
+        assert ex.submit(blocking, 2).result(timeout=10) == 2
+        (launcher,) = launchers
+        assert launcher.running() == 1  # the replacement
+    finally:
+        RELEASE.set()
+        ex.shutdown(wait=True)
+        RELEASE.clear()
