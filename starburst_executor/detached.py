@@ -114,6 +114,9 @@ class DetachedExecutor(StarburstExecutor):
         session = Session.open(store_obj, session_id, codec_for(store_obj))
         self = cls.__new__(cls)
         self._wire(session, max_workers or session.manifest.max_workers, pacing)
+        if isinstance(self._launcher, LocalLauncher):
+            # The first client's workers may still run here: they count toward max_workers.
+            self._launcher.adopt_recorded(session.workers())
         self._restored = None  # built on first use of .futures
         remember_session(session_id, store_obj.url)
         self._state = state = session.state()

@@ -550,3 +550,29 @@ def test_detached_reattach_example(tmp_path: Path) -> None:
     assert "Deleted the session's data" in out
     assert "13/13" in proc.stderr  # the progress bar reached the end
     assert session_processes(sid) == []
+
+
+def test_a_reattached_local_client_counts_the_first_clients_workers(
+    local_store: str, tmp_path: Path, reap: list[str]
+) -> None:
+    """The first client's workers still run (blocked on a gate) when a second client
+    attaches and adds work: they count toward max_workers, so none is started beside them
+    (before: the new client started max_workers more, as it counted only its own)."""
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    ex = DetachedExecutor(max_workers=2, store=local_store, pacing=FAST)
+    sid = ex.session_id
+    reap.append(sid)
+    ex.map(tasks.wait_for_gate, [str(gate)] * 4, range(4), [str(marks)] * 4, chunksize=1)
+    wait_until(lambda: len(list(marks.iterdir())) == 2, what="both workers inside a task")
+    ex.detach()
+
+    again = DetachedExecutor.attach(sid, store=local_store, pacing=FAST)
+    again.submit(tasks.add, 1, 2)
+    time.sleep(1.5)  # several manager rounds (maintain_every 0.5 s): nothing may happen
+    assert len(session_processes(sid)) == 2
+    gate.touch()
+    results = again.collect(wait=True, timeout=60, poll_interval=POLL)
+    assert [r.value for r in results] == [0, 1, 2, 3, 3]
+    assert len(again._writer.workers()) == 2  # the first client's two did all the work
+    again.cleanup(delete_data=True)

@@ -113,6 +113,10 @@ class LocalLauncher:
         self.poll_max = poll_max
         self.log_dir = log_dir or home_dir() / "logs" / session_id
         self._procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        # Live workers of this session that another process started (an earlier client of a
+        # detached session), counted by running() while they live so that a reattached
+        # client tops the pool up to max_workers instead of doubling it.
+        self._adopted: set[int] = set()
 
     def start(self, count: int) -> list[str]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +156,27 @@ class LocalLauncher:
         return started
 
     def running(self) -> int:
-        return sum(1 for proc, _ in self._procs.values() if proc.poll() is None)
+        """Workers alive: those this launcher started, and those it adopted."""
+        self._adopted = {pid for pid in self._adopted if _is_worker(pid, self.session_id)}
+        own = sum(1 for proc, _ in self._procs.values() if proc.poll() is None)
+        return own + len(self._adopted)
+
+    def adopt_recorded(self, workers: Iterable[WorkerRecord]) -> int:
+        """Count this session's workers that run on this host, started by another process,
+        as running (their records say so and the process is still a worker of this
+        session); returns how many. Their exits are not reported by :meth:`poll`: they are
+        not this process's children, and their claims are handled through the store."""
+        host = socket.gethostname()
+        own = {proc.pid for proc, _ in self._procs.values()}
+        for w in workers:
+            if (
+                w.host == host
+                and w.state is WorkerState.RUNNING
+                and w.pid not in own
+                and _is_worker(w.pid, self.session_id)
+            ):
+                self._adopted.add(w.pid)
+        return len(self._adopted)
 
     def pids(self) -> dict[str, int]:
         """Process ids of the workers still running, by worker id."""
