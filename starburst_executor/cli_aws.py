@@ -248,7 +248,7 @@ def ecs_logs(reader: Any, worker: str | None, follow: bool) -> int:
     def finished() -> bool:
         live[:] = launcher.live_workers()
         status = reader.status()
-        terminal = status.done or status.state in ("cancelled", "expired", "closed")
+        terminal = status.done or status.state.terminal
         return bool(terminal and not live)
 
     lines = (

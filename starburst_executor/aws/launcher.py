@@ -60,7 +60,7 @@ from starburst_executor.aws.quota import Quota
 from starburst_executor.aws.task_definition import CONTAINER_NAME, STOP_TIMEOUT
 from starburst_executor.errors import AwsError, AwsLaunchError, AwsNotSetUpError
 from starburst_executor.launchers.base import WorkerExit
-from starburst_executor.protocol import SessionManifest
+from starburst_executor.protocol import ExitCode, SessionManifest
 
 __all__ = [
     "CONTAINER_NAME",
@@ -81,7 +81,6 @@ DESCRIBE_TASKS_MAX = 100  # DescribeTasks takes at most 100 task ARNs per call
 STARTED_BY_MAX = 36  # RunTask "startedBy": up to 36 letters, digits, hyphens, underscores
 OVERRIDES_MAX = 8192  # ECS: "the total size of overrides ... cannot exceed 8,192 characters"
 _OVERRIDES_BUDGET = 2048  # we send a few small settings; anything near the limit is a bug
-EXIT_SIGTERM = 143  # a worker that ended on SIGTERM (Spot interruption, StopTask)
 _EXIT_CANNOT_START = 2  # the manager breaks the pool on this code (worker cannot start)
 FAILED_STARTS_MAX = 3  # this many tasks in a row failing to start, none running: give up
 _LOG_TAIL_LINES = 20  # of a worker that exited with an error: shown in the pool's error
@@ -558,7 +557,9 @@ class ECSLauncher:
             if status != "STOPPED":
                 continue
             exit_ = self._exit_of(self._running.pop(arn), task)
-            if exit_.code not in (None, 0, EXIT_SIGTERM) and exit_.reason.startswith("exit code"):
+            if exit_.code not in (None, 0, ExitCode.SIGTERM) and exit_.reason.startswith(
+                "exit code"
+            ):
                 # It failed by itself: its explanation is only in CloudWatch (the manager
                 # shows it when the pool breaks: "could not start ... Its log:").
                 exit_ = replace(exit_, log_tail=self._log_tail(exit_.worker))
@@ -607,7 +608,7 @@ class ECSLauncher:
             # release anything left at once rather than after the lease expires.
             return WorkerExit(
                 worker,
-                code if code else EXIT_SIGTERM,
+                code if code else ExitCode.SIGTERM,
                 f"Spot interruption: AWS reclaimed the capacity ({said})",
             )
         if detail.startswith("OutOfMemoryError") or "OutOfMemory" in stopped:

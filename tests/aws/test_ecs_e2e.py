@@ -29,12 +29,12 @@ from ecs_agent import LocalEcsAgent, provision_world
 from starburst_executor import StarburstExecutor
 from starburst_executor.aws import task_definition
 from starburst_executor.aws.client import Aws
-from starburst_executor.aws.launcher import EXIT_SIGTERM, ECSLauncher
+from starburst_executor.aws.launcher import ECSLauncher
 from starburst_executor.aws.options import EcsOptions
 from starburst_executor.aws.quota import Quota
 from starburst_executor.errors import BrokenStarburstExecutor
 from starburst_executor.launchers.base import WorkerExit
-from starburst_executor.protocol import SessionKeys
+from starburst_executor.protocol import ExitCode, SessionKeys
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +118,7 @@ def test_tasks_run_on_ecs_workers_and_survive_a_spot_interruption(
         finished_pid = future.result(timeout=60)
         assert finished_pid != first_pid  # retried on another worker
         assert not (marks / f"finished-{first_pid}").exists()
-        assert agent.exits[victim] == EXIT_SIGTERM  # it handed its claim back and exited
+        assert agent.exits[victim] == ExitCode.SIGTERM  # it handed its claim back and exited
         assert "SIGTERM, released batch" in agent.log(victim)
         victim_worker = f"ecs-{victim.rsplit('/', 1)[-1]}"
         agent.wait_for(lambda: victim_worker in caplog.text and "Spot interruption" in caplog.text,

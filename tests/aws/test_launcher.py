@@ -23,7 +23,6 @@ from starburst_executor.aws import task_definition
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.failures import explain_failure
 from starburst_executor.aws.launcher import (
-    EXIT_SIGTERM,
     OVERRIDES_MAX,
     STOP_REASON,
     ECSLauncher,
@@ -33,7 +32,7 @@ from starburst_executor.aws.options import AwsSessionBackend, EcsOptions
 from starburst_executor.aws.quota import DEFAULT_FARGATE_VCPUS, Quota
 from starburst_executor.backends import AwsBackend, LocalBackend
 from starburst_executor.errors import AwsLaunchError, AwsNotSetUpError, SessionError
-from starburst_executor.protocol import SessionManifest
+from starburst_executor.protocol import ExitCode, SessionManifest
 
 SESSION = "20261121-081500-3fa9c2"
 STORE = "s3://starburst-test/sessions"
@@ -404,7 +403,7 @@ def test_poll_reports_spot_interruption_with_nonzero_code(aws: Aws, options: Ecs
     ecs(aws).stop_task(cluster=options.cluster, task=arn, reason=SPOT_REASON)
     (ended,) = launcher.poll()
     assert ended.worker == worker
-    assert ended.code == EXIT_SIGTERM  # moto reports exitCode 0; an interruption is not a success
+    assert ended.code == ExitCode.SIGTERM  # moto reports exitCode 0; an interruption is not a success
     assert ended.reason.startswith("Spot interruption")
     assert launcher.running() == 0 and launcher.poll() == []
 
