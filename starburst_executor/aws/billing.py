@@ -41,6 +41,7 @@ from starburst_executor.aws.cost import (
 )
 from starburst_executor.aws.options import EcsOptions
 from starburst_executor.errors import AwsError
+from starburst_executor.protocol import WorkerState
 
 __all__ = ["CostReport", "TaskTimes", "ecs_task_times", "report", "session_report", "worker_spans"]
 
@@ -137,7 +138,7 @@ def worker_spans(
     spans: list[tuple[float, float | None]] = []
     for record in workers:
         ended = getattr(record, "ended", None) or None
-        if ended is None and record.state != "running":
+        if ended is None and record.state != WorkerState.RUNNING:
             ended = stamps.get(record.worker)
         times = (
             known.get(record.worker[len(_ECS_WORKER) :])
