@@ -34,22 +34,28 @@ def draws_inside(seed: int, draws: int = 1_000_000) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, default=10)
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--cpu", type=float, default=1.0)
     parser.add_argument("--memory", default="2GB")
-    parser.add_argument("--max-hourly-cost", type=float, default=5.0,
-                        help="refuse to launch above this estimate (USD per hour)")
+    parser.add_argument(
+        "--max-hourly-cost",
+        type=float,
+        default=5.0,
+        help="refuse to launch above this estimate (USD per hour)",
+    )
     parser.add_argument("--detach", action="store_true", help="start a detached session")
     args = parser.parse_args(argv)
     # The library logs what it decides (the cost estimate, quota waves, the measured cost) and
     # configures no handler: show its INFO records, as an application chooses to.
     logging.basicConfig(format="%(message)s")
     logging.getLogger("starburst_executor").setLevel(logging.INFO)
-    backend = AwsBackend(cpu=args.cpu, memory=args.memory, spot=True,
-                         max_hourly_cost=args.max_hourly_cost)
+    backend = AwsBackend(
+        cpu=args.cpu, memory=args.memory, spot=True, max_hourly_cost=args.max_hourly_cost
+    )
 
     if args.detach:
         ex = DetachedExecutor(backend=backend, max_workers=args.workers, name="pi")
@@ -67,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         inside = sum(ex.map(draws_inside, range(args.tasks), chunksize=5))
     # (leaving the block stopped every worker and logged the measured cost)
     total = args.tasks * 1_000_000
-    print(f"pi ~= {4 * inside / total:.6f} from {total:,} draws in "
-          f"{time.monotonic() - start:.1f} s on up to {args.workers} workers")
+    print(
+        f"pi ~= {4 * inside / total:.6f} from {total:,} draws in "
+        f"{time.monotonic() - start:.1f} s on up to {args.workers} workers"
+    )
     report = ex.cost()  # the same figures as data
     if report is not None:
         print(f"cost: ${report['cost']:.4f} for {report['worker_seconds'] / 3600:.3f} worker-hours")

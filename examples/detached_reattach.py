@@ -61,16 +61,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Submit work to a DetachedExecutor, detach, and reattach from another process.",
     )
-    parser.add_argument("--tasks", type=int, default=20, metavar="N",
-                        help="analyses that succeed (one more fails); default 20")
-    parser.add_argument("--duration", type=float, default=0.2, metavar="S",
-                        help="seconds each analysis takes (default 0.2)")
-    parser.add_argument("--workers", type=int, default=4, metavar="N",
-                        help="most workers at once (default 4)")
-    parser.add_argument("--store", default=None, metavar="URL",
-                        help="store URL, e.g. s3://bucket/prefix (default: local directory)")
-    parser.add_argument("--attach", default=None, metavar="SID",
-                        help="reattach to this session, collect it and delete its data")
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        default=20,
+        metavar="N",
+        help="analyses that succeed (one more fails); default 20",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=0.2,
+        metavar="S",
+        help="seconds each analysis takes (default 0.2)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=4, metavar="N", help="most workers at once (default 4)"
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="store URL, e.g. s3://bucket/prefix (default: local directory)",
+    )
+    parser.add_argument(
+        "--attach",
+        default=None,
+        metavar="SID",
+        help="reattach to this session, collect it and delete its data",
+    )
     args = parser.parse_args(argv)
     if args.tasks < CORRUPT_SAMPLE:
         parser.error(f"--tasks must be at least {CORRUPT_SAMPLE}")
@@ -81,8 +100,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def submit_and_detach(args: argparse.Namespace) -> str:
     """Part 1: start a named session, submit the work, detach. Returns the session id."""
-    ex = DetachedExecutor(max_workers=args.workers, store=args.store, name="reattach-example",
-                          idle_timeout=60)
+    ex = DetachedExecutor(
+        max_workers=args.workers, store=args.store, name="reattach-example", idle_timeout=60
+    )
     # Samples 0..tasks: CORRUPT_SAMPLE raises, so `tasks` succeed and one fails.
     for sample in range(args.tasks + 1):
         ex.submit(analyse, sample, args.duration)
@@ -111,8 +131,10 @@ def attach_and_collect(session_id: str, store: str | None) -> int:
     failed = [r for r in results if not r.ok]
     print(f"All done: {len(ok)} succeeded, {len(failed)} failed")
     for r in ok:
-        print(f"  #{r.index:<3} sample {r.value['sample']:>3}: mean {r.value['mean']:8.3f}, "
-              f"spread {r.value['spread']:7.3f}")
+        print(
+            f"  #{r.index:<3} sample {r.value['sample']:>3}: mean {r.value['mean']:8.3f}, "
+            f"spread {r.value['spread']:7.3f}"
+        )
     for r in failed:
         print(f"  #{r.index:<3} {r.task_id} failed: {type(r.error).__name__}: {r.error}")
 

@@ -82,8 +82,13 @@ def make_dataset(n_samples: int, seed: int, noise: float = 0.3) -> tuple[Matrix,
     target: list[float] = []
     for _ in range(n_samples):
         x = [rng.gauss(0.0, 1.0) for _ in range(N_FEATURES)]
-        y = (3.0 * math.sin(1.5 * x[0]) * math.cos(x[1]) + 1.5 * x[2] * x[3] + x[4]
-             - 0.5 * x[5] ** 2 + rng.gauss(0.0, noise))
+        y = (
+            3.0 * math.sin(1.5 * x[0]) * math.cos(x[1])
+            + 1.5 * x[2] * x[3]
+            + x[4]
+            - 0.5 * x[5] ** 2
+            + rng.gauss(0.0, noise)
+        )
         features.append(x)
         target.append(y)
     return features, target
@@ -139,8 +144,9 @@ def cholesky_solve(a: Matrix, b: list[float]) -> list[float]:
     return x
 
 
-def ridge_predict(train_x: Matrix, train_y: list[float], test_x: Matrix, degree: int,
-                  alpha: float) -> list[float]:
+def ridge_predict(
+    train_x: Matrix, train_y: list[float], test_x: Matrix, degree: int, alpha: float
+) -> list[float]:
     train_p = [polynomial_features(row, degree) for row in train_x]
     test_p = [polynomial_features(row, degree) for row in test_x]
     means, stds = standardizer(train_p)
@@ -169,17 +175,16 @@ def ridge_predict(train_x: Matrix, train_y: list[float], test_x: Matrix, degree:
 # -- k-nearest neighbours -----------------------------------------------------------------------
 
 
-def knn_predict(train_x: Matrix, train_y: list[float], test_x: Matrix, k: int,
-                weights: str) -> list[float]:
+def knn_predict(
+    train_x: Matrix, train_y: list[float], test_x: Matrix, k: int, weights: str
+) -> list[float]:
     means, stds = standardizer(train_x)
     train_s = standardize(train_x, means, stds)
     test_s = standardize(test_x, means, stds)
     k = min(k, len(train_s))
     predictions = []
     for query in test_s:
-        distances = (
-            (math.dist(query, row), y) for row, y in zip(train_s, train_y)
-        )
+        distances = ((math.dist(query, row), y) for row, y in zip(train_s, train_y))
         nearest = heapq.nsmallest(k, distances, key=lambda pair: pair[0])
         if weights == "distance":
             exact = [y for d, y in nearest if d == 0.0]
@@ -196,8 +201,9 @@ def knn_predict(train_x: Matrix, train_y: list[float], test_x: Matrix, k: int,
 # -- one grid point -----------------------------------------------------------------------------
 
 
-def cross_validate(params: Params, features: Matrix, target: list[float],
-                   folds: list[list[int]]) -> dict[str, Any]:
+def cross_validate(
+    params: Params, features: Matrix, target: list[float], folds: list[list[int]]
+) -> dict[str, Any]:
     """Score ``params`` by k-fold cross-validation; this is the function sent to the workers."""
     started = time.perf_counter()
     rmses = []
@@ -233,22 +239,40 @@ def cross_validate(params: Params, features: Matrix, target: list[float],
 
 
 def describe(params: Params) -> str:
-    return ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-                     for key, value in params.items() if key != "model")
+    return ", ".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in params.items()
+        if key != "model"
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Cross-validated grid search over ridge and k-NN models on StarburstExecutor."
     )
-    parser.add_argument("--samples", type=int, default=1000, metavar="N",
-                        help="size of the synthetic dataset (default: 1000)")
-    parser.add_argument("--folds", type=int, default=5, metavar="K",
-                        help="cross-validation folds (default: 5)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                        help="most worker processes at once (default: os.cpu_count())")
-    parser.add_argument("--store", default=None, metavar="URL",
-                        help="store URL, e.g. s3://bucket/prefix (default: local directory)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="size of the synthetic dataset (default: 1000)",
+    )
+    parser.add_argument(
+        "--folds", type=int, default=5, metavar="K", help="cross-validation folds (default: 5)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="most worker processes at once (default: os.cpu_count())",
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="store URL, e.g. s3://bucket/prefix (default: local directory)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the dataset and the folds")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
@@ -266,18 +290,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     features, target = make_dataset(args.samples, args.seed)
     folds = make_folds(args.samples, args.folds, args.seed)
     grid = build_grid()
-    print(f"Grid search: {len(grid)} parameter sets x {args.folds}-fold cross-validation "
-          f"on {args.samples} samples with {N_FEATURES} features")
+    print(
+        f"Grid search: {len(grid)} parameter sets x {args.folds}-fold cross-validation "
+        f"on {args.samples} samples with {N_FEATURES} features"
+    )
 
     started = time.perf_counter()
     results = []
     with StarburstExecutor(max_workers=args.workers, store=args.store) as ex:
         futures: dict[Future[dict[str, Any]], Params] = {
-            ex.submit(cross_validate, params, features, target, folds): params
-            for params in grid
+            ex.submit(cross_validate, params, features, target, folds): params for params in grid
         }
-        for future in tqdm(as_completed(futures), total=len(futures), desc="grid points",
-                           unit="fit", disable=args.no_progress):
+        for future in tqdm(
+            as_completed(futures),
+            total=len(futures),
+            desc="grid points",
+            unit="fit",
+            disable=args.no_progress,
+        ):
             results.append(future.result())
     elapsed = time.perf_counter() - started
 
@@ -286,13 +316,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     baseline = statistics.pstdev(target)  # the RMSE of always predicting the mean
 
     print()
-    print(f"Top 5 of {len(results)} (mean CV RMSE, lower is better; "
-          f"predicting the mean scores {baseline:.3f})")
+    print(
+        f"Top 5 of {len(results)} (mean CV RMSE, lower is better; "
+        f"predicting the mean scores {baseline:.3f})"
+    )
     print(f"{'rank':>4}  {'model':<6} {'parameters':<26} {'RMSE':>7} {'± std':>7} {'R²':>7}")
     for rank, result in enumerate(results[:5], start=1):
         params = result["params"]
-        print(f"{rank:>4}  {params['model']:<6} {describe(params):<26} {result['rmse']:7.3f} "
-              f"{result['rmse_std']:7.3f} {result['r2']:7.3f}")
+        print(
+            f"{rank:>4}  {params['model']:<6} {describe(params):<26} {result['rmse']:7.3f} "
+            f"{result['rmse_std']:7.3f} {result['r2']:7.3f}"
+        )
     print()
     for model in sorted({r["params"]["model"] for r in results}):
         top = next(r for r in results if r["params"]["model"] == model)  # results are sorted
@@ -301,8 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Best parameters: {json.dumps(best['params'])}")
     print(f"Best CV RMSE:    {best['rmse']:.4f} (R² {best['r2']:.3f})")
     cpu = sum(r["seconds"] for r in results)
-    print(f"Elapsed:         {elapsed:.2f} s on {args.workers} worker(s) "
-          f"({cpu:.2f} s of model fitting)")
+    print(
+        f"Elapsed:         {elapsed:.2f} s on {args.workers} worker(s) "
+        f"({cpu:.2f} s of model fitting)"
+    )
     return 0
 
 

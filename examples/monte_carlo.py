@@ -109,18 +109,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Monte Carlo value-at-risk of a four-asset portfolio on StarburstExecutor."
     )
-    parser.add_argument("--simulations", type=int, default=10_000, metavar="N",
-                        help="number of simulated years (default: 10000)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                        help="most worker processes at once (default: os.cpu_count())")
-    parser.add_argument("--store", default=None, metavar="URL",
-                        help="store URL, e.g. s3://bucket/prefix (default: local directory)")
-    parser.add_argument("--chunksize", type=int, default=None, metavar="N",
-                        help="simulations per task (default: about 4 tasks per worker)")
-    parser.add_argument("--seed", type=int, default=20_240_101,
-                        help="seed of the first simulation; simulation i uses seed + i")
-    parser.add_argument("--verify", action="store_true",
-                        help=f"recompute the first {VERIFY_COUNT} simulations here and compare")
+    parser.add_argument(
+        "--simulations",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="number of simulated years (default: 10000)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="most worker processes at once (default: os.cpu_count())",
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="store URL, e.g. s3://bucket/prefix (default: local directory)",
+    )
+    parser.add_argument(
+        "--chunksize",
+        type=int,
+        default=None,
+        metavar="N",
+        help="simulations per task (default: about 4 tasks per worker)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=20_240_101,
+        help="seed of the first simulation; simulation i uses seed + i",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help=f"recompute the first {VERIFY_COUNT} simulations here and compare",
+    )
     args = parser.parse_args(argv)
     if args.simulations < 2:
         parser.error("--simulations must be at least 2")
@@ -168,8 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Probability of loss:  {loss_probability:.2%}")
     print(rule)
     print(f"Elapsed:              {elapsed:.2f} s")
-    print(f"Workers:              {args.workers} (chunksize {chunksize}, "
-          f"{math.ceil(len(finals) / chunksize)} tasks)")
+    print(
+        f"Workers:              {args.workers} (chunksize {chunksize}, "
+        f"{math.ceil(len(finals) / chunksize)} tasks)"
+    )
     print(f"Store:                {store_url}")
     print(rule)
 
@@ -178,8 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         expected = [simulate(seed) for seed in seeds[:count]]
         mismatches = [i for i, (a, b) in enumerate(zip(finals, expected)) if a != b]
         if mismatches:
-            print(f"MISMATCH: {len(mismatches)} of the first {count} results differ from a "
-                  f"sequential run (first at simulation {mismatches[0]})")
+            print(
+                f"MISMATCH: {len(mismatches)} of the first {count} results differ from a "
+                f"sequential run (first at simulation {mismatches[0]})"
+            )
             return 1
         print(f"verified: the first {count} results equal a sequential run in this process")
     return 0

@@ -421,9 +421,7 @@ class Manager:
         for i, fut in enumerate(futures):
             if i >= len(outcomes):
                 fut.set_exception(
-                    CorruptRecordError(
-                        f"batch {bid}: its result record has no entry for task {i}"
-                    )
+                    CorruptRecordError(f"batch {bid}: its result record has no entry for task {i}")
                 )
             elif outcomes[i].error is not None:
                 fut.set_exception(outcomes[i].error)

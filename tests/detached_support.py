@@ -63,8 +63,9 @@ else:  # wait to be killed
 CREATOR_COUNTS = {"total": 6, "completed": 1, "failed": 1, "running": 2, "pending": 2}
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "",
-               interval: float = 0.02) -> T:
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 30.0, what: str = "", interval: float = 0.02
+) -> T:
     """Poll ``predicate`` until it returns something true; return that."""
     deadline = time.monotonic() + timeout
     while True:
@@ -88,11 +89,16 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_creator(store: str, gate_a: Path, gate_b: Path, mode: str) -> tuple[subprocess.Popen[str], str]:
+def start_creator(
+    store: str, gate_a: Path, gate_b: Path, mode: str
+) -> tuple[subprocess.Popen[str], str]:
     """Start the creator process; return it and the session id it printed."""
     proc = subprocess.Popen(
         [sys.executable, "-c", CREATOR, store, str(gate_a), str(gate_b), mode],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
@@ -128,7 +134,12 @@ def counts(status: Any) -> dict[str, int]:
 def summary(results: list[Any]) -> list[tuple[Any, ...]]:
     """Comparable form of ``TaskResult`` lists: (index, task_id, value, error type, args)."""
     return [
-        (r.index, r.task_id, r.value, type(r.error) if r.error is not None else None,
-         r.error.args if r.error is not None else None)
+        (
+            r.index,
+            r.task_id,
+            r.value,
+            type(r.error) if r.error is not None else None,
+            r.error.args if r.error is not None else None,
+        )
         for r in results
     ]

@@ -47,8 +47,14 @@ STARBURST = _console_script()
 
 
 def starburst(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*STARBURST, *args], capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env(), check=False)
+    return subprocess.run(
+        [*STARBURST, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(),
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -74,11 +80,15 @@ def made() -> Iterator[list[DetachedExecutor]]:
 def finished(store_url: str, made: list[DetachedExecutor]) -> tuple[DetachedExecutor, list[str]]:
     """A session of three finished tasks: one printed a line, one failed, one returned 3.
     Returns the executor and the task ids, in submission order."""
-    ex = DetachedExecutor(max_workers=1, store=store_url, name="cli-test", pacing=FAST,
-                          task_timeout=60)
+    ex = DetachedExecutor(
+        max_workers=1, store=store_url, name="cli-test", pacing=FAST, task_timeout=60
+    )
     made.append(ex)
-    futures = [ex.submit(print, "hello from a task"), ex.submit(tasks.raise_at, 5, 5),
-               ex.submit(tasks.add, 1, 2)]
+    futures = [
+        ex.submit(print, "hello from a task"),
+        ex.submit(tasks.raise_at, 5, 5),
+        ex.submit(tasks.add, 1, 2),
+    ]
     for f in futures:
         f.exception(timeout=30)
     ids = [r.task_id for r in ex.collect(wait=True, timeout=30, poll_interval=0.05)]
@@ -89,7 +99,7 @@ def finished(store_url: str, made: list[DetachedExecutor]) -> tuple[DetachedExec
 
 
 def test_sessions_lists_the_session_as_a_table_and_as_json(
-    finished: tuple[DetachedExecutor, list[str]]
+    finished: tuple[DetachedExecutor, list[str]],
 ) -> None:
     ex, _ = finished
     proc = starburst("sessions", "--store", ex.store.url)
@@ -103,12 +113,17 @@ def test_sessions_lists_the_session_as_a_table_and_as_json(
     assert proc.returncode == EXIT_OK, proc.stderr
     entry = next(s for s in json.loads(proc.stdout) if s["session_id"] == ex.session_id)
     assert {k: entry[k] for k in ("total", "completed", "failed", "pending", "running")} == {
-        "total": 3, "completed": 2, "failed": 1, "pending": 0, "running": 0}
+        "total": 3,
+        "completed": 2,
+        "failed": 1,
+        "pending": 0,
+        "running": 0,
+    }
     assert entry["done"] is True and entry["name"] == "cli-test"
 
 
 def test_status_shows_counts_as_a_table_and_as_json(
-    finished: tuple[DetachedExecutor, list[str]]
+    finished: tuple[DetachedExecutor, list[str]],
 ) -> None:
     ex, _ = finished
     proc = starburst("status", ex.session_id)  # the store comes from the per-user index
@@ -117,13 +132,21 @@ def test_status_shows_counts_as_a_table_and_as_json(
     assert table["Session"].strip() == f"{ex.session_id} (cli-test)"
     assert table["Store"].strip() == ex.store.url
     assert (table["Total tasks"].strip(), table["Completed"].strip(), table["Failed"].strip()) == (
-        "3", "2", "1")
+        "3",
+        "2",
+        "1",
+    )
 
     proc = starburst("status", ex.session_id, "--json")
     assert proc.returncode == EXIT_OK, proc.stderr
     data = json.loads(proc.stdout)
-    assert (data["session_id"], data["state"], data["total"], data["completed"], data["failed"]) == (
-        ex.session_id, "finished", 3, 2, 1)
+    assert (
+        data["session_id"],
+        data["state"],
+        data["total"],
+        data["completed"],
+        data["failed"],
+    ) == (ex.session_id, "finished", 3, 2, 1)
     assert data["progress"] == 100.0
 
 
@@ -163,7 +186,9 @@ def test_collect_exits_0_when_every_task_succeeded(
     assert [r.value for r in pickle.loads(out.read_bytes())] == [0, 1, 4, 9]
 
 
-def test_collect_wait_timeout_exits_5(store_url: str, made: list[DetachedExecutor], tmp_path: Path) -> None:
+def test_collect_wait_timeout_exits_5(
+    store_url: str, made: list[DetachedExecutor], tmp_path: Path
+) -> None:
     ex = DetachedExecutor(max_workers=1, store=store_url, pacing=FAST)
     made.append(ex)
     ex.submit(tasks.wait_for_gate, str(tmp_path / "gate"), 1)
@@ -183,12 +208,14 @@ def test_logs_show_what_tasks_printed(finished: tuple[DetachedExecutor, list[str
     ex, _ = finished
     proc = starburst("logs", ex.session_id)
     assert proc.returncode == EXIT_OK, proc.stderr
-    assert any(line.startswith("[local-") and line.endswith("hello from a task")
-               for line in proc.stdout.splitlines()), proc.stdout
+    assert any(
+        line.startswith("[local-") and line.endswith("hello from a task")
+        for line in proc.stdout.splitlines()
+    ), proc.stdout
 
 
 def test_logs_of_one_task_show_its_output_and_traceback(
-    finished: tuple[DetachedExecutor, list[str]]
+    finished: tuple[DetachedExecutor, list[str]],
 ) -> None:
     ex, ids = finished
     proc = starburst("logs", ex.session_id, "--task", ids[0])
@@ -255,9 +282,16 @@ def test_unknown_session_exits_3_naming_the_store_and_how_to_list(store_url: str
 
 
 def test_every_subcommand_help_has_an_example() -> None:
-    procs = {name: subprocess.Popen([*STARBURST, name, "--help"], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=subprocess_env())
-             for name in [*SUBCOMMANDS, "--help"]}
+    procs = {
+        name: subprocess.Popen(
+            [*STARBURST, name, "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+        )
+        for name in [*SUBCOMMANDS, "--help"]
+    }
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, (name, err)
@@ -282,9 +316,22 @@ def test_worker_started_by_hand_joins_the_session(
 
     env = subprocess_env(**{SECRET_ENV: secret_key().hex()})
     worker = subprocess.Popen(
-        [*STARBURST, "worker", "--store", store_url, "--session", ex.session_id,
-         "--worker-id", "by-hand", "--poll-max", "0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            *STARBURST,
+            "worker",
+            "--store",
+            store_url,
+            "--session",
+            ex.session_id,
+            "--worker-id",
+            "by-hand",
+            "--poll-max",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         assert [f.result(timeout=30) for f in more] == [0, 2, 4]
@@ -323,19 +370,27 @@ def _bare_sessions(store_url: str, names: list[str]) -> list[str]:
     sids = []
     for name in names:
         sid = new_session_id()
-        Session(store, SessionManifest(sid, store.now(), runtime_versions(), name=name,
-                                             store_url=store.url), codec).create()
+        Session(
+            store,
+            SessionManifest(sid, store.now(), runtime_versions(), name=name, store_url=store.url),
+            codec,
+        ).create()
         sids.append(sid)
     return sids
 
 
 def test_output_piped_into_head_ends_without_a_broken_pipe_error(store_url: str) -> None:
     _bare_sessions(store_url, [f"session-{i}-" + "x" * 200 for i in range(250)])  # > 64 KiB
-    writer = subprocess.Popen([*STARBURST, "sessions", "--store", store_url],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+    writer = subprocess.Popen(
+        [*STARBURST, "sessions", "--store", store_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
     assert writer.stdout is not None and writer.stderr is not None
-    head = subprocess.run(["head", "-1"], stdin=writer.stdout, capture_output=True, timeout=120,
-                          check=True)
+    head = subprocess.run(
+        ["head", "-1"], stdin=writer.stdout, capture_output=True, timeout=120, check=True
+    )
     writer.stdout.close()
     err = writer.stderr.read().decode()
     writer.wait(timeout=120)
@@ -357,8 +412,10 @@ def test_tables_survive_names_with_newlines_and_wide_characters(store_url: str) 
     def columns(text: str) -> int:
         return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
 
-    state_at = {columns(line[: line.index(word)]) for line, word in
-                zip(lines, ["STATE", *["open"] * len(names)])}
+    state_at = {
+        columns(line[: line.index(word)])
+        for line, word in zip(lines, ["STATE", *["open"] * len(names)])
+    }
     assert len(state_at) == 1, proc.stdout  # the STATE column lines up in every row
 
     proc = starburst("status", sids[0], "--store", store_url)
@@ -371,8 +428,13 @@ def test_tables_survive_names_with_newlines_and_wide_characters(store_url: str) 
 def test_non_ascii_output_survives_an_ascii_terminal(store_url: str, env: dict[str, str]) -> None:
     [sid] = _bare_sessions(store_url, ["数据😀"])
     for args in (["sessions", "--store", store_url], ["status", sid, "--store", store_url]):
-        proc = subprocess.run([*STARBURST, *args], capture_output=True, timeout=60, check=False,
-                              env={**subprocess_env(PYTHONUTF8="0"), **env})
+        proc = subprocess.run(
+            [*STARBURST, *args],
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env={**subprocess_env(PYTHONUTF8="0"), **env},
+        )
         assert proc.returncode == EXIT_OK, proc.stderr
         assert b"\\u6570\\u636e\\U0001f600" in proc.stdout, proc.stdout
 
@@ -393,9 +455,23 @@ def test_worker_given_only_the_session_finds_its_store_in_the_index(
     made.append(ex)
     ex.submit(tasks.add, 20, 22)
     ex.detach()  # its own worker may run the task; the one started by hand must join anyway
-    proc = subprocess.run([*STARBURST, "worker", "--session", ex.session_id, "--worker-id",
-                           "by-hand", "--poll-max", "0.1"], capture_output=True, text=True,
-                          timeout=120, env=subprocess_env(), check=False)
+    proc = subprocess.run(
+        [
+            *STARBURST,
+            "worker",
+            "--session",
+            ex.session_id,
+            "--worker-id",
+            "by-hand",
+            "--poll-max",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"(store {store_url}, " in proc.stderr  # the worker's start line names it
     reader = SessionReader(open_store(store_url), ex.session_id, Codec(secret_key()))

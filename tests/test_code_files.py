@@ -23,8 +23,11 @@ def test_shipped_modules_are_importable_by_tasks(tmp_path: Path) -> None:
     (src / "shipped_mod.py").write_text("def triple(x):\n    return 3 * x\n")
     (src / "shipped_pkg" / "__init__.py").write_text("")
     (src / "shipped_pkg" / "inner.py").write_text("def tag():\n    return 'from the zip'\n")
-    with StarburstExecutor(max_workers=1, store=tmp_path / "store",
-                           code_files=[src / "shipped_mod.py", src / "shipped_pkg"]) as ex:
+    with StarburstExecutor(
+        max_workers=1,
+        store=tmp_path / "store",
+        code_files=[src / "shipped_mod.py", src / "shipped_pkg"],
+    ) as ex:
         assert ex.submit(_use_shipped).result(timeout=60) == (21, "from the zip")
 
 
@@ -37,7 +40,8 @@ def test_without_code_files_the_workers_lack_the_module(tmp_path: Path) -> None:
 def test_bad_code_files_fail_at_construction(tmp_path: Path) -> None:
     (tmp_path / "data.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="not a Python module"):
-        StarburstExecutor(max_workers=1, store=tmp_path / "store",
-                          code_files=[tmp_path / "data.csv"])
+        StarburstExecutor(
+            max_workers=1, store=tmp_path / "store", code_files=[tmp_path / "data.csv"]
+        )
     with pytest.raises(FileNotFoundError):
         pack_code([tmp_path / "missing.py"])

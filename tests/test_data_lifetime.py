@@ -112,25 +112,37 @@ os._exit(0)  # a crash: no shutdown, nothing deleted
 
 
 def _starburst(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "starburst_executor.cli", *args],
-                          capture_output=True, text=True, timeout=120, env=subprocess_env(),
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "starburst_executor.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+        check=False,
+    )
 
 
 @pytest.mark.slow
 def test_prune_removes_what_a_crashed_client_left_and_keeps_open_detached_sessions(
     store_dir: Path, reap: list[str]
 ) -> None:
-    out = subprocess.run([sys.executable, "-c", _CRASHER, store_dir.as_uri()],
-                         capture_output=True, text=True, timeout=120, env=subprocess_env(),
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _CRASHER, store_dir.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+        check=True,
+    ).stdout
     crashed = out.strip()
     reap.append(crashed)
     detached = DetachedExecutor(max_workers=1, store=store_dir.as_uri(), pacing=FAST)
     reap.append(detached.session_id)
     assert detached.submit(tasks.add, 2, 2).result(timeout=60) == 4
     detached.detach()
-    wait_until(lambda: session_processes(crashed) == [], what="the crashed session's worker to idle out")
+    wait_until(
+        lambda: session_processes(crashed) == [], what="the crashed session's worker to idle out"
+    )
     assert (home_dir() / "logs" / crashed).is_dir() and remembered_store(crashed)
 
     dry = _starburst("prune", "--dry-run")
@@ -138,7 +150,9 @@ def test_prune_removes_what_a_crashed_client_left_and_keeps_open_detached_sessio
     assert f"would remove {crashed}" in dry.stdout and "client process is gone" in dry.stdout
     assert detached.session_id not in dry.stdout
     assert {s.session_id for s in list_sessions(open_store(store_dir.as_uri()))} == {
-        crashed, detached.session_id}  # a dry run changes nothing
+        crashed,
+        detached.session_id,
+    }  # a dry run changes nothing
 
     proc = _starburst("prune", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -179,8 +193,9 @@ def test_status_counts_one_running_task_per_worker_and_a_released_batch_as_pendi
     store, codec = open_store(store_dir.as_uri()), Codec(secret_key())
     sid = new_session_id()
     reap.append(sid)
-    manifest = SessionManifest(sid, store.now(), runtime_versions(), store_url=store.url,
-                               detached=True, idle_timeout=60)
+    manifest = SessionManifest(
+        sid, store.now(), runtime_versions(), store_url=store.url, detached=True, idle_timeout=60
+    )
     writer = Session(store, manifest, codec)
     writer.create()
     gate = str(tmp_path / "gate")

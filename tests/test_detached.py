@@ -89,8 +89,12 @@ def test_detach_then_attach_from_another_process_full_cycle(
     assert not partial[1].ok and partial[1].error.args == ("bad item", 5)
 
     gate_a.touch()  # the two running tasks finish; the two pending ones start and block
-    wait_until(lambda: counts(ex.status()) == {**CREATOR_COUNTS, "completed": 3, "running": 2,
-                                               "pending": 0}, what="gate A tasks done")
+    wait_until(
+        lambda: (
+            counts(ex.status()) == {**CREATOR_COUNTS, "completed": 3, "running": 2, "pending": 0}
+        ),
+        what="gate A tasks done",
+    )
     partial = ex.collect(poll_interval=POLL)
     assert values(partial) == [3, ValueError, 10, 11]
     with pytest.raises(TimeoutError):
@@ -123,7 +127,13 @@ def test_detach_then_attach_from_another_process_full_cycle(
     results = ex.collect(wait=True, timeout=60, poll_interval=POLL)
     assert values(results) == [3, ValueError, 10, 11, 20, 21, 42]
     status = ex.status()
-    assert (status.total, status.completed, status.failed, status.pending, status.running) == (7, 6, 1, 0, 0)
+    assert (status.total, status.completed, status.failed, status.pending, status.running) == (
+        7,
+        6,
+        1,
+        0,
+        0,
+    )
     assert status.done and status.state == "finished"
 
     # cleanup(): the workers stop, the results stay.
@@ -165,7 +175,14 @@ def test_attach_after_the_creator_was_killed(
     gate_b.touch()
     results = ex.collect(wait=True, timeout=60, poll_interval=POLL)
     assert values(results) == [3, ValueError, 10, 11, 20, 21]
-    assert [f.exception(timeout=30) is None for f in ex.futures] == [True, False, True, True, True, True]
+    assert [f.exception(timeout=30) is None for f in ex.futures] == [
+        True,
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
     ex.cleanup(delete_data=True)
     assert session_processes(sid) == []
 
@@ -180,7 +197,9 @@ def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return (tmp_path / "store").as_uri()
 
 
-def test_collect_with_timeout_raises_quickly(local_store: str, tmp_path: Path, reap: list[str]) -> None:
+def test_collect_with_timeout_raises_quickly(
+    local_store: str, tmp_path: Path, reap: list[str]
+) -> None:
     ex = DetachedExecutor(max_workers=1, store=local_store, pacing=FAST)
     reap.append(ex.session_id)
     gate = tmp_path / "gate"
@@ -224,11 +243,18 @@ def test_collect_after_cancel_returns_the_unrun_tasks_as_errors(
     results = other.collect(wait=True, timeout=30, poll_interval=POLL)
     assert [r.index for r in results] == [0, 1, 2, 3]
     assert results[0].value == 0
-    assert all(isinstance(r.error, SessionError) and "cancelled" in str(r.error) for r in results[1:])
+    assert all(
+        isinstance(r.error, SessionError) and "cancelled" in str(r.error) for r in results[1:]
+    )
     assert len(started) == 1 and len(list(marks.iterdir())) == 1  # the others never ran
     status = other.status()
     assert (status.state, status.completed, status.cancelled, status.pending, status.workers) == (
-        "cancelled", 1, 3, 0, 0)
+        "cancelled",
+        1,
+        3,
+        0,
+        0,
+    )
     wait_until(lambda: session_processes(sid) == [], timeout=10, what="workers to exit")
     other.cleanup(delete_data=True)
 
@@ -252,8 +278,17 @@ def test_collect_numbers_results_by_submission_position(
     assert all(f.done() for f in quick)
 
     # Index 0 is still running, and 9 never runs (map stops a chunk at its first error).
-    expected_partial = [(1, 1), (2, 4), (3, 9), (4, 16), (5, 25), (6, 0), (7, 1), (8, ValueError),
-                        (10, 10)]
+    expected_partial = [
+        (1, 1),
+        (2, 4),
+        (3, 9),
+        (4, 16),
+        (5, 25),
+        (6, 0),
+        (7, 1),
+        (8, ValueError),
+        (10, 10),
+    ]
     partial = ex.collect(poll_interval=POLL)
     assert [(r.index, r.value if r.ok else type(r.error)) for r in partial] == expected_partial
     out = tmp_path / "partial.pkl"
@@ -264,7 +299,9 @@ def test_collect_numbers_results_by_submission_position(
     gate.touch()
     complete = ex.collect(wait=True, timeout=60, poll_interval=POLL)
     assert [(r.index, r.value if r.ok else type(r.error)) for r in complete] == [
-        (0, "first"), *expected_partial]
+        (0, "first"),
+        *expected_partial,
+    ]
     assert summary(DetachedExecutor.attach(sid, store=local_store).collect()) == summary(complete)
     assert cli_main(["collect", sid, "--store", local_store, "-o", str(out)]) == 4
     assert summary(pickle.loads(out.read_bytes())) == summary(complete)
@@ -357,7 +394,9 @@ def test_session_expiry_fails_queued_work_and_starts_no_worker(
     assert not closer.is_alive(), "shutdown() did not return"
 
 
-def test_collect_right_after_submit_includes_the_new_tasks(local_store: str, reap: list[str]) -> None:
+def test_collect_right_after_submit_includes_the_new_tasks(
+    local_store: str, reap: list[str]
+) -> None:
     ex = DetachedExecutor(max_workers=2, store=local_store, pacing=FAST)
     reap.append(ex.session_id)
     for i in range(5):
@@ -512,7 +551,9 @@ def test_cleaned_up_session_is_read_only(local_store: str, reap: list[str]) -> N
 
 
 @pytest.mark.slow
-def test_expired_session_can_be_collected_but_not_extended(local_store: str, reap: list[str]) -> None:
+def test_expired_session_can_be_collected_but_not_extended(
+    local_store: str, reap: list[str]
+) -> None:
     ex = DetachedExecutor(max_workers=1, store=local_store, session_timeout=1.0, pacing=FAST)
     reap.append(ex.session_id)
     assert ex.submit(tasks.add, 2, 3).result(timeout=30) == 5
@@ -536,7 +577,12 @@ def test_detached_reattach_example(tmp_path: Path) -> None:
     env = subprocess_env(STARBURST_HOME=str(tmp_path / "home"))
     proc = subprocess.run(
         [sys.executable, str(REPO_DIR / "examples" / "detached_reattach.py"), "--tasks", "12"],
-        cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     out = proc.stdout

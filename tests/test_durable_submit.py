@@ -23,7 +23,7 @@ from detached_support import subprocess_env, wait_until
 from starburst_executor import DetachedExecutor, TaskResult, open_store
 from starburst_executor._manager import Pacing
 from starburst_executor.config import secret_key
-from starburst_executor.protocol import BatchId, Codec, SessionKeys
+from starburst_executor.protocol import BatchId, Codec
 from starburst_executor.sessions import SessionReader
 
 FAST = Pacing(poll_max=0.1)
@@ -52,7 +52,11 @@ os.kill(os.getpid(), signal.SIGKILL)
 def run_killed_client(store: str, mode: str) -> str:
     proc = subprocess.run(
         [sys.executable, "-c", KILLED_CLIENT, store, mode],
-        env=subprocess_env(), capture_output=True, text=True, timeout=120, check=False,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     sid = proc.stdout.strip()

@@ -33,7 +33,12 @@ def run_example(name: str, args: list[str], home: Path) -> subprocess.CompletedP
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
-        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, (
         f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -56,13 +61,20 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-MC_STATS = ("Mean final value", "Median final value", "Std deviation", "5% VaR (95% conf.)",
-            "1% VaR (99% conf.)", "Probability of loss")
+MC_STATS = (
+    "Mean final value",
+    "Median final value",
+    "Std deviation",
+    "5% VaR (95% conf.)",
+    "1% VaR (99% conf.)",
+    "Probability of loss",
+)
 
 
 def test_monte_carlo_report_is_plausible_and_verified(tmp_path: Path) -> None:
     out = run_example(
-        "monte_carlo.py", ["--simulations", "500", "--workers", "2", "--verify"],
+        "monte_carlo.py",
+        ["--simulations", "500", "--workers", "2", "--verify"],
         tmp_path / "home",
     ).stdout
 
@@ -101,9 +113,12 @@ def test_monte_carlo_results_do_not_depend_on_chunking(tmp_path: Path) -> None:
 def test_monte_carlo_rejects_bad_arguments(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "monte_carlo.py"), "--simulations", "1"],
-        check=False, cwd=ROOT, env={**os.environ, "STARBURST_HOME": str(tmp_path / "home"),
-                       "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=60,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "STARBURST_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "--simulations must be at least 2" in proc.stderr
@@ -121,8 +136,9 @@ def test_grid_search_finds_a_grid_point(tmp_path: Path) -> None:
     best = json.loads(match.group(1))
     assert best in grid
 
-    rows = re.findall(r"^\s+(\d)\s+(ridge|knn)\s+.*?\s(\d+\.\d+)\s+(\d+\.\d+)\s+(-?\d+\.\d+)$",
-                      out, re.MULTILINE)
+    rows = re.findall(
+        r"^\s+(\d)\s+(ridge|knn)\s+.*?\s(\d+\.\d+)\s+(\d+\.\d+)\s+(-?\d+\.\d+)$", out, re.MULTILINE
+    )
     assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5], out
     rmses = [float(r[2]) for r in rows]
     assert rmses == sorted(rmses)

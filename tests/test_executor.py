@@ -299,6 +299,7 @@ def test_done_callbacks_run_once_per_future_under_concurrent_submits(
         def callback(_: Future[int]) -> None:
             with lock:
                 calls[key] += 1
+
         return callback
 
     def submitter(t: int) -> None:

@@ -161,11 +161,26 @@ def test_racing_workers_run_each_task_exactly_once(
     external = []
     for i in range(4):
         with open(logs / f"worker-{i}.log", "wb") as log:
-            external.append(subprocess.Popen(
-                [sys.executable, "-m", "starburst_executor.worker", "--store", executor_store,
-                 "--session", ex.session_id, "--worker-id", f"external-{i}", "--poll-max", "0.05"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            ))
+            external.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "starburst_executor.worker",
+                        "--store",
+                        executor_store,
+                        "--session",
+                        ex.session_id,
+                        "--worker-id",
+                        f"external-{i}",
+                        "--poll-max",
+                        "0.05",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
     try:
         workers = f"sessions/{ex.session_id}/workers/"
         wait_until(lambda: len(list(ex.store.list(workers))) == 4, what="the external workers")
@@ -176,6 +191,7 @@ def test_racing_workers_run_each_task_exactly_once(
             def callback(_: Future[int]) -> None:
                 with lock:
                     delivered[index] += 1
+
             return callback
 
         futures = []

@@ -23,7 +23,10 @@ def run_script(source: str, *args: str) -> tuple[subprocess.CompletedProcess[str
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(source), *args],
-        capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+        stdin=subprocess.DEVNULL,
         check=False,
     )
     elapsed = time.monotonic() - start
@@ -66,7 +69,8 @@ def test_unused_executor_does_not_delay_exit(executor_store: str, drop: str) -> 
             del ex
         print("bye")
         """,
-        executor_store, drop,
+        executor_store,
+        drop,
     )
     assert elapsed < 15
 
@@ -91,7 +95,8 @@ def test_interpreter_exit_finishes_pending_work(executor_store: str, tmp_path: P
         print("session", ex.session_id, flush=True)
         # No shutdown(), no result(): the interpreter exits with the work pending.
         """,
-        executor_store, str(out),
+        executor_store,
+        str(out),
     )
     assert sorted(p.name for p in out.iterdir()) == [f"done-{i}" for i in range(6)]
     assert [(out / f"done-{i}").read_text() for i in range(6)] == [str(i * i) for i in range(6)]

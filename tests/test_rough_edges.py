@@ -126,8 +126,13 @@ def test_worker_lost_error_names_the_signal_that_killed_the_worker(
     monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])
     marks = tmp_path / "marks"
     marks.mkdir()
-    with StarburstExecutor(max_workers=1, max_attempts=2, lease_seconds=30, pacing=FAST,
-                           store=(tmp_path / "store").as_uri()) as ex:
+    with StarburstExecutor(
+        max_workers=1,
+        max_attempts=2,
+        lease_seconds=30,
+        pacing=FAST,
+        store=(tmp_path / "store").as_uri(),
+    ) as ex:
         fut = ex.submit(tasks.kill_worker_always, str(marks))
         with pytest.raises(WorkerLostError) as info:
             fut.result(timeout=60)

@@ -39,9 +39,13 @@ def test_sessions_started_concurrently_from_16_processes_are_all_found(tmp_path:
     gate, ready = tmp_path / "gate", tmp_path / "ready"
     ready.mkdir()
     procs = [
-        subprocess.Popen([sys.executable, "-c", _STARTER, store, str(gate), str(ready)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=subprocess_env())
+        subprocess.Popen(
+            [sys.executable, "-c", _STARTER, store, str(gate), str(ready)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+        )
         for _ in range(16)
     ]
     wait_until(lambda: len(list(ready.iterdir())) == 16, timeout=120, what="16 ready processes")
@@ -67,7 +71,9 @@ def test_the_old_sessions_json_is_read_and_migrated(tmp_path: Path) -> None:
     remember_session("20250102-000000-cccccc", "file:///new")  # the first write migrates
     assert not (home / "sessions.json").exists()
     assert {e.session_id: e.store_url for e in indexed_sessions()} == {
-        **old, "20250102-000000-cccccc": "file:///new"}
+        **old,
+        "20250102-000000-cccccc": "file:///new",
+    }
     assert remembered_store("20250101-000000-bbbbbb") == "s3://b/p"
 
 
@@ -75,7 +81,10 @@ def test_a_session_is_forgotten_and_a_malformed_id_is_never_a_path() -> None:
     remember_session("20250102-000000-cccccc", "file:///new")
     entry = indexed_sessions()[0]
     assert (entry.store_url, entry.pid > 0, entry.created <= time.time()) == (
-        "file:///new", True, True)
+        "file:///new",
+        True,
+        True,
+    )
     forget_session("20250102-000000-cccccc")
     assert remembered_store("20250102-000000-cccccc") is None
     assert indexed_sessions() == []

@@ -49,7 +49,12 @@ def test_idle_workers_exit_after_idle_timeout(store_url: str, reap: list[str]) -
     ex = DetachedExecutor(max_workers=2, store=store_url, idle_timeout=1.0, pacing=FAST)
     sid = ex.session_id
     reap.append(sid)
-    assert [f.result(timeout=30) for f in [ex.submit(tasks.add, i, 1) for i in range(4)]] == [1, 2, 3, 4]
+    assert [f.result(timeout=30) for f in [ex.submit(tasks.add, i, 1) for i in range(4)]] == [
+        1,
+        2,
+        3,
+        4,
+    ]
     ex.detach()
     assert session_processes(sid), "the workers should still be up right after the work"
     start = time.monotonic()
@@ -73,8 +78,9 @@ def test_idle_workers_exit_after_idle_timeout(store_url: str, reap: list[str]) -
 def test_session_timeout_expires_the_session_and_fails_the_unrun_tasks(
     store_url: str, tmp_path: Path, reap: list[str]
 ) -> None:
-    ex = DetachedExecutor(max_workers=1, store=store_url, session_timeout=2.0, task_timeout=60,
-                          pacing=FAST)
+    ex = DetachedExecutor(
+        max_workers=1, store=store_url, session_timeout=2.0, task_timeout=60, pacing=FAST
+    )
     sid = ex.session_id
     reap.append(sid)
     gate, marks = tmp_path / "gate", tmp_path / "marks"
@@ -93,7 +99,8 @@ def test_session_timeout_expires_the_session_and_fails_the_unrun_tasks(
         DetachedExecutor.attach(sid, store=store_url).submit(tasks.add, 1, 1)
     start = time.monotonic()
     results = DetachedExecutor.attach(sid, store=store_url).collect(
-        wait=True, timeout=15, poll_interval=POLL)
+        wait=True, timeout=15, poll_interval=POLL
+    )
     assert time.monotonic() - start < 10
     assert not first.done()  # detached: this client stopped resolving its Futures
     assert [r.index for r in results] == [0, 1, 2]
@@ -105,10 +112,16 @@ def test_session_timeout_expires_the_session_and_fails_the_unrun_tasks(
     wait_until(lambda: session_processes(sid) == [], timeout=5, what="the worker to exit")
     records = workers(ex)
     assert [(w.state, w.reason) for w in records] == [
-        ("exited", "session expired (session_timeout) during a task")]
+        ("exited", "session expired (session_timeout) during a task")
+    ]
     status = ex.status()
     assert (status.state, status.failed, status.cancelled, status.pending, status.running) == (
-        "expired", 1, 2, 0, 0)
+        "expired",
+        1,
+        2,
+        0,
+        0,
+    )
 
 
 @pytest.mark.slow
@@ -125,8 +138,11 @@ def test_session_timeout_stops_a_worker_blocked_on_a_task(
     ex.detach()
     try:
         # Past the deadline (2 s) plus a few seconds of grace, no worker may be left.
-        wait_until(lambda: session_processes(sid) == [], timeout=8,
-                   what="the worker to stop at the session's deadline")
+        wait_until(
+            lambda: session_processes(sid) == [],
+            timeout=8,
+            what="the worker to stop at the session's deadline",
+        )
         results = ex.collect(wait=True, timeout=5, poll_interval=POLL)
         assert len(results) == 2 and not any(r.ok for r in results)
     finally:

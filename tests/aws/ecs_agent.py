@@ -76,8 +76,14 @@ import boto3
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["IMAGE_ENTRYPOINT", "SPOT_REASON", "LocalEcsAgent", "docker_argv", "provision_world",
-           "strict_list_tasks"]
+__all__ = [
+    "IMAGE_ENTRYPOINT",
+    "SPOT_REASON",
+    "LocalEcsAgent",
+    "docker_argv",
+    "provision_world",
+    "strict_list_tasks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +91,14 @@ SPOT_REASON = "Your Spot Task was interrupted."
 _BASE_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
 # The ENTRYPOINT of the project's worker image (worker/Dockerfile); its CMD is empty.
 IMAGE_ENTRYPOINT = ("python", "-m", "starburst_executor.worker")
-_LIST_TASKS_FILTERS = ("containerInstance", "family", "serviceName", "desiredStatus",
-                       "launchType")
+_LIST_TASKS_FILTERS = ("containerInstance", "family", "serviceName", "desiredStatus", "launchType")
 
 
-def docker_argv(container: dict[str, Any], entrypoint: tuple[str, ...] = IMAGE_ENTRYPOINT,
-                cmd: tuple[str, ...] = ()) -> list[str]:
+def docker_argv(
+    container: dict[str, Any],
+    entrypoint: tuple[str, ...] = IMAGE_ENTRYPOINT,
+    cmd: tuple[str, ...] = (),
+) -> list[str]:
     """What Docker runs for an ECS container definition on an image with this ENTRYPOINT and
     CMD: ``entryPoint`` replaces the ENTRYPOINT (and, as ``docker run --entrypoint`` does,
     drops the image's CMD); ``command`` replaces CMD; the argv is ENTRYPOINT + CMD."""
@@ -115,7 +123,8 @@ def strict_list_tasks() -> Iterator[None]:
             others = [f for f in _LIST_TASKS_FILTERS if self._get_param(f)]
             if others:
                 raise InvalidParameterException(
-                    f"startedBy must be the only filter; also given: {', '.join(others)}")
+                    f"startedBy must be the only filter; also given: {', '.join(others)}"
+                )
         return original(self)
 
     with mock.patch.object(EC2ContainerServiceResponse, "list_tasks", list_tasks):
@@ -152,10 +161,17 @@ class LocalEcsAgent:
             from the environment).
     """
 
-    def __init__(self, log_dir: Path, *, region: str = "us-east-1",
-                 endpoint_url: str | None = None, interval: float = 0.2,
-                 kill_after: float = 10.0, env: dict[str, str] | None = None,
-                 session: Any = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        region: str = "us-east-1",
+        endpoint_url: str | None = None,
+        interval: float = 0.2,
+        kill_after: float = 10.0,
+        env: dict[str, str] | None = None,
+        session: Any = None,
+    ) -> None:
         self.log_dir = Path(log_dir)
         self.region = region
         self.interval = interval
@@ -191,8 +207,9 @@ class LocalEcsAgent:
                 if task is None:
                     self.send_error(404)
                     return
-                body = json.dumps({"TaskARN": task.arn, "Cluster": task.cluster,
-                                   "KnownStatus": "RUNNING"}).encode()
+                body = json.dumps(
+                    {"TaskARN": task.arn, "Cluster": task.cluster, "KnownStatus": "RUNNING"}
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -204,8 +221,9 @@ class LocalEcsAgent:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="ecs-agent-metadata",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, name="ecs-agent-metadata", daemon=True
+        ).start()
         self._thread = threading.Thread(target=self._run, name="ecs-agent", daemon=True)
         self._strict.__enter__()
         self._thread.start()
@@ -242,8 +260,12 @@ class LocalEcsAgent:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # -- accessors ---------------------------------------------------------------------------
@@ -297,8 +319,9 @@ class LocalEcsAgent:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the ECS agent waited {timeout:g} s for {what}; "
-                                   f"errors: {self.errors}")
+                raise TimeoutError(
+                    f"the ECS agent waited {timeout:g} s for {what}; errors: {self.errors}"
+                )
             time.sleep(0.05)
 
     def wait_idle(self, timeout: float = 20.0) -> None:
@@ -322,8 +345,7 @@ class LocalEcsAgent:
 
     def _by_id(self, task_id: str) -> _Task | None:
         with self._lock:
-            return next((t for arn, t in self._tasks.items() if arn.endswith("/" + task_id)),
-                        None)
+            return next((t for arn, t in self._tasks.items() if arn.endswith("/" + task_id)), None)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -338,13 +360,17 @@ class LocalEcsAgent:
             arns: list[str] = []
             token: str | None = None
             while True:
-                page = self._ecs.list_tasks(cluster=cluster, **({"nextToken": token} if token else {}))
+                page = self._ecs.list_tasks(
+                    cluster=cluster, **({"nextToken": token} if token else {})
+                )
                 arns.extend(page.get("taskArns", []))
                 token = page.get("nextToken")
                 if not token:
                     break
             for i in range(0, len(arns), 100):
-                for task in self._ecs.describe_tasks(cluster=cluster, tasks=arns[i:i + 100])["tasks"]:
+                for task in self._ecs.describe_tasks(cluster=cluster, tasks=arns[i : i + 100])[
+                    "tasks"
+                ]:
                     yield cluster, task
 
     def _tick(self) -> None:
@@ -406,8 +432,11 @@ class LocalEcsAgent:
                 self._mirror(task.arn, exit_code=code)
             else:
                 self._mirror(task.arn, exit_code=code, stop_code="EssentialContainerExited")
-                self._ecs.stop_task(cluster=task.cluster, task=task.arn,
-                                    reason=f"Essential container in task exited (exit code {code})")
+                self._ecs.stop_task(
+                    cluster=task.cluster,
+                    task=task.arn,
+                    reason=f"Essential container in task exited (exit code {code})",
+                )
 
     def _ship_logs(self, task: _Task) -> None:
         """Put the process's output into moto's CloudWatch Logs, one event per line, under
@@ -417,20 +446,22 @@ class LocalEcsAgent:
         text = task.log.read_text(errors="replace") if task.log.exists() else ""
         lines = [line for line in text.splitlines() if line.strip()]
         with contextlib.suppress(self._logs.exceptions.ResourceAlreadyExistsException):
-            self._logs.create_log_stream(logGroupName=task.log_group,
-                                         logStreamName=task.log_stream)
+            self._logs.create_log_stream(logGroupName=task.log_group, logStreamName=task.log_stream)
         now = int(time.time() * 1000)
         for i in range(0, len(lines), 1000):
             self._logs.put_log_events(
-                logGroupName=task.log_group, logStreamName=task.log_stream,
-                logEvents=[{"timestamp": now, "message": line} for line in lines[i:i + 1000]])
+                logGroupName=task.log_group,
+                logStreamName=task.log_stream,
+                logEvents=[{"timestamp": now, "message": line} for line in lines[i : i + 1000]],
+            )
 
     # -- launching ---------------------------------------------------------------------------
 
     def _definition(self, arn: str) -> dict[str, Any]:
         if arn not in self._definitions:
-            self._definitions[arn] = self._ecs.describe_task_definition(
-                taskDefinition=arn)["taskDefinition"]
+            self._definitions[arn] = self._ecs.describe_task_definition(taskDefinition=arn)[
+                "taskDefinition"
+            ]
         return self._definitions[arn]
 
     def _secret(self, value_from: str) -> str:
@@ -471,20 +502,33 @@ class LocalEcsAgent:
             return
         log = self.log_dir / f"{task_id}.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    close_fds=True)
+            proc = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
         with self._lock:
-            self._tasks[arn] = _Task(arn, cluster, proc, log, env=env, log_group=log_group,
-                                     log_stream=log_stream)
+            self._tasks[arn] = _Task(
+                arn, cluster, proc, log, env=env, log_group=log_group, log_stream=log_stream
+            )
         # moto reports exitCode 0 from RunTask on; AWS has none until the container exits.
         self._mirror(arn, exit_code=None, clear_exit=True)
         logger.info("ECS agent: task %s runs as pid %d", task_id, proc.pid)
 
     # -- moto's model ------------------------------------------------------------------------
 
-    def _mirror(self, arn: str, *, exit_code: int | None, stop_code: str | None = None,
-                clear_exit: bool = False) -> None:
+    def _mirror(
+        self,
+        arn: str,
+        *,
+        exit_code: int | None,
+        stop_code: str | None = None,
+        clear_exit: bool = False,
+    ) -> None:
         """Write what moto cannot record (exit code, stop code) into its in-process model."""
         model = self._moto_task(arn)
         if model is None:
@@ -516,8 +560,13 @@ class LocalEcsAgent:
         return None
 
 
-def provision_world(region: str = "us-east-1", *, cluster: str = "starburst",
-                    secret_hex: str = "5a" * 32, session: Any = None) -> dict[str, Any]:
+def provision_world(
+    region: str = "us-east-1",
+    *,
+    cluster: str = "starburst",
+    secret_hex: str = "5a" * 32,
+    session: Any = None,
+) -> dict[str, Any]:
     """The least AWS that ``ECSLauncher`` and the agent need, created in moto with plain
     boto3 (not ``starburst setup``): a cluster with the Fargate capacity providers, the
     default VPC's subnets, a security group, the signing key as an SSM SecureString and the
@@ -532,20 +581,28 @@ def provision_world(region: str = "us-east-1", *, cluster: str = "starburst",
     ssm = session.client("ssm", region_name=region)
     logs = session.client("logs", region_name=region)
     ecs.create_cluster(clusterName=cluster, capacityProviders=["FARGATE", "FARGATE_SPOT"])
-    subnets = [s["SubnetId"] for s in ec2.describe_subnets(
-        Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]][:2]
-    group = ec2.create_security_group(GroupName=f"{cluster}-workers",
-                                      Description="starburst workers, no inbound")["GroupId"]
+    subnets = [
+        s["SubnetId"]
+        for s in ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])[
+            "Subnets"
+        ]
+    ][:2]
+    group = ec2.create_security_group(
+        GroupName=f"{cluster}-workers", Description="starburst workers, no inbound"
+    )["GroupId"]
     ssm.put_parameter(Name="/starburst/secret-key", Value=secret_hex, Type="SecureString")
     logs.create_log_group(logGroupName="/starburst/workers")
     for client in (ecs, ec2, ssm, logs):
         client.close()
     account = "123456789012"  # moto's default account
     return {
-        "region": region, "cluster": cluster, "subnets": tuple(subnets),
+        "region": region,
+        "cluster": cluster,
+        "subnets": tuple(subnets),
         "security_group": group,
         "execution_role_arn": f"arn:aws:iam::{account}:role/{cluster}-execution",
         "task_role_arn": f"arn:aws:iam::{account}:role/{cluster}-task",
-        "secret_parameter": "/starburst/secret-key", "log_group": "/starburst/workers",
+        "secret_parameter": "/starburst/secret-key",
+        "log_group": "/starburst/workers",
         "image": f"{account}.dkr.ecr.{region}.amazonaws.com/starburst-worker:test",
     }

@@ -46,21 +46,32 @@ _TESTS = Path(__file__).resolve().parent.parent
 def _push_image(settings: AwsSettings) -> str:
     """A manifest in moto's ECR under a tag, as `starburst image build` would push."""
     ecr = boto3.session.Session().client("ecr", region_name=settings.region)
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": {"digest": "sha256:" + "0" * 64, "size": 1,
-                           "mediaType": "application/vnd.docker.container.image.v1+json"},
-                "layers": []}
-    ecr.put_image(repositoryName=settings.ecr_repository, imageManifest=json.dumps(manifest),
-                  imageTag="py-test")
-    uri = ecr.describe_repositories(repositoryNames=[settings.ecr_repository])[
-        "repositories"][0]["repositoryUri"]
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "digest": "sha256:" + "0" * 64,
+            "size": 1,
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+        },
+        "layers": [],
+    }
+    ecr.put_image(
+        repositoryName=settings.ecr_repository,
+        imageManifest=json.dumps(manifest),
+        imageTag="py-test",
+    )
+    uri = ecr.describe_repositories(repositoryNames=[settings.ecr_repository])["repositories"][0][
+        "repositoryUri"
+    ]
     ecr.close()
     return f"{uri}:py-test"
 
 
 @pytest.fixture
-def profile(moto_aws_client: Aws, moto_serves_tls: None,
-            monkeypatch: pytest.MonkeyPatch) -> AwsSettings:
+def profile(
+    moto_aws_client: Aws, moto_serves_tls: None, monkeypatch: pytest.MonkeyPatch
+) -> AwsSettings:
     setup(moto_aws_client)
     settings = AwsSettings.load()
     settings = dataclasses.replace(settings, image=_push_image(settings))
@@ -85,9 +96,12 @@ def _tasks(settings: AwsSettings) -> list[dict[str, object]]:
     return list(tasks)
 
 
-def test_executor_runs_on_ecs_after_setup(profile: AwsSettings, agent: LocalEcsAgent,
-                                          caplog: pytest.LogCaptureFixture,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_executor_runs_on_ecs_after_setup(
+    profile: AwsSettings,
+    agent: LocalEcsAgent,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     caplog.set_level(logging.INFO, logger="starburst_executor")
     backend = AwsBackend(cpu=0.5, memory="1GB")
     with StarburstExecutor(backend=backend, max_workers=2) as ex:
@@ -97,14 +111,15 @@ def test_executor_runs_on_ecs_after_setup(profile: AwsSettings, agent: LocalEcsA
         assert isinstance(config, AwsSessionBackend) and config.requested == backend
         assert (config.options.cpu, config.options.memory_mib) == (0.5, 1024)
         assert list(ex.map(executor_tasks.square, range(30), chunksize=3)) == [
-            x * x for x in range(30)]
+            x * x for x in range(30)
+        ]
         assert ex.submit(executor_tasks.add, 2, 3).result(timeout=60) == 5
     # The estimate was logged before launch, in one record, and the measured cost after;
     # nothing was printed (the library logs, the application decides what to show).
     messages = [r.getMessage() for r in caplog.records]
     estimate = [m for m in messages if "Estimated cost" in m]
     assert len(estimate) == 1 and "/hour" in estimate[0]
-    assert any("Actual cost" in m for m in messages[messages.index(estimate[0]):])
+    assert any("Actual cost" in m for m in messages[messages.index(estimate[0]) :])
     assert capsys.readouterr().err == ""
     agent.wait_idle(timeout=20)
     tasks = _tasks(profile)
@@ -113,7 +128,8 @@ def test_executor_runs_on_ecs_after_setup(profile: AwsSettings, agent: LocalEcsA
 
 
 def test_detached_session_on_ecs_reattaches_and_collects(
-        profile: AwsSettings, agent: LocalEcsAgent, capsys: pytest.CaptureFixture[str]) -> None:
+    profile: AwsSettings, agent: LocalEcsAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
     ex = DetachedExecutor(backend="aws", max_workers=2, name="ecs-run")
     for i in range(6):
         ex.submit(executor_tasks.square, i)
@@ -136,8 +152,11 @@ def test_detached_session_on_ecs_reattaches_and_collects(
     logs = boto3.session.Session().client("logs", region_name=profile.region)
     stream = f"starburst/worker/{worker.removeprefix('ecs-')}"
     logs.create_log_stream(logGroupName=profile.log_group, logStreamName=stream)
-    logs.put_log_events(logGroupName=profile.log_group, logStreamName=stream,
-                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "hello"}])
+    logs.put_log_events(
+        logGroupName=profile.log_group,
+        logStreamName=stream,
+        logEvents=[{"timestamp": int(time.time() * 1000), "message": "hello"}],
+    )
     assert cli.main(["logs", sid]) == 0
     assert f"[{worker}]" in capsys.readouterr().out
     again.cleanup()
@@ -162,7 +181,8 @@ def test_checks_before_any_launch(profile: AwsSettings, agent: LocalEcsAgent) ->
 
 
 def test_a_cost_above_the_alert_threshold_warns_and_launches(
-        profile: AwsSettings, agent: LocalEcsAgent) -> None:
+    profile: AwsSettings, agent: LocalEcsAgent
+) -> None:
     with pytest.warns(CostAlertWarning, match="above cost_alert_threshold") as caught:
         ex = StarburstExecutor(backend=AwsBackend(cost_alert_threshold=0.0001), max_workers=1)
     assert caught[0].filename == __file__  # the warning names the user's line
@@ -177,9 +197,23 @@ def test_backend_aws_without_setup_says_what_to_run(moto_aws_client: Aws) -> Non
 
 def test_aws_quickstart_example_runs(profile: AwsSettings, agent: LocalEcsAgent) -> None:
     example = _TESTS.parent / "examples" / "aws_quickstart.py"
-    result = subprocess.run([sys.executable, str(example), "--workers", "2", "--tasks", "4",
-                             "--cpu", "0.25", "--memory", "512MB"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(example),
+            "--workers",
+            "2",
+            "--tasks",
+            "4",
+            "--cpu",
+            "0.25",
+            "--memory",
+            "512MB",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "pi ~= 3.1" in result.stdout
     assert "Estimated cost" in result.stderr  # the library's INFO records, the example shows
@@ -199,7 +233,8 @@ def _pin_pending() -> None:
 
 
 def test_reattaching_while_workers_start_runs_no_more_than_max_workers(
-        profile: AwsSettings) -> None:
+    profile: AwsSettings,
+) -> None:
     """No agent: the tasks never start a worker, as in the first minute of a Fargate session.
     The reattached client counts the session's ECS tasks (PENDING included), not registered
     workers, so it starts none; and its cleanup() stops them all (ListTasks by startedBy
@@ -235,8 +270,9 @@ def test_a_store_outside_the_task_roles_reach_is_refused(profile: AwsSettings) -
         assert ex.store.url == inside
 
 
-def test_an_arm64_image_runs_on_fargate_on_demand(profile: AwsSettings,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_an_arm64_image_runs_on_fargate_on_demand(
+    profile: AwsSettings, caplog: pytest.LogCaptureFixture
+) -> None:
     dataclasses.replace(profile, image_architecture="ARM64").save()
     with pytest.raises(ValueError, match="Fargate Spot does not run ARM64"):
         StarburstExecutor(backend=AwsBackend(spot=True))
@@ -244,12 +280,15 @@ def test_an_arm64_image_runs_on_fargate_on_demand(profile: AwsSettings,
         config = ex._writer.manifest.backend_config
         assert isinstance(config, AwsSessionBackend)
         assert (config.options.cpu_architecture, config.options.spot) == ("ARM64", False)
-    assert any(r.levelno == logging.WARNING and "Fargate Spot does not run" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        r.levelno == logging.WARNING and "Fargate Spot does not run" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_logs_follow_shows_only_the_session_and_ends_with_it(
-        profile: AwsSettings, agent: LocalEcsAgent, capsys: pytest.CaptureFixture[str]) -> None:
+    profile: AwsSettings, agent: LocalEcsAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`starburst logs SID --follow` on a finished session: the session's workers' lines (the
     agent ships each process's output as the awslogs driver does), nothing from before the
     session was created nor from another session's stream, and exit 0 without waiting."""
@@ -264,19 +303,30 @@ def test_logs_follow_shows_only_the_session_and_ends_with_it(
     (arn,) = agent.processes()
     task_id = arn.rsplit("/", 1)[1]
     ours = f"starburst/worker/{task_id}"
-    agent.wait_for(lambda: logs.describe_log_streams(
-        logGroupName=profile.log_group, logStreamNamePrefix=ours)["logStreams"], 10,
-        "the agent to ship the worker's output")
-    logs.put_log_events(logGroupName=profile.log_group, logStreamName=ours,
-                        logEvents=[{"timestamp": before, "message": "before the session"}])
+    agent.wait_for(
+        lambda: logs.describe_log_streams(logGroupName=profile.log_group, logStreamNamePrefix=ours)[
+            "logStreams"
+        ],
+        10,
+        "the agent to ship the worker's output",
+    )
+    logs.put_log_events(
+        logGroupName=profile.log_group,
+        logStreamName=ours,
+        logEvents=[{"timestamp": before, "message": "before the session"}],
+    )
     logs.create_log_stream(logGroupName=profile.log_group, logStreamName="starburst/worker/other")
-    logs.put_log_events(logGroupName=profile.log_group, logStreamName="starburst/worker/other",
-                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "not ours"}])
+    logs.put_log_events(
+        logGroupName=profile.log_group,
+        logStreamName="starburst/worker/other",
+        logEvents=[{"timestamp": int(time.time() * 1000), "message": "not ours"}],
+    )
     logs.close()
     capsys.readouterr()
     done: list[int] = []
-    follower = threading.Thread(target=lambda: done.append(cli.main(["logs", sid, "--follow"])),
-                                daemon=True)
+    follower = threading.Thread(
+        target=lambda: done.append(cli.main(["logs", sid, "--follow"])), daemon=True
+    )
     follower.start()
     follower.join(timeout=30)
     assert done == [0], "logs --follow did not end with the session"

@@ -31,8 +31,13 @@ def _console_script() -> list[str]:
 
 
 def starburst(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*_console_script(), *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*_console_script(), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -69,11 +74,13 @@ def test_image_build_runs_docker_and_records_the_image(moto: str, tmp_path: Path
     calls = tmp_path / "docker-calls.jsonl"
     fake = tmp_path / "bin" / "docker"
     fake.parent.mkdir()
-    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                    f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-                    # docker's answers: the built image's architecture, the pushed digest
-                    "if sys.argv[1:3] == ['image', 'inspect']: print('amd64')\n"
-                    "if sys.argv[1] == 'push': print('t: digest: sha256:' + 'e' * 64 + ' size: 9')\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(calls)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        # docker's answers: the built image's architecture, the pushed digest
+        "if sys.argv[1:3] == ['image', 'inspect']: print('amd64')\n"
+        "if sys.argv[1] == 'push': print('t: digest: sha256:' + 'e' * 64 + ' size: 9')\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("numpy==2.1.0\n")
@@ -83,7 +90,9 @@ def test_image_build_runs_docker_and_records_the_image(moto: str, tmp_path: Path
     commands = [json.loads(line)[0] for line in calls.read_text().splitlines()]
     assert commands == ["login", "build", "image", "push"]
     settings = AwsSettings.load()
-    assert settings.image.endswith(f".dkr.ecr.us-east-1.amazonaws.com/starburst-worker@sha256:{'e' * 64}")
+    assert settings.image.endswith(
+        f".dkr.ecr.us-east-1.amazonaws.com/starburst-worker@sha256:{'e' * 64}"
+    )
     assert settings.image_architecture == "X86_64"
     assert settings.image in built.stdout
 
@@ -106,16 +115,22 @@ def test_commands_before_setup_say_to_run_setup(moto: str) -> None:
 def test_setup_with_named_subnets(moto: str) -> None:
     ec2 = boto3.session.Session().client("ec2", region_name="us-east-1")
     (vpc,) = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-    subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets(
-        Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"])[:2]
-    done = starburst("setup", "--region", "us-east-1", "--vpc-id", vpc["VpcId"],
-                     "--subnets", ",".join(subnets))
+    subnets = sorted(
+        s["SubnetId"]
+        for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])[
+            "Subnets"
+        ]
+    )[:2]
+    done = starburst(
+        "setup", "--region", "us-east-1", "--vpc-id", vpc["VpcId"], "--subnets", ",".join(subnets)
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(AwsSettings.load().subnets) == subnets
 
     other = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
-    refused = starburst("setup", "--region", "us-east-1", "--vpc-id", other,
-                        "--subnets", subnets[0])
+    refused = starburst(
+        "setup", "--region", "us-east-1", "--vpc-id", other, "--subnets", subnets[0]
+    )
     assert refused.returncode == 1
     assert f"{subnets[0]} is in {vpc['VpcId']}" in refused.stderr
 
@@ -125,13 +140,21 @@ def test_setup_prints_the_policies_and_creates_nothing(moto: str) -> None:
     assert printed.returncode == 0, printed.stderr
     document = json.loads(printed.stdout)
     actions = {a for s in document["Statement"] for a in s["Action"]}
-    assert {"iam:CreateRole", "ec2:CreateVpcEndpoint", "iam:CreateServiceLinkedRole",
-            "autoscaling:CreateAutoScalingGroup", "ecs:DeleteTaskDefinitions"} <= actions
-    user = json.loads(starburst("setup", "--region", "us-east-1",
-                                "--print-policy", "user").stdout)
+    assert {
+        "iam:CreateRole",
+        "ec2:CreateVpcEndpoint",
+        "iam:CreateServiceLinkedRole",
+        "autoscaling:CreateAutoScalingGroup",
+        "ecs:DeleteTaskDefinitions",
+    } <= actions
+    user = json.loads(starburst("setup", "--region", "us-east-1", "--print-policy", "user").stdout)
     user_actions = {a for s in user["Statement"] for a in s["Action"]}
-    assert {"ecs:RunTask", "ecs:DescribeCapacityProviders", "ec2:DescribeInstanceTypes",
-            "sts:GetCallerIdentity"} <= user_actions
+    assert {
+        "ecs:RunTask",
+        "ecs:DescribeCapacityProviders",
+        "ec2:DescribeInstanceTypes",
+        "sts:GetCallerIdentity",
+    } <= user_actions
     ecs = boto3.session.Session().client("ecs", region_name="us-east-1")
     assert ecs.list_clusters()["clusterArns"] == []
     assert starburst("teardown").returncode == 1  # no profile was written

@@ -64,8 +64,15 @@ def offline_aws() -> Aws:
 
 
 def fargate(**changes: Any) -> EcsOptions:
-    base = EcsOptions(region="us-east-1", cluster="c", image="i", cpu=1.0, memory_mib=2048,
-                      launch_type="FARGATE", spot=False)
+    base = EcsOptions(
+        region="us-east-1",
+        cluster="c",
+        image="i",
+        cpu=1.0,
+        memory_mib=2048,
+        launch_type="FARGATE",
+        spot=False,
+    )
     return replace(base, **changes)
 
 
@@ -76,25 +83,44 @@ def ec2(**changes: Any) -> EcsOptions:
 def price_item(usagetype: str, usd: str, unit: str = "hours", **attributes: str) -> str:
     """One PriceList entry as the Pricing API returns it: a JSON document in a string."""
     sku = "ABCDEFGH12345678"
-    return json.dumps({
-        "product": {
-            "productFamily": "Compute",
-            "attributes": {"regionCode": "us-east-1", "location": "US East (N. Virginia)",
-                           "usagetype": usagetype, **attributes},
-            "sku": sku,
-        },
-        "serviceCode": "AmazonECS",
-        "terms": {"OnDemand": {f"{sku}.JRTCKXETXF": {
-            "priceDimensions": {f"{sku}.JRTCKXETXF.6YS6EN2CT7": {
-                "unit": unit, "endRange": "Inf", "beginRange": "0", "appliesTo": [],
-                "description": f"{usagetype} rate", "rateCode": f"{sku}.JRTCKXETXF.6YS6EN2CT7",
-                "pricePerUnit": {"USD": usd},
-            }},
-            "sku": sku, "effectiveDate": "2026-11-01T00:00:00Z", "offerTermCode": "JRTCKXETXF",
-            "termAttributes": {},
-        }}},
-        "version": "20261101000000", "publicationDate": "2026-11-01T00:00:00Z",
-    })
+    return json.dumps(
+        {
+            "product": {
+                "productFamily": "Compute",
+                "attributes": {
+                    "regionCode": "us-east-1",
+                    "location": "US East (N. Virginia)",
+                    "usagetype": usagetype,
+                    **attributes,
+                },
+                "sku": sku,
+            },
+            "serviceCode": "AmazonECS",
+            "terms": {
+                "OnDemand": {
+                    f"{sku}.JRTCKXETXF": {
+                        "priceDimensions": {
+                            f"{sku}.JRTCKXETXF.6YS6EN2CT7": {
+                                "unit": unit,
+                                "endRange": "Inf",
+                                "beginRange": "0",
+                                "appliesTo": [],
+                                "description": f"{usagetype} rate",
+                                "rateCode": f"{sku}.JRTCKXETXF.6YS6EN2CT7",
+                                "pricePerUnit": {"USD": usd},
+                            }
+                        },
+                        "sku": sku,
+                        "effectiveDate": "2026-11-01T00:00:00Z",
+                        "offerTermCode": "JRTCKXETXF",
+                        "termAttributes": {},
+                    }
+                }
+            },
+            "version": "20261101000000",
+            "publicationDate": "2026-11-01T00:00:00Z",
+        }
+    )
 
 
 FARGATE_FILTERS = [
@@ -104,8 +130,14 @@ FARGATE_FILTERS = [
 
 
 def ec2_filters(instance_type: str) -> list[dict[str, str]]:
-    values = {"regionCode": "us-east-1", "instanceType": instance_type, "tenancy": "Shared",
-              "operatingSystem": "Linux", "preInstalledSw": "NA", "capacitystatus": "Used"}
+    values = {
+        "regionCode": "us-east-1",
+        "instanceType": instance_type,
+        "tenancy": "Shared",
+        "operatingSystem": "Linux",
+        "preInstalledSw": "NA",
+        "capacitystatus": "Used",
+    }
     return [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in values.items()]
 
 
@@ -120,9 +152,11 @@ def test_fargate_estimate_falls_back_to_the_table_when_the_pricing_api_fails(mot
     assert est.hourly == pytest.approx(10 * (1 * VCPU + 2 * GB + IPV4) + s3(10), rel=1e-12)
     assert (est.ipv4_hourly, est.s3_hourly) == (pytest.approx(0.05), pytest.approx(s3(10)))
     assert est.total is None and est.instances == 0
-    assert str(est) == ("Estimated cost: $0.65/hour for 10 Fargate workers (1 vCPU, 2 GB), "
-                        "incl. public IPv4 $0.05 and S3 requests ~$0.11 "
-                        "(rates: built-in table, 2026-11, us-east-1)")
+    assert str(est) == (
+        "Estimated cost: $0.65/hour for 10 Fargate workers (1 vCPU, 2 GB), "
+        "incl. public IPv4 $0.05 and S3 requests ~$0.11 "
+        "(rates: built-in table, 2026-11, us-east-1)"
+    )
 
 
 def test_the_estimate_prices_the_workers_the_quota_runs_at_once(moto_aws: Aws) -> None:
@@ -143,39 +177,61 @@ def test_arm64_fargate_is_a_fifth_cheaper(moto_aws: Aws) -> None:
 
 
 def test_fargate_spot_uses_the_table_spot_rates_and_says_so(moto_aws: Aws) -> None:
-    est = estimate(moto_aws, fargate(cpu=4.0, memory_mib=8192, spot=True,
-                                     assign_public_ip=False), 50, expected_hours=1 / 3)
+    est = estimate(
+        moto_aws,
+        fargate(cpu=4.0, memory_mib=8192, spot=True, assign_public_ip=False),
+        50,
+        expected_hours=1 / 3,
+    )
     hourly = 50 * (4 * SPOT_VCPU + 8 * SPOT_GB) + s3(50)  # $2.9616 + $0.507
     assert est.hourly == pytest.approx(hourly, rel=1e-12)
     assert est.total == pytest.approx(hourly / 3, rel=1e-12)
     assert est.source == f"{TABLE_SOURCE} (Fargate Spot)"
-    assert str(est) == ("Estimated cost: $3.47/hour for 50 Fargate Spot workers (4 vCPU, 8 GB), "
-                        "incl. S3 requests ~$0.51, ~$1.16 for 20 minutes (rates: built-in "
-                        "table, 2026-11 (Fargate Spot), us-east-1)")
+    assert str(est) == (
+        "Estimated cost: $3.47/hour for 50 Fargate Spot workers (4 vCPU, 8 GB), "
+        "incl. S3 requests ~$0.51, ~$1.16 for 20 minutes (rates: built-in "
+        "table, 2026-11 (Fargate Spot), us-east-1)"
+    )
 
 
 def test_fargate_rates_from_the_pricing_api(offline_aws: Aws) -> None:
     with Stubber(offline_aws.client("pricing")) as stub:
-        stub.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": [
-            price_item("USE1-Fargate-vCPU-Hours:perCPU", "0.0500000000"),
-            price_item("USE1-Fargate-GB-Hours", "0.0060000000", unit="GB-Hours"),
-            # neighbours the query also returns, which must not be taken for x86 rates:
-            price_item("USE1-Fargate-ARM-vCPU-Hours:perCPU", "0.0320000000"),
-            price_item("USE1-Fargate-EphemeralStorage-GB-Hours", "0.0001110000"),
-            price_item("USE1-Fargate-Windows-OS-Hours:perCPU", "0.0460000000"),
-        ]}, {"ServiceCode": "AmazonECS", "Filters": FARGATE_FILTERS, "FormatVersion": "aws_v1"})
+        stub.add_response(
+            "get_products",
+            {
+                "FormatVersion": "aws_v1",
+                "PriceList": [
+                    price_item("USE1-Fargate-vCPU-Hours:perCPU", "0.0500000000"),
+                    price_item("USE1-Fargate-GB-Hours", "0.0060000000", unit="GB-Hours"),
+                    # neighbours the query also returns, which must not be taken for x86 rates:
+                    price_item("USE1-Fargate-ARM-vCPU-Hours:perCPU", "0.0320000000"),
+                    price_item("USE1-Fargate-EphemeralStorage-GB-Hours", "0.0001110000"),
+                    price_item("USE1-Fargate-Windows-OS-Hours:perCPU", "0.0460000000"),
+                ],
+            },
+            {"ServiceCode": "AmazonECS", "Filters": FARGATE_FILTERS, "FormatVersion": "aws_v1"},
+        )
         assert fargate_rates(offline_aws, "us-east-1", spot=False) == (0.05, 0.006, PRICING_API)
         stub.assert_no_pending_responses()
 
 
 def test_fargate_estimate_from_the_pricing_api(offline_aws: Aws) -> None:
     with Stubber(offline_aws.client("pricing")) as stub:
-        stub.add_response("get_products", {"PriceList": [
-            price_item("USE1-Fargate-vCPU-Hours:perCPU", "0.05"),
-            price_item("USE1-Fargate-GB-Hours", "0.006"),
-        ]})
-        est = estimate(offline_aws, fargate(cpu=2.0, memory_mib=4096, assign_public_ip=False), 3,
-                       expected_hours=2)
+        stub.add_response(
+            "get_products",
+            {
+                "PriceList": [
+                    price_item("USE1-Fargate-vCPU-Hours:perCPU", "0.05"),
+                    price_item("USE1-Fargate-GB-Hours", "0.006"),
+                ]
+            },
+        )
+        est = estimate(
+            offline_aws,
+            fargate(cpu=2.0, memory_mib=4096, assign_public_ip=False),
+            3,
+            expected_hours=2,
+        )
     hourly = 3 * (2 * 0.05 + 4 * 0.006) + s3(3)  # $0.372 + $0.039
     assert est.hourly == pytest.approx(hourly, rel=1e-12)
     assert est.total == pytest.approx(2 * hourly, rel=1e-12)
@@ -206,64 +262,113 @@ def test_a_region_missing_from_the_table_uses_us_east_1_figures_and_says_so(moto
 # --------------------------------------------------------------------------- EC2
 
 
-@pytest.mark.parametrize(("vcpus", "mib", "cpu", "memory", "fits"), [
-    (4, 8192, 1.0, 2048, 3),    # 8 GiB registers ~7.5 GiB: three 2 GB workers, not four
-    (4, 16384, 1.0, 2048, 4),   # CPU-bound
-    (4, 8192, 0.5, 1024, 7),
-    (16, 32768, 4.0, 8192, 3),
-    (4, 8192, 8.0, 16384, 0),   # does not fit at all
-])
+@pytest.mark.parametrize(
+    ("vcpus", "mib", "cpu", "memory", "fits"),
+    [
+        (4, 8192, 1.0, 2048, 3),  # 8 GiB registers ~7.5 GiB: three 2 GB workers, not four
+        (4, 16384, 1.0, 2048, 4),  # CPU-bound
+        (4, 8192, 0.5, 1024, 7),
+        (16, 32768, 4.0, 8192, 3),
+        (4, 8192, 8.0, 16384, 0),  # does not fit at all
+    ],
+)
 def test_tasks_per_instance(vcpus: int, mib: int, cpu: float, memory: int, fits: int) -> None:
     assert tasks_per_instance(vcpus, mib, cpu, memory) == fits
 
 
 def test_ec2_estimate_packs_workers_onto_whole_instances(offline_aws: Aws) -> None:
     with Stubber(offline_aws.client("pricing")) as stub:
-        stub.add_response("get_products", {"PriceList": [
-            price_item("BoxUsage:c7a.xlarge", "0.2053200000", unit="Hrs",
-                       instanceType="c7a.xlarge", operatingSystem="Linux"),
-        ]}, {"ServiceCode": "AmazonEC2", "Filters": ec2_filters("c7a.xlarge"),
-             "FormatVersion": "aws_v1"})
+        stub.add_response(
+            "get_products",
+            {
+                "PriceList": [
+                    price_item(
+                        "BoxUsage:c7a.xlarge",
+                        "0.2053200000",
+                        unit="Hrs",
+                        instanceType="c7a.xlarge",
+                        operatingSystem="Linux",
+                    ),
+                ]
+            },
+            {
+                "ServiceCode": "AmazonEC2",
+                "Filters": ec2_filters("c7a.xlarge"),
+                "FormatVersion": "aws_v1",
+            },
+        )
         est = estimate(offline_aws, ec2(instance_type="c7a.xlarge"), 10)
     # 3 workers per c7a.xlarge (4 vCPU, 8 GiB) -> 4 instances for 10 workers.
     assert (est.instance_type, est.instances) == ("c7a.xlarge", 4)
     assert est.hourly == pytest.approx(4 * C7A_XLARGE + s3(10), rel=1e-12)  # $0.82128 + S3
     assert est.per_worker_hour == pytest.approx(C7A_XLARGE / 3, rel=1e-12)
-    assert str(est) == ("Estimated cost: $0.93/hour for 10 EC2 workers (1 vCPU, 2 GB) on 4 "
-                        "c7a.xlarge instances, incl. S3 requests ~$0.11 (rates: AWS Pricing API, "
-                        "us-east-1)")
+    assert str(est) == (
+        "Estimated cost: $0.93/hour for 10 EC2 workers (1 vCPU, 2 GB) on 4 "
+        "c7a.xlarge instances, incl. S3 requests ~$0.11 (rates: AWS Pricing API, "
+        "us-east-1)"
+    )
 
 
 def test_ec2_spot_is_the_median_of_the_latest_price_per_zone(offline_aws: Aws) -> None:
     old = datetime(2026, 11, 1, tzinfo=timezone.utc)
     new = datetime(2026, 11, 2, tzinfo=timezone.utc)
     history = [
-        {"AvailabilityZone": "us-east-1a", "InstanceType": "c7a.xlarge", "SpotPrice": "0.0900",
-         "ProductDescription": "Linux/UNIX", "Timestamp": new},
-        {"AvailabilityZone": "us-east-1a", "InstanceType": "c7a.xlarge", "SpotPrice": "0.5000",
-         "ProductDescription": "Linux/UNIX", "Timestamp": old},  # superseded
-        {"AvailabilityZone": "us-east-1b", "InstanceType": "c7a.xlarge", "SpotPrice": "0.0700",
-         "ProductDescription": "Linux/UNIX", "Timestamp": new},
-        {"AvailabilityZone": "us-east-1c", "InstanceType": "c7a.xlarge", "SpotPrice": "0.1100",
-         "ProductDescription": "Linux/UNIX", "Timestamp": new},
+        {
+            "AvailabilityZone": "us-east-1a",
+            "InstanceType": "c7a.xlarge",
+            "SpotPrice": "0.0900",
+            "ProductDescription": "Linux/UNIX",
+            "Timestamp": new,
+        },
+        {
+            "AvailabilityZone": "us-east-1a",
+            "InstanceType": "c7a.xlarge",
+            "SpotPrice": "0.5000",
+            "ProductDescription": "Linux/UNIX",
+            "Timestamp": old,
+        },  # superseded
+        {
+            "AvailabilityZone": "us-east-1b",
+            "InstanceType": "c7a.xlarge",
+            "SpotPrice": "0.0700",
+            "ProductDescription": "Linux/UNIX",
+            "Timestamp": new,
+        },
+        {
+            "AvailabilityZone": "us-east-1c",
+            "InstanceType": "c7a.xlarge",
+            "SpotPrice": "0.1100",
+            "ProductDescription": "Linux/UNIX",
+            "Timestamp": new,
+        },
     ]
-    with Stubber(offline_aws.client("pricing")) as pricing, \
-            Stubber(offline_aws.client("ec2")) as ec2_stub:
-        pricing.add_response("get_products", {"PriceList": [
-            price_item("BoxUsage:c7a.xlarge", "0.20532", unit="Hrs")]})
-        ec2_stub.add_response("describe_spot_price_history", {"SpotPriceHistory": history}, {
-            "InstanceTypes": ["c7a.xlarge"],
-            "ProductDescriptions": ["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
-            "StartTime": ANY,
-        })
+    with (
+        Stubber(offline_aws.client("pricing")) as pricing,
+        Stubber(offline_aws.client("ec2")) as ec2_stub,
+    ):
+        pricing.add_response(
+            "get_products",
+            {"PriceList": [price_item("BoxUsage:c7a.xlarge", "0.20532", unit="Hrs")]},
+        )
+        ec2_stub.add_response(
+            "describe_spot_price_history",
+            {"SpotPriceHistory": history},
+            {
+                "InstanceTypes": ["c7a.xlarge"],
+                "ProductDescriptions": ["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
+                "StartTime": ANY,
+            },
+        )
         rate, source = ec2_rate(offline_aws, "us-east-1", "c7a.xlarge", spot=True)
     assert rate == pytest.approx(0.09)
     assert source == "EC2 Spot price history, median of Availability Zones"
 
 
 def test_ec2_spot_without_history_is_on_demand_times_the_stated_discount(offline_aws: Aws) -> None:
-    with Stubber(offline_aws.client("pricing")) as pricing, \
-            Stubber(offline_aws.client("ec2")) as ec2_stub:
+    with (
+        Stubber(offline_aws.client("pricing")) as pricing,
+        Stubber(offline_aws.client("ec2")) as ec2_stub,
+    ):
         pricing.add_client_error("get_products", "AccessDeniedException", "no", 400)
         ec2_stub.add_response("describe_spot_price_history", {"SpotPriceHistory": []})
         rate, source = ec2_rate(offline_aws, "us-east-1", "m7i.xlarge", spot=True)
@@ -318,9 +423,17 @@ def test_estimate_rejects_bad_arguments(moto_aws: Aws) -> None:
 
 
 def an_estimate(hourly: float, spot: bool = False) -> CostEstimate:
-    return CostEstimate(workers=10, per_worker_hour=hourly / 10, hourly=hourly,
-                        expected_hours=None, total=None, source=TABLE_SOURCE,
-                        launch_type="FARGATE", spot=spot, region="us-east-1")
+    return CostEstimate(
+        workers=10,
+        per_worker_hour=hourly / 10,
+        hourly=hourly,
+        expected_hours=None,
+        total=None,
+        source=TABLE_SOURCE,
+        launch_type="FARGATE",
+        spot=spot,
+        region="us-east-1",
+    )
 
 
 def test_check_budget_refuses_above_max_hourly_cost() -> None:
@@ -328,14 +441,16 @@ def test_check_budget_refuses_above_max_hourly_cost() -> None:
         check_budget(an_estimate(12.5), max_hourly_cost=10, cost_alert_threshold=None)
     assert str(caught.value) == (
         "refusing to launch: estimated $12.50/hour exceeds max_hourly_cost=$10.00; lower "
-        "max_workers, cpu or memory, use spot=True, or raise the limit")
+        "max_workers, cpu or memory, use spot=True, or raise the limit"
+    )
     with pytest.raises(CostLimitError, match=r"cpu or memory, or raise the limit$"):
         check_budget(an_estimate(12.5, spot=True), 10, None)  # already Spot: no such hint
 
 
 def test_check_budget_warns_above_the_alert_threshold() -> None:
     assert check_budget(an_estimate(6.0), max_hourly_cost=10, cost_alert_threshold=5) == (
-        "Cost alert: estimated $6.00/hour is above cost_alert_threshold=$5.00")
+        "Cost alert: estimated $6.00/hour is above cost_alert_threshold=$5.00"
+    )
     assert check_budget(an_estimate(4.0), 10, 5) is None
     assert check_budget(an_estimate(4.0), None, None) is None
     assert check_budget(an_estimate(10.0), 10, None) is None  # at the limit is allowed
@@ -352,9 +467,11 @@ def test_check_budget_rejects_nonpositive_limits() -> None:
 
 
 def test_report_sums_worker_time_and_counts_running_workers_until_now() -> None:
-    spans = [(1000.0, 4600.0),   # 1 hour
-             (1000.0, None),     # running: 0.5 hour until now
-             (2000.0, 2010.0)]   # 10 s, billed as the one-minute minimum
+    spans = [
+        (1000.0, 4600.0),  # 1 hour
+        (1000.0, None),  # running: 0.5 hour until now
+        (2000.0, 2010.0),
+    ]  # 10 s, billed as the one-minute minimum
     rep = report(0.128, spans, now=2800.0)
     seconds = 3600 + 1800 + 60
     assert rep.worker_seconds == seconds
@@ -431,15 +548,32 @@ def test_the_bill_runs_from_the_image_pull_to_the_tasks_stop(offline_aws: Aws) -
         _record("ecs-t3", 1_000_100.0),  # still running
     ]
     tasks = [
-        {"taskArn": arn + "t1", "lastStatus": "STOPPED", "createdAt": _at(1_000_000.0),
-         "pullStartedAt": _at(1_000_040.0), "stoppedAt": _at(1_003_640.0)},
-        {"taskArn": arn + "t2", "lastStatus": "STOPPED", "createdAt": _at(1_000_000.0),
-         "pullStartedAt": _at(1_000_040.0), "stoppedAt": _at(1_001_840.0)},
+        {
+            "taskArn": arn + "t1",
+            "lastStatus": "STOPPED",
+            "createdAt": _at(1_000_000.0),
+            "pullStartedAt": _at(1_000_040.0),
+            "stoppedAt": _at(1_003_640.0),
+        },
+        {
+            "taskArn": arn + "t2",
+            "lastStatus": "STOPPED",
+            "createdAt": _at(1_000_000.0),
+            "pullStartedAt": _at(1_000_040.0),
+            "stoppedAt": _at(1_001_840.0),
+        },
         {"taskArn": arn + "t3", "lastStatus": "RUNNING", "createdAt": _at(1_000_000.0)},
     ]
     with _stub_tasks(offline_aws, tasks):
-        rep = billing.session_report(fargate(cluster="c"), 0.1, workers, created=999_990.0,
-                                     batches=10, now=1_007_200.0, aws=offline_aws)
+        rep = billing.session_report(
+            fargate(cluster="c"),
+            0.1,
+            workers,
+            created=999_990.0,
+            batches=10,
+            now=1_007_200.0,
+            aws=offline_aws,
+        )
     # t1: 3,600 s from its pull; t2: 1,800 s to ECS's stop, not until now; t3: from createdAt
     # (no pull yet reported) until now, 7,200 s.
     assert rep.worker_seconds == pytest.approx(3600 + 1800 + 7200)
@@ -447,13 +581,21 @@ def test_the_bill_runs_from_the_image_pull_to_the_tasks_stop(offline_aws: Aws) -
     put_like = 10 * 4 + 3.5 * 1920 + (7_200 + 10) / 3600 * 1800
     get_like = 10 * 2 + 3.5 * 900
     assert (rep.s3_put_requests, rep.s3_get_requests) == (round(put_like), round(get_like))
-    assert rep.cost == pytest.approx(3.5 * 0.1 + put_like * 0.005 / 1000 + get_like * 0.0004 / 1000,
-                                     rel=1e-3)
+    assert rep.cost == pytest.approx(
+        3.5 * 0.1 + put_like * 0.005 / 1000 + get_like * 0.0004 / 1000, rel=1e-3
+    )
     assert "S3 requests ~$" in str(rep) and "(estimated)" in str(rep)
     # Stopped tasks are not asked again.
     with _stub_tasks(offline_aws, [tasks[2]]) as stub:
-        billing.session_report(fargate(cluster="c"), 0.1, workers, created=999_990.0,
-                               batches=10, now=1_007_200.0, aws=offline_aws)
+        billing.session_report(
+            fargate(cluster="c"),
+            0.1,
+            workers,
+            created=999_990.0,
+            batches=10,
+            now=1_007_200.0,
+            aws=offline_aws,
+        )
         stub.assert_no_pending_responses()
 
 
@@ -462,9 +604,17 @@ def test_without_ecs_the_bill_falls_back_to_the_records(offline_aws: Aws) -> Non
 
     billing._stopped_cache.clear()
     stubber = Stubber(offline_aws.client("ecs"))
-    stubber.add_client_error("describe_tasks", service_error_code="AccessDeniedException",
-                             http_status_code=400)
+    stubber.add_client_error(
+        "describe_tasks", service_error_code="AccessDeniedException", http_status_code=400
+    )
     with stubber:
-        rep = billing.session_report(fargate(), 0.1, [_record("ecs-x", 0.0, "exited", 600.0)],
-                                     created=0.0, batches=1, now=700.0, aws=offline_aws)
+        rep = billing.session_report(
+            fargate(),
+            0.1,
+            [_record("ecs-x", 0.0, "exited", 600.0)],
+            created=0.0,
+            batches=1,
+            now=700.0,
+            aws=offline_aws,
+        )
     assert rep.worker_seconds == 600.0

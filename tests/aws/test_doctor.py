@@ -19,10 +19,23 @@ ACCOUNT = "123456789012"
 REPOSITORY = "starburst-worker"
 IMAGE = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/{REPOSITORY}:py311-abc123"
 
-ALL_CHECKS = ["credentials", "region", "profile", "bucket", "bucket security",
-              "execution role", "task role", "ECS cluster", "log group", "network",
-              "signing key", "ECR repository", "worker image", "image starts",
-              "Fargate vCPU quota"]
+ALL_CHECKS = [
+    "credentials",
+    "region",
+    "profile",
+    "bucket",
+    "bucket security",
+    "execution role",
+    "task role",
+    "ECS cluster",
+    "log group",
+    "network",
+    "signing key",
+    "ECR repository",
+    "worker image",
+    "image starts",
+    "Fargate vCPU quota",
+]
 # No docker for the image check unless a test provides one: a real docker would try to pull
 # the (fake) ECR image from AWS.
 NO_DOCKER = "/nonexistent/docker"
@@ -40,12 +53,20 @@ def push_image(aws: Aws, tag: str) -> None:
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
-                   "digest": "sha256:" + "a" * 64},
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": 2,
+            "digest": "sha256:" + "a" * 64,
+        },
         "layers": [],
     }
-    aws.call("ecr", "put_image", repositoryName=REPOSITORY, imageTag=tag,
-             imageManifest=json.dumps(manifest))
+    aws.call(
+        "ecr",
+        "put_image",
+        repositoryName=REPOSITORY,
+        imageTag=tag,
+        imageManifest=json.dumps(manifest),
+    )
 
 
 @pytest.fixture
@@ -59,8 +80,9 @@ def ready(moto_aws_client: Aws, moto_serves_tls: None) -> AwsSettings:
 
 
 @pytest.mark.slow
-def test_all_green_after_setup_except_the_unknown_quota(moto_aws_client: Aws,
-                                                        ready: AwsSettings) -> None:
+def test_all_green_after_setup_except_the_unknown_quota(
+    moto_aws_client: Aws, ready: AwsSettings
+) -> None:
     checks = doctor(moto_aws_client, AwsSettings.load())
     assert [c.name for c in checks] == ALL_CHECKS
     failed = [c for c in checks if not c.ok]
@@ -96,14 +118,24 @@ def test_before_setup_says_run_setup(moto_aws_client: Aws) -> None:
 @pytest.mark.slow
 def test_a_profile_whose_resources_are_gone_says_run_setup(moto_aws_client: Aws) -> None:
     settings = AwsSettings(
-        region="us-east-1", bucket="starburst-gone", image=IMAGE,
+        region="us-east-1",
+        bucket="starburst-gone",
+        image=IMAGE,
         execution_role_arn=f"arn:aws:iam::{ACCOUNT}:role/gone-execution",
         task_role_arn=f"arn:aws:iam::{ACCOUNT}:role/gone-task",
-        subnets=("subnet-0123456789abcdef0",), security_group="sg-0123456789abcdef0",
+        subnets=("subnet-0123456789abcdef0",),
+        security_group="sg-0123456789abcdef0",
     )
     checks = by_name(doctor(moto_aws_client, settings))
-    for name in ("bucket", "execution role", "task role", "ECS cluster", "log group",
-                 "network", "signing key"):
+    for name in (
+        "bucket",
+        "execution role",
+        "task role",
+        "ECS cluster",
+        "log group",
+        "network",
+        "signing key",
+    ):
         assert not checks[name].ok, name
         assert "starburst setup" in checks[name].fix, name
     assert "does not exist" in checks["bucket"].detail
@@ -150,15 +182,38 @@ def test_missing_image(moto_aws_client: Aws, ready: AwsSettings) -> None:
 @pytest.mark.slow
 def test_drift_is_reported_with_a_fix(moto_aws_client: Aws, ready: AwsSettings) -> None:
     aws = moto_aws_client
-    aws.call("ec2", "authorize_security_group_ingress", GroupId=ready.security_group,
-             IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                             "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    aws.call(
+        "ec2",
+        "authorize_security_group_ingress",
+        GroupId=ready.security_group,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+            }
+        ],
+    )
     aws.call("s3", "delete_bucket_policy", Bucket=ready.bucket)
-    aws.call("iam", "put_role_policy", RoleName=ready.task_role_arn.rsplit("/", 1)[-1],
-             PolicyName="starburst", PolicyDocument=json.dumps({
-                 "Version": "2012-10-17", "Statement": [{
-                     "Effect": "Allow", "Action": "s3:GetObject",
-                     "Resource": "arn:aws:s3:::other-bucket/*"}]}))
+    aws.call(
+        "iam",
+        "put_role_policy",
+        RoleName=ready.task_role_arn.rsplit("/", 1)[-1],
+        PolicyName="starburst",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:GetObject",
+                        "Resource": "arn:aws:s3:::other-bucket/*",
+                    }
+                ],
+            }
+        ),
+    )
     checks = by_name(doctor(aws, ready))
     assert "inbound" in checks["network"].detail and not checks["network"].ok
     assert "plain-HTTP" in checks["bucket security"].detail
@@ -172,8 +227,9 @@ def test_drift_is_reported_with_a_fix(moto_aws_client: Aws, ready: AwsSettings) 
 @pytest.mark.slow
 def test_a_denied_check_names_the_permission(moto_aws_client: Aws, ready: AwsSettings) -> None:
     with Stubber(moto_aws_client.client("ssm")) as stub:
-        stub.add_client_error("get_parameter", service_error_code="AccessDeniedException",
-                              http_status_code=400)
+        stub.add_client_error(
+            "get_parameter", service_error_code="AccessDeniedException", http_status_code=400
+        )
         checks = by_name(doctor(moto_aws_client, ready))
     key = checks["signing key"]
     assert not key.ok
@@ -181,11 +237,13 @@ def test_a_denied_check_names_the_permission(moto_aws_client: Aws, ready: AwsSet
 
 
 def test_format_checks_marks_each_outcome() -> None:
-    text = format_checks([
-        Check("credentials", True, "account 1"),
-        Check("bucket", False, "missing", "run `starburst setup`"),
-        Check("Fargate vCPU quota", True, "unknown", "see the console", warning=True),
-    ])
+    text = format_checks(
+        [
+            Check("credentials", True, "account 1"),
+            Check("bucket", False, "missing", "run `starburst setup`"),
+            Check("Fargate vCPU quota", True, "unknown", "see the console", warning=True),
+        ]
+    )
     assert text.splitlines() == [
         "✓ credentials: account 1",
         "✗ bucket: missing",
@@ -196,8 +254,8 @@ def test_format_checks_marks_each_outcome() -> None:
     ]
 
 
-
 # -- the image starts: architecture and entrypoint ---------------------------------------------
+
 
 def fake_docker(tmp_path: Any, inspect: dict[str, Any]) -> str:
     """A docker executable answering ``image inspect`` with ``inspect`` (no daemon, no pull).
@@ -208,37 +266,67 @@ def fake_docker(tmp_path: Any, inspect: dict[str, Any]) -> str:
     import sys
 
     script = tmp_path / "docker"
-    script.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                      f"assert sys.argv[1:3] == ['image', 'inspect'], sys.argv\n"
-                      f"print(json.dumps([{inspect!r}]))\n")
+    script.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"assert sys.argv[1:3] == ['image', 'inspect'], sys.argv\n"
+        f"print(json.dumps([{inspect!r}]))\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script)
 
 
-GOOD = {"Architecture": "amd64",
-        "Config": {"Entrypoint": ["/usr/local/bin/starburst-worker"], "Cmd": None}}
+GOOD = {
+    "Architecture": "amd64",
+    "Config": {"Entrypoint": ["/usr/local/bin/starburst-worker"], "Cmd": None},
+}
 
 
-@pytest.mark.parametrize("inspect, architecture, problem", [
-    (GOOD, "", None),
-    ({**GOOD, "Architecture": "arm64"}, "ARM64", None),
-    ({"Architecture": "amd64", "Config": {
-        "Entrypoint": ["python", "-m", "starburst_executor.worker"], "Cmd": []}}, "", None),
-    ({**GOOD, "Architecture": "arm64"}, "", "built for arm64 (ARM64) but tasks run on X86_64"),
-    ({"Architecture": "amd64", "Config": {"Entrypoint": None, "Cmd": ["python3"]}}, "",
-     "does not start the worker"),
-    # the issue-7 fault: the worker as ENTRYPOINT and again as arguments
-    ({"Architecture": "amd64", "Config": {
-        "Entrypoint": ["python", "-m", "starburst_executor.worker"],
-        "Cmd": ["python", "-m", "starburst_executor.worker"]}}, "", "adds arguments"),
-])
+@pytest.mark.parametrize(
+    "inspect, architecture, problem",
+    [
+        (GOOD, "", None),
+        ({**GOOD, "Architecture": "arm64"}, "ARM64", None),
+        (
+            {
+                "Architecture": "amd64",
+                "Config": {"Entrypoint": ["python", "-m", "starburst_executor.worker"], "Cmd": []},
+            },
+            "",
+            None,
+        ),
+        ({**GOOD, "Architecture": "arm64"}, "", "built for arm64 (ARM64) but tasks run on X86_64"),
+        (
+            {"Architecture": "amd64", "Config": {"Entrypoint": None, "Cmd": ["python3"]}},
+            "",
+            "does not start the worker",
+        ),
+        # the issue-7 fault: the worker as ENTRYPOINT and again as arguments
+        (
+            {
+                "Architecture": "amd64",
+                "Config": {
+                    "Entrypoint": ["python", "-m", "starburst_executor.worker"],
+                    "Cmd": ["python", "-m", "starburst_executor.worker"],
+                },
+            },
+            "",
+            "adds arguments",
+        ),
+    ],
+)
 @pytest.mark.slow
 def test_image_starts_judges_architecture_and_entrypoint(
-        moto_aws_client: Aws, ready: AwsSettings, tmp_path: Any, inspect: dict[str, Any],
-        architecture: str, problem: str | None) -> None:
+    moto_aws_client: Aws,
+    ready: AwsSettings,
+    tmp_path: Any,
+    inspect: dict[str, Any],
+    architecture: str,
+    problem: str | None,
+) -> None:
     settings = dataclasses.replace(ready, image_architecture=architecture)
     check = by_name(doctor(moto_aws_client, settings, fake_docker(tmp_path, inspect)))[
-        "image starts"]
+        "image starts"
+    ]
     if problem is None:
         assert check.ok and not check.warning, check
         assert "read with docker" in check.detail
@@ -249,14 +337,16 @@ def test_image_starts_judges_architecture_and_entrypoint(
 
 @pytest.mark.slow
 def test_image_config_is_read_from_ecr_without_docker(
-        moto_aws_client: Aws, ready: AwsSettings) -> None:
+    moto_aws_client: Aws, ready: AwsSettings
+) -> None:
     # moto implements no GetDownloadUrlForLayer: the two registry calls are stubbed, and the
     # config blob is served from 127.0.0.1 as ECR's pre-signed URL would serve it.
     import http.server
     import threading
 
-    blob = json.dumps({"architecture": "arm64", "config": {
-        "Entrypoint": ["/usr/local/bin/starburst-worker"]}}).encode()
+    blob = json.dumps(
+        {"architecture": "arm64", "config": {"Entrypoint": ["/usr/local/bin/starburst-worker"]}}
+    ).encode()
 
     class Blob(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -270,23 +360,45 @@ def test_image_config_is_read_from_ecr_without_docker(
     server = http.server.HTTPServer(("127.0.0.1", 0), Blob)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     digest = "sha256:" + "c" * 64
-    manifest = {"schemaVersion": 2,
-                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                           "size": len(blob), "digest": digest}, "layers": []}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": len(blob),
+            "digest": digest,
+        },
+        "layers": [],
+    }
     try:
         ecr = moto_aws_client.client("ecr")
         with Stubber(ecr) as stub:
-            stub.add_response("describe_repositories", {"repositories": [{
-                "repositoryName": REPOSITORY, "imageScanningConfiguration": {"scanOnPush": True}}]})
-            stub.add_client_error("get_lifecycle_policy",
-                                  service_error_code="LifecyclePolicyNotFoundException")
+            stub.add_response(
+                "describe_repositories",
+                {
+                    "repositories": [
+                        {
+                            "repositoryName": REPOSITORY,
+                            "imageScanningConfiguration": {"scanOnPush": True},
+                        }
+                    ]
+                },
+            )
+            stub.add_client_error(
+                "get_lifecycle_policy", service_error_code="LifecyclePolicyNotFoundException"
+            )
             stub.add_response("describe_images", {"imageDetails": [{"imageDigest": digest}]})
-            stub.add_response("batch_get_image", {"images": [{
-                "imageManifest": json.dumps(manifest)}], "failures": []})
-            stub.add_response("get_download_url_for_layer", {
-                "downloadUrl": f"http://127.0.0.1:{server.server_port}/blob",
-                "layerDigest": digest})
+            stub.add_response(
+                "batch_get_image",
+                {"images": [{"imageManifest": json.dumps(manifest)}], "failures": []},
+            )
+            stub.add_response(
+                "get_download_url_for_layer",
+                {
+                    "downloadUrl": f"http://127.0.0.1:{server.server_port}/blob",
+                    "layerDigest": digest,
+                },
+            )
             checks = by_name(doctor(moto_aws_client, ready))
     finally:
         server.shutdown()
@@ -296,16 +408,16 @@ def test_image_config_is_read_from_ecr_without_docker(
 
 
 @pytest.mark.slow
-def test_ec2_capacity_and_its_s3_endpoint_are_checked(moto_aws_client: Aws,
-                                                      moto_serves_tls: None) -> None:
+def test_ec2_capacity_and_its_s3_endpoint_are_checked(
+    moto_aws_client: Aws, moto_serves_tls: None
+) -> None:
     aws = moto_aws_client
     settings = setup(aws, ec2=True).settings
     checks = by_name(doctor(aws, settings))
     assert checks["EC2 capacity"].ok, checks["EC2 capacity"]
     assert checks["S3 endpoint"].ok, checks["S3 endpoint"]
     endpoints = aws.call("ec2", "describe_vpc_endpoints")["VpcEndpoints"]
-    aws.call("ec2", "delete_vpc_endpoints",
-             VpcEndpointIds=[e["VpcEndpointId"] for e in endpoints])
+    aws.call("ec2", "delete_vpc_endpoints", VpcEndpointIds=[e["VpcEndpointId"] for e in endpoints])
     endpoint = by_name(doctor(aws, settings))["S3 endpoint"]
     assert not endpoint.ok and "cannot reach S3" in endpoint.detail
     assert "starburst setup" in endpoint.fix
@@ -314,17 +426,26 @@ def test_ec2_capacity_and_its_s3_endpoint_are_checked(moto_aws_client: Aws,
 
 
 @pytest.mark.slow
-def test_a_bucket_key_the_task_role_lacks_fails(moto_aws_client: Aws,
-                                                ready: AwsSettings) -> None:
+def test_a_bucket_key_the_task_role_lacks_fails(moto_aws_client: Aws, ready: AwsSettings) -> None:
     aws = moto_aws_client
     key = aws.call("kms", "create_key")["KeyMetadata"]
-    aws.call("s3", "put_bucket_encryption", Bucket=ready.bucket,
-             ServerSideEncryptionConfiguration={"Rules": [{
-                 "ApplyServerSideEncryptionByDefault": {
-                     "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key["Arn"]}}]})
+    aws.call(
+        "s3",
+        "put_bucket_encryption",
+        Bucket=ready.bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": {
+                        "SSEAlgorithm": "aws:kms",
+                        "KMSMasterKeyID": key["Arn"],
+                    }
+                }
+            ]
+        },
+    )
     check = by_name(doctor(aws, ready))["bucket security"]
     assert not check.ok and key["Arn"] in check.detail
     settings = setup(aws).settings  # grants it
     assert settings.bucket_kms_key == key["Arn"]
-    assert by_name(doctor(aws, dataclasses.replace(settings, image=IMAGE)))[
-        "bucket security"].ok
+    assert by_name(doctor(aws, dataclasses.replace(settings, image=IMAGE)))["bucket security"].ok

@@ -71,8 +71,15 @@ def use_launcher(ex: StarburstExecutor, launcher: ECSLauncher) -> None:
 
 def make_executor(options: EcsOptions, **kwargs: Any) -> tuple[StarburstExecutor, ECSLauncher]:
     ex = StarburstExecutor(store=f"s3://{BUCKET}/e2e", **kwargs)
-    launcher = ECSLauncher(Aws(options.region), options, ex.session_id, ex.store.url,
-                           poll_max=0.2, quota=Quota(vcpus=4), describe_every=0.2)
+    launcher = ECSLauncher(
+        Aws(options.region),
+        options,
+        ex.session_id,
+        ex.store.url,
+        poll_max=0.2,
+        quota=Quota(vcpus=4),
+        describe_every=0.2,
+    )
     use_launcher(ex, launcher)
     return ex, launcher
 
@@ -86,19 +93,25 @@ def all_tasks(options: EcsOptions) -> list[dict[str, Any]]:
 
 
 def test_tasks_run_on_ecs_workers_and_survive_a_spot_interruption(
-    world: EcsOptions, agent: LocalEcsAgent, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    world: EcsOptions,
+    agent: LocalEcsAgent,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "starburst_executor")
     ex, launcher = make_executor(world, max_workers=2)
     try:
         # Plain work: results come back through S3 from workers started by RunTask.
         assert list(ex.map(executor_tasks.square, range(40), chunksize=4)) == [
-            x * x for x in range(40)]
+            x * x for x in range(40)
+        ]
         assert 1 <= agent.started <= 2
         # The workers knew their ECS identity (metadata endpoint) and got only small
         # settings from the overrides, the key from SSM and nothing else of this process.
-        names = {info.key.rsplit("/", 1)[-1]
-                 for info in ex.store.list(SessionKeys(ex.session_id).workers)}
+        names = {
+            info.key.rsplit("/", 1)[-1]
+            for info in ex.store.list(SessionKeys(ex.session_id).workers)
+        }
         assert names  # (a worker still booting may not have written its record yet)
         assert names <= {f"ecs-{arn.rsplit('/', 1)[-1]}" for arn in agent.processes()}
         env = agent.environment(next(iter(agent.processes())))
@@ -121,10 +134,16 @@ def test_tasks_run_on_ecs_workers_and_survive_a_spot_interruption(
         assert agent.exits[victim] == ExitCode.SIGTERM  # it handed its claim back and exited
         assert "SIGTERM, released batch" in agent.log(victim)
         victim_worker = f"ecs-{victim.rsplit('/', 1)[-1]}"
-        agent.wait_for(lambda: victim_worker in caplog.text and "Spot interruption" in caplog.text,
-                       10, "the launcher to report the interruption")
-        reported = [r.getMessage() for r in caplog.records
-                    if victim_worker in r.getMessage() and "Spot interruption" in r.getMessage()]
+        agent.wait_for(
+            lambda: victim_worker in caplog.text and "Spot interruption" in caplog.text,
+            10,
+            "the launcher to report the interruption",
+        )
+        reported = [
+            r.getMessage()
+            for r in caplog.records
+            if victim_worker in r.getMessage() and "Spot interruption" in r.getMessage()
+        ]
         assert reported and "stopped" in reported[0]
     finally:
         ex.shutdown(wait=True)
@@ -140,7 +159,8 @@ def test_tasks_run_on_ecs_workers_and_survive_a_spot_interruption(
 
 
 def test_a_worker_that_exits_by_itself_is_reported_with_its_code(
-    world: EcsOptions, agent: LocalEcsAgent,
+    world: EcsOptions,
+    agent: LocalEcsAgent,
 ) -> None:
     # idle_timeout=1: the worker finishes its work, idles, and exits 0 by itself; the agent
     # reports it to ECS as ECS would ("Essential container in task exited").
@@ -148,7 +168,7 @@ def test_a_worker_that_exits_by_itself_is_reported_with_its_code(
     try:
         assert ex.submit(executor_tasks.add, 2, 3).result(timeout=60) == 5
         agent.wait_for(lambda: len(agent.exits) == 1, 30, "the idle worker to exit")
-        (arn, code), = agent.exits.items()
+        ((arn, code),) = agent.exits.items()
         assert code == 0
         deadline = time.monotonic() + 10
         ended: list[WorkerExit] = []
@@ -182,7 +202,9 @@ def _with_container(monkeypatch: pytest.MonkeyPatch, **extra: Any) -> None:
 
 
 def test_a_command_repeating_the_entrypoint_makes_the_worker_exit_2(
-    world: EcsOptions, agent: LocalEcsAgent, monkeypatch: pytest.MonkeyPatch,
+    world: EcsOptions,
+    agent: LocalEcsAgent,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The old task definition (``command`` = the worker module) on an image whose ENTRYPOINT
     is that module: Docker runs both, the worker refuses its arguments and exits 2, and the
@@ -201,14 +223,22 @@ def test_a_command_repeating_the_entrypoint_makes_the_worker_exit_2(
 
 
 def test_the_start_failure_error_carries_the_workers_cloudwatch_log(
-    world: EcsOptions, agent: LocalEcsAgent,
+    world: EcsOptions,
+    agent: LocalEcsAgent,
 ) -> None:
     """A worker that fails at start (its store holds no such session) exits 2 with a message
     that only its log holds; the pool's error shows it (fetched from CloudWatch Logs, where
     the agent ships the output as the awslogs driver does)."""
     ex = StarburstExecutor(store=f"s3://{BUCKET}/e2e")
-    launcher = ECSLauncher(Aws(world.region), world, ex.session_id, f"s3://{BUCKET}/elsewhere",
-                           poll_max=0.2, quota=Quota(vcpus=4), describe_every=0.2)
+    launcher = ECSLauncher(
+        Aws(world.region),
+        world,
+        ex.session_id,
+        f"s3://{BUCKET}/elsewhere",
+        poll_max=0.2,
+        quota=Quota(vcpus=4),
+        describe_every=0.2,
+    )
     use_launcher(ex, launcher)
     try:
         with pytest.raises(BrokenStarburstExecutor, match="could not start") as caught:
@@ -222,7 +252,9 @@ def test_the_start_failure_error_carries_the_workers_cloudwatch_log(
 
 
 def test_a_worker_that_stops_before_registering_is_a_failed_start_whatever_its_code(
-    world: EcsOptions, agent: LocalEcsAgent, monkeypatch: pytest.MonkeyPatch,
+    world: EcsOptions,
+    agent: LocalEcsAgent,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """moto reports exit code 0 for every container; a worker that never registers must break
     the pool after a few tries, not be replaced forever (38 containers in 40 s, seen on

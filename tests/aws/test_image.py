@@ -52,8 +52,9 @@ def test_capture_of_installed_distributions_is_deterministic() -> None:
     assert first.tag == f"py{MINOR}-{first.digest}"
     assert first.python == ".".join(map(str, sys.version_info[:3]))
     assert first.source == "installed distributions"
-    names = [re.sub(r"[-_.]+", "-", re.split(r"==| @ ", line)[0]).lower()
-             for line in first.requirements]
+    names = [
+        re.sub(r"[-_.]+", "-", re.split(r"==| @ ", line)[0]).lower() for line in first.requirements
+    ]
     assert names == sorted(names)
     assert "boto3" in names and "starburst-executor" not in names
     assert not {"pip", "setuptools", "wheel"} & set(names)  # the base image brings its own
@@ -86,7 +87,9 @@ def test_requirements_file_digest_follows_requirements_not_formatting(tmp_path: 
 
 def test_requirements_file_joins_hash_continuations(tmp_path: Path) -> None:
     reqs = tmp_path / "requirements.txt"
-    reqs.write_text("numpy==2.1.0 \\\n    --hash=sha256:abc \\\n    --hash=sha256:def\nsix==1.16.0\n")
+    reqs.write_text(
+        "numpy==2.1.0 \\\n    --hash=sha256:abc \\\n    --hash=sha256:def\nsix==1.16.0\n"
+    )
     env = capture_environment(reqs, exclude=["six"])
     assert env.requirements == ("numpy==2.1.0 --hash=sha256:abc --hash=sha256:def",)
 
@@ -99,13 +102,28 @@ def test_requirements_the_build_cannot_follow_are_refused(tmp_path: Path) -> Non
 
 
 def test_digest_ignores_the_patch_version_and_follows_the_minor() -> None:
-    env = Environment(python="3.11.7", requirements=("a==1",), source="x",
-                      starburst_version="0.1.0", package_digest="p")
-    patched = Environment(python="3.11.9", requirements=("a==1",), source="y",
-                          starburst_version="0.1.0", package_digest="p")
+    env = Environment(
+        python="3.11.7",
+        requirements=("a==1",),
+        source="x",
+        starburst_version="0.1.0",
+        package_digest="p",
+    )
+    patched = Environment(
+        python="3.11.9",
+        requirements=("a==1",),
+        source="y",
+        starburst_version="0.1.0",
+        package_digest="p",
+    )
     assert patched.digest == env.digest
-    newer = Environment(python="3.12.1", requirements=("a==1",), source="x",
-                        starburst_version="0.1.0", package_digest="p")
+    newer = Environment(
+        python="3.12.1",
+        requirements=("a==1",),
+        source="x",
+        starburst_version="0.1.0",
+        package_digest="p",
+    )
     assert newer.digest != env.digest and newer.tag.startswith("py3.12-")
 
 
@@ -136,12 +154,16 @@ def test_capture_skips_packages_for_other_platforms(
 
 def test_requirements_file_drops_platform_only_lines_without_a_marker(tmp_path: Path) -> None:
     reqs = tmp_path / "requirements.txt"
-    reqs.write_text("numpy==2.1.0\npywin32==306\nappnope==0.1.4 ; sys_platform == 'darwin'\n"
-                    "pip==24.0\n")
+    reqs.write_text(
+        "numpy==2.1.0\npywin32==306\nappnope==0.1.4 ; sys_platform == 'darwin'\npip==24.0\n"
+    )
     env = capture_environment(reqs)
     # A marker lets pip decide in the image; a lock file's own pip pin is the user's choice.
-    assert env.requirements == ("numpy==2.1.0", "appnope==0.1.4 ; sys_platform == 'darwin'",
-                                "pip==24.0")
+    assert env.requirements == (
+        "numpy==2.1.0",
+        "appnope==0.1.4 ; sys_platform == 'darwin'",
+        "pip==24.0",
+    )
     assert env.skipped == ("pywin32 (for Windows or macOS only)",)
 
 
@@ -167,10 +189,12 @@ def test_the_dockerfile_runs_nothing_as_the_user_and_layers_requirements_first()
     lines = dockerfile_lines()
     assert [line for line in lines if line.startswith("USER ")] == ["USER starburst"]
     assert lines.index("USER starburst") > max(
-        i for i, line in enumerate(lines) if line.startswith("RUN "))  # no RUN as the user
+        i for i, line in enumerate(lines) if line.startswith("RUN ")
+    )  # no RUN as the user
     requirements_at = next(i for i, line in enumerate(lines) if "-r /tmp/starburst-build" in line)
-    package_at = next(i for i, line in enumerate(lines)
-                      if "pip-install.sh /tmp/starburst-src" in line)
+    package_at = next(
+        i for i, line in enumerate(lines) if "pip-install.sh /tmp/starburst-src" in line
+    )
     assert requirements_at < package_at  # the requirements layer survives package edits
     # The environment label comes last: a new digest must not rebuild the layers above.
     assert lines[-1].startswith("LABEL io.starburst.environment=")
@@ -207,7 +231,9 @@ def test_the_host_ca_bundle_is_the_first_existing_variable(
 
 
 def test_ecr_registries_are_partition_aware() -> None:
-    assert ecr_registry("123456789012", "us-east-1") == "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    assert (
+        ecr_registry("123456789012", "us-east-1") == "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    )
     cn = ecr_registry("123456789012", "cn-north-1")
     assert cn == "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn"
     assert image._split_uri(f"{cn}/starburst-worker") == (cn, "starburst-worker")
@@ -279,13 +305,22 @@ def captured(tmp_path: Path) -> Environment:
 
 @pytest.mark.slow
 def test_build_and_push_logs_in_builds_and_pushes(
-    ecr: tuple[Aws, str], captured: Environment, fake_docker: Path, tmp_path: Path,
+    ecr: tuple[Aws, str],
+    captured: Environment,
+    fake_docker: Path,
+    tmp_path: Path,
 ) -> None:
     aws, repo_uri = ecr
     context = tmp_path / "context"
     messages: list[str] = []
-    built = build_and_push(aws, repo_uri, captured, context_dir=context, notify=messages.append,
-                           base_image="example.com/python:3.11")
+    built = build_and_push(
+        aws,
+        repo_uri,
+        captured,
+        context_dir=context,
+        notify=messages.append,
+        base_image="example.com/python:3.11",
+    )
 
     uri = f"{repo_uri}:{captured.tag}-amd64"
     assert built == WorkerImage(f"{repo_uri}@sha256:{'d' * 64}", uri, "X86_64")
@@ -293,13 +328,27 @@ def test_build_and_push_logs_in_builds_and_pushes(
     token = aws.call("ecr", "get_authorization_token")["authorizationData"][0]
     password = base64.b64decode(token["authorizationToken"]).decode().split(":", 1)[1]
     assert calls(fake_docker) == [
-        {"argv": ["login", "--username", "AWS", "--password-stdin", registry],
-         "stdin": password},  # the password travels on stdin, never in argv
-        {"argv": ["build", "--platform", "linux/amd64",
-                  "--build-arg", "BASE_IMAGE=example.com/python:3.11",
-                  "--build-arg", f"STARBURST_ENVIRONMENT={captured.digest}",
-                  "-t", uri, "-f", str(context / "worker" / "Dockerfile"), str(context)],
-         "stdin": None},
+        {
+            "argv": ["login", "--username", "AWS", "--password-stdin", registry],
+            "stdin": password,
+        },  # the password travels on stdin, never in argv
+        {
+            "argv": [
+                "build",
+                "--platform",
+                "linux/amd64",
+                "--build-arg",
+                "BASE_IMAGE=example.com/python:3.11",
+                "--build-arg",
+                f"STARBURST_ENVIRONMENT={captured.digest}",
+                "-t",
+                uri,
+                "-f",
+                str(context / "worker" / "Dockerfile"),
+                str(context),
+            ],
+            "stdin": None,
+        },
         {"argv": ["image", "inspect", "--format", "{{.Architecture}}", uri], "stdin": None},
         {"argv": ["push", uri], "stdin": None},
     ]
@@ -312,24 +361,39 @@ def test_build_and_push_logs_in_builds_and_pushes(
 
 @pytest.mark.slow
 def test_an_image_already_in_ecr_is_reused_without_docker(
-    ecr: tuple[Aws, str], captured: Environment, fake_docker: Path, tmp_path: Path,
+    ecr: tuple[Aws, str],
+    captured: Environment,
+    fake_docker: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     aws, repo_uri = ecr
-    manifest = {"schemaVersion": 2,
-                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                           "size": 7023, "digest": "sha256:" + "a" * 64},
-                "layers": []}
-    put = aws.call("ecr", "put_image", repositoryName="starburst-worker",
-                   imageManifest=json.dumps(manifest), imageTag=f"{captured.tag}-amd64")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": 7023,
+            "digest": "sha256:" + "a" * 64,
+        },
+        "layers": [],
+    }
+    put = aws.call(
+        "ecr",
+        "put_image",
+        repositoryName="starburst-worker",
+        imageManifest=json.dumps(manifest),
+        imageTag=f"{captured.tag}-amd64",
+    )
     digest = put["image"]["imageId"]["imageDigest"]
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # docker is not even needed
     messages: list[str] = []
-    built = build_and_push(aws, repo_uri, captured, context_dir=tmp_path / "ctx",
-                           notify=messages.append)
-    assert built == WorkerImage(f"{repo_uri}@{digest}", f"{repo_uri}:{captured.tag}-amd64",
-                                "X86_64")
+    built = build_and_push(
+        aws, repo_uri, captured, context_dir=tmp_path / "ctx", notify=messages.append
+    )
+    assert built == WorkerImage(
+        f"{repo_uri}@{digest}", f"{repo_uri}:{captured.tag}-amd64", "X86_64"
+    )
     assert messages == [f"environment unchanged: reusing {built.tag_uri}"]
     assert calls(fake_docker) == [] and not (tmp_path / "ctx").exists()
 
@@ -341,53 +405,82 @@ def offline() -> Aws:
 
 
 def test_missing_docker_is_a_clear_error(
-    captured: Environment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    captured: Environment,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ImageBuildError) as caught:
         build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx", push=False)
-    assert str(caught.value) == ("docker is not installed (or not on PATH): install Docker, or "
-                                 "build the image elsewhere and pass image=...")
+    assert str(caught.value) == (
+        "docker is not installed (or not on PATH): install Docker, or "
+        "build the image elsewhere and pass image=..."
+    )
 
 
 def test_a_failed_docker_command_shows_its_stderr(
-    captured: Environment, fake_docker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    captured: Environment,
+    fake_docker: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAKE_DOCKER_FAIL", "build")
-    with pytest.raises(ImageBuildError, match=r"(?s)building the worker image failed \(exit "
-                       r"status 1\) running `.*docker build --platform linux/amd64 .*no space left on device"):
+    with pytest.raises(
+        ImageBuildError,
+        match=r"(?s)building the worker image failed \(exit "
+        r"status 1\) running `.*docker build --platform linux/amd64 .*no space left on device",
+    ):
         build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx", push=False)
     assert [c["argv"][0] for c in calls(fake_docker)] == ["build"]  # type: ignore[index]
 
 
-def test_build_only_makes_no_aws_call(captured: Environment, fake_docker: Path, tmp_path: Path) -> None:
-    built = build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx",
-                           push=False)
+def test_build_only_makes_no_aws_call(
+    captured: Environment, fake_docker: Path, tmp_path: Path
+) -> None:
+    built = build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx", push=False)
     assert [c["argv"][0] for c in calls(fake_docker)] == ["build", "image"]  # type: ignore[index]
-    assert built == WorkerImage(f"{REPO_URI}:{captured.tag}-amd64",
-                                f"{REPO_URI}:{captured.tag}-amd64", "X86_64")
+    assert built == WorkerImage(
+        f"{REPO_URI}:{captured.tag}-amd64", f"{REPO_URI}:{captured.tag}-amd64", "X86_64"
+    )
 
 
 def test_an_arm64_build_is_tagged_and_recorded_arm64(
-    captured: Environment, fake_docker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    captured: Environment,
+    fake_docker: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAKE_DOCKER_ARCH", "arm64")
-    built = build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx",
-                           push=False, platform="linux/arm64")
+    built = build_and_push(
+        offline(),
+        REPO_URI,
+        captured,
+        context_dir=tmp_path / "ctx",
+        push=False,
+        platform="linux/arm64",
+    )
     assert built.architecture == "ARM64" and built.uri.endswith("-arm64")
     assert calls(fake_docker)[0]["argv"][1:3] == ["--platform", "linux/arm64"]  # type: ignore[index]
 
 
 def test_a_missing_repository_points_at_setup(
-    aws_env: str, captured: Environment, tmp_path: Path,
+    aws_env: str,
+    captured: Environment,
+    tmp_path: Path,
 ) -> None:
     aws = Aws("us-east-1", retry_sleep=lambda _: None)
     with pytest.raises(AwsNotSetUpError, match="starburst setup"):
-        build_and_push(aws, "123456789012.dkr.ecr.us-east-1.amazonaws.com/nope", captured,
-                       context_dir=tmp_path / "ctx")
+        build_and_push(
+            aws,
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/nope",
+            captured,
+            context_dir=tmp_path / "ctx",
+        )
 
 
-def test_a_source_dir_that_is_not_a_checkout_is_refused(captured: Environment, tmp_path: Path) -> None:
+def test_a_source_dir_that_is_not_a_checkout_is_refused(
+    captured: Environment, tmp_path: Path
+) -> None:
     with pytest.raises(ImageBuildError, match="not a starburst-executor checkout"):
         image.write_context(captured, tmp_path / "ctx", source_dir=tmp_path)
 
@@ -411,7 +504,8 @@ def write_code(root: Path) -> list[Path]:
     (package / "__init__.py").write_text("")
     (package / "sub.py").write_text(
         "from importlib.resources import files\n"
-        "def greeting():\n    return files(__package__).joinpath('data.txt').read_text()\n")
+        "def greeting():\n    return files(__package__).joinpath('data.txt').read_text()\n"
+    )
     (package / "data.txt").write_text("hello from the zip")
     (package / "__pycache__" / "sub.cpython-311.pyc").write_bytes(b"junk")
     return [root / "sb_helper_mod.py", package]
@@ -424,8 +518,11 @@ def test_pack_and_install_code_round_trip(tmp_path: Path, restore_imports: None)
     blob = pack_code(paths)
     assert pack_code(paths) == blob  # deterministic: same code, same blob
     assert sorted(zipfile.ZipFile(io.BytesIO(blob)).namelist()) == [
-        "sb_helper_mod.py", "sb_helper_pkg/__init__.py", "sb_helper_pkg/data.txt",
-        "sb_helper_pkg/sub.py"]
+        "sb_helper_mod.py",
+        "sb_helper_pkg/__init__.py",
+        "sb_helper_pkg/data.txt",
+        "sb_helper_pkg/sub.py",
+    ]
 
     target = tmp_path / "worker"
     target.mkdir()
@@ -435,8 +532,9 @@ def test_pack_and_install_code_round_trip(tmp_path: Path, restore_imports: None)
     assert importlib.import_module("sb_helper_pkg.sub").greeting() == "hello from the zip"
 
 
-def test_pack_code_refuses_what_it_cannot_ship(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pack_code_refuses_what_it_cannot_ship(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="not a Python module"):
         pack_code([tmp_path / "notes.txt"])
@@ -479,7 +577,9 @@ def test_context_from_an_installed_wheel(tmp_path: Path, monkeypatch: pytest.Mon
     assert "cloudpickle" in pyproject and "boto3" in pyproject  # its runtime dependencies
     assert "pytest" not in pyproject  # not the test extra
     assert (ctx / "starburst_executor" / "worker" / "__main__.py").is_file()
-    assert (ctx / "worker" / "Dockerfile").is_file() and (ctx / "worker" / "entrypoint.sh").is_file()
+    assert (ctx / "worker" / "Dockerfile").is_file() and (
+        ctx / "worker" / "entrypoint.sh"
+    ).is_file()
     assert not list(ctx.rglob("__pycache__"))
 
 
@@ -510,34 +610,63 @@ def test_an_installed_wheel_builds_a_working_image(docker: str, tmp_path: Path) 
     from containers import base_image
 
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO_ROOT), "--no-deps",
-                    "-q", "-w", str(wheels)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO_ROOT),
+            "--no-deps",
+            "-q",
+            "-w",
+            str(wheels),
+        ],
+        check=True,
+        timeout=300,
+    )
     (wheel,) = wheels.glob("starburst_executor-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for name in ("Dockerfile", "entrypoint.sh", "pip-install.sh", "requirements.txt",
-                 "base/build-base-image", "base/Dockerfile"):
+    for name in (
+        "Dockerfile",
+        "entrypoint.sh",
+        "pip-install.sh",
+        "requirements.txt",
+        "base/build-base-image",
+        "base/Dockerfile",
+    ):
         assert f"starburst_executor/_worker_image/{name}" in names
     venv = tmp_path / "venv"
     # The dependencies come from this interpreter; the package itself only from the wheel.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120
+    )
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
-                   check=True, timeout=300)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+        check=True,
+        timeout=300,
+    )
     tag = f"starburst-worker-test:wheel-{os.getpid()}"
     work = tmp_path / "work"
     work.mkdir()
     try:
-        done = subprocess.run([str(python), "-c", WHEEL_SCRIPT, str(work), tag, base_image()],
-                              cwd=work, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "PYTHONPATH": ""})
+        done = subprocess.run(
+            [str(python), "-c", WHEEL_SCRIPT, str(work), tag, base_image()],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PYTHONPATH": ""},
+        )
         assert done.returncode == 0, done.stderr
         out = json.loads(done.stdout.strip().splitlines()[-1])
         assert out["package"].startswith(str(venv))  # the wheel's copy, not the checkout
         assert out["worker_files"].startswith(str(venv)) and out["source_tree"] is None
         assert out["architecture"] == "X86_64"
-        usage = subprocess.run([docker, "run", "--rm", tag, "--help"], capture_output=True,
-                               text=True, timeout=120)
+        usage = subprocess.run(
+            [docker, "run", "--rm", tag, "--help"], capture_output=True, text=True, timeout=120
+        )
         assert usage.returncode == 0 and "starburst_executor.worker" in usage.stdout
     finally:
         subprocess.run([docker, "rmi", "-f", tag], capture_output=True, timeout=120)
@@ -545,7 +674,10 @@ def test_an_installed_wheel_builds_a_working_image(docker: str, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_image_build_command_passes_base_image_and_platform(
-    aws_env: str, fake_docker: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    aws_env: str,
+    fake_docker: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`starburst image build --no-push --base-image --platform` (fake docker: the command
@@ -557,16 +689,34 @@ def test_image_build_command_passes_base_image_and_platform(
     monkeypatch.setenv("FAKE_DOCKER_ARCH", "arm64")
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("six==1.16.0\npywin32==306\n")
-    code = main(["image", "build", "--no-push", "--requirements", str(reqs),
-                 "--base-image", "registry.example/python:3.11", "--platform", "linux/arm64"])
+    code = main(
+        [
+            "image",
+            "build",
+            "--no-push",
+            "--requirements",
+            str(reqs),
+            "--base-image",
+            "registry.example/python:3.11",
+            "--platform",
+            "linux/arm64",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "not in the image: pywin32 (for Windows or macOS only)" in out.err
     build = next(c["argv"] for c in calls(fake_docker) if c["argv"][0] == "build")  # type: ignore[index]
-    assert build[1:5] == ["--platform", "linux/arm64", "--build-arg",  # type: ignore[index]
-                          "BASE_IMAGE=registry.example/python:3.11"]
+    assert build[1:5] == [
+        "--platform",
+        "linux/arm64",
+        "--build-arg",  # type: ignore[index]
+        "BASE_IMAGE=registry.example/python:3.11",
+    ]
     tag = build[build.index("-t") + 1]  # type: ignore[union-attr]
-    assert re.fullmatch(r"\d{12}\.dkr\.ecr\.cn-north-1\.amazonaws\.com\.cn/starburst-worker:"
-                        r"py3\.\d+-[0-9a-f]{12}-arm64", tag)
+    assert re.fullmatch(
+        r"\d{12}\.dkr\.ecr\.cn-north-1\.amazonaws\.com\.cn/starburst-worker:"
+        r"py3\.\d+-[0-9a-f]{12}-arm64",
+        tag,
+    )
     assert f"built {tag} (ARM64); not pushed" in out.out
     assert AwsSettings.load().image == ""  # a local build leaves the profile alone

@@ -34,8 +34,13 @@ def put(aws: Aws, stream: str, *events: tuple[int, str]) -> None:
     except AwsError as exc:
         if exc.code != "ResourceAlreadyExistsException":
             raise
-    aws.call("logs", "put_log_events", logGroupName=GROUP, logStreamName=stream,
-             logEvents=[{"timestamp": T0 + offset, "message": text} for offset, text in events])
+    aws.call(
+        "logs",
+        "put_log_events",
+        logGroupName=GROUP,
+        logStreamName=stream,
+        logEvents=[{"timestamp": T0 + offset, "message": text} for offset, text in events],
+    )
 
 
 def test_stream_names() -> None:
@@ -49,8 +54,9 @@ def test_stream_names() -> None:
 def test_read_logs_per_worker(aws: Aws) -> None:
     put(aws, "starburst/worker/aaa", (0, "a1\n"), (10, "a2"))
     put(aws, "starburst/worker/bbb", (5, "b1"))
-    lines = list(read_logs(aws, GROUP, ["ecs-aaa", "ecs-bbb", "ecs-not-started",
-                                          "ip-10-0-0-1-7-ab12"]))
+    lines = list(
+        read_logs(aws, GROUP, ["ecs-aaa", "ecs-bbb", "ecs-not-started", "ip-10-0-0-1-7-ab12"])
+    )
     assert lines == [
         LogLine("ecs-aaa", (T0 + 0) / 1000, "a1"),
         LogLine("ecs-aaa", (T0 + 10) / 1000, "a2"),
@@ -91,7 +97,9 @@ def test_follow_logs_yields_new_events_once_and_stops_when_told(aws: Aws) -> Non
     lines = list(follow_logs(aws, GROUP, lambda: workers, stop, poll=0.5, sleep=between_rounds))
     assert [(line.worker, line.message) for line in lines] == [
         ("ecs-aaa", "a1"),
-        ("ecs-bbb", "b0 (late)"), ("ecs-bbb", "b1"), ("ecs-aaa", "a2"),
+        ("ecs-bbb", "b0 (late)"),
+        ("ecs-bbb", "b1"),
+        ("ecs-aaa", "a2"),
         ("ecs-aaa", "a3: logged as the session ends"),  # read in the round that stops
     ]
     assert rounds["n"] == 3
@@ -107,8 +115,10 @@ def test_follow_logs_of_every_worker_from_a_start_time(aws: Aws) -> None:
 def test_follow_logs_of_a_missing_group_waits_quietly(aws_env: str) -> None:
     aws = Aws("us-east-1", retry_sleep=lambda _: None)
     answers = iter([False, True])
-    assert list(follow_logs(aws, "/no/such/group", None, lambda: next(answers),
-                            sleep=lambda _: None)) == []
+    assert (
+        list(follow_logs(aws, "/no/such/group", None, lambda: next(answers), sleep=lambda _: None))
+        == []
+    )
 
 
 @pytest.mark.slow
@@ -119,18 +129,22 @@ def test_follow_logs_reads_only_the_named_streams(aws: Aws) -> None:
     put(aws, "starburst/worker/zzz", (1, "another session's worker"))
     asked: list[dict[str, object]] = []
     aws.client("logs").meta.events.register(
-        "before-parameter-build.logs.FilterLogEvents", lambda params, **_: asked.append(params))
+        "before-parameter-build.logs.FilterLogEvents", lambda params, **_: asked.append(params)
+    )
     lines = list(follow_logs(aws, GROUP, lambda: ["ecs-aaa", "ecs-not-started"], lambda: True))
     assert [(line.worker, line.message) for line in lines] == [("ecs-aaa", "a1")]
     assert asked and all("logStreamNamePrefix" not in a for a in asked)
     assert {n for a in asked for n in a["logStreamNames"]} == {  # type: ignore[attr-defined]
-        "starburst/worker/aaa", "starburst/worker/not-started"}
+        "starburst/worker/aaa",
+        "starburst/worker/not-started",
+    }
 
 
 def test_follow_logs_of_no_worker_yet_asks_nothing(aws: Aws) -> None:
     asked: list[object] = []
     aws.client("logs").meta.events.register(
-        "before-parameter-build.logs.FilterLogEvents", lambda params, **_: asked.append(params))
+        "before-parameter-build.logs.FilterLogEvents", lambda params, **_: asked.append(params)
+    )
     assert list(follow_logs(aws, GROUP, lambda: [], lambda: True)) == []
     assert asked == []
 

@@ -14,12 +14,19 @@ ACCOUNT, REGION = "123456789012", "eu-west-1"
 BUCKET, PREFIX = "starburst-123456789012-eu-west-1", "starburst"
 
 SCOPE = policies.Scope(
-    partition="aws", region=REGION, account=ACCOUNT, bucket=BUCKET, prefix=PREFIX,
-    cluster="starburst", task_family="starburst-worker",
+    partition="aws",
+    region=REGION,
+    account=ACCOUNT,
+    bucket=BUCKET,
+    prefix=PREFIX,
+    cluster="starburst",
+    task_family="starburst-worker",
     execution_role_arn=f"arn:aws:iam::{ACCOUNT}:role/starburst-execution-{REGION}",
     task_role_arn=f"arn:aws:iam::{ACCOUNT}:role/starburst-task-{REGION}",
-    secret_parameter="/starburst/secret-key", log_group="/starburst/workers",
-    ecr_repository="starburst-worker", autoscaling_group="starburst-ec2",
+    secret_parameter="/starburst/secret-key",
+    log_group="/starburst/workers",
+    ecr_repository="starburst-worker",
+    autoscaling_group="starburst-ec2",
 )
 
 KMS_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -28,18 +35,25 @@ SCOPE_EC2 = policies.Scope(**{**SCOPE.__dict__, "instance_role": f"starburst-ec2
 GRANTS = {
     "task role": policies.task_role_policy(bucket=BUCKET, prefix=PREFIX),
     "execution role": policies.execution_role_policy(
-        secret_parameter="/starburst/secret-key", log_group="/starburst/workers",
-        region=REGION, account=ACCOUNT),
+        secret_parameter="/starburst/secret-key",
+        log_group="/starburst/workers",
+        region=REGION,
+        account=ACCOUNT,
+    ),
     "user": policies.user_policy(SCOPE),
     "user without EC2": policies.user_policy(
-        policies.Scope(**{**SCOPE.__dict__, "autoscaling_group": ""})),
+        policies.Scope(**{**SCOPE.__dict__, "autoscaling_group": ""})
+    ),
     "user with a KMS bucket": policies.user_policy(
-        policies.Scope(**{**SCOPE.__dict__, "kms_key": KMS_KEY})),
+        policies.Scope(**{**SCOPE.__dict__, "kms_key": KMS_KEY})
+    ),
     "setup": policies.setup_policy(SCOPE_EC2),
     "setup without EC2": policies.setup_policy(
-        policies.Scope(**{**SCOPE.__dict__, "autoscaling_group": "", "instance_role": ""})),
+        policies.Scope(**{**SCOPE.__dict__, "autoscaling_group": "", "instance_role": ""})
+    ),
     "task role with a KMS bucket": policies.task_role_policy(
-        bucket=BUCKET, prefix=PREFIX, kms_key=KMS_KEY),
+        bucket=BUCKET, prefix=PREFIX, kms_key=KMS_KEY
+    ),
 }
 TRUSTS = {
     "ecs tasks": policies.ecs_tasks_trust_policy(ACCOUNT),
@@ -72,8 +86,11 @@ def test_only_resourceless_actions_use_a_star_resource(name: str) -> None:
         resources = as_list(statement["Resource"])
         if "*" in resources:
             assert resources == ["*"]
-            allowed = (policies.SETUP_STAR_ACTIONS if name.startswith("setup")
-                       else policies.STAR_ONLY_ACTIONS)
+            allowed = (
+                policies.SETUP_STAR_ACTIONS
+                if name.startswith("setup")
+                else policies.STAR_ONLY_ACTIONS
+            )
             assert set(as_list(statement["Action"])) <= allowed, statement
         else:
             for resource in resources:
@@ -85,17 +102,32 @@ def test_only_resourceless_actions_use_a_star_resource(name: str) -> None:
 def test_star_only_actions_are_the_documented_ones() -> None:
     # The list a reviewer checks against the Service Authorization Reference.
     assert {
-        "ecr:GetAuthorizationToken", "ecs:RegisterTaskDefinition",
-        "ecs:DescribeTaskDefinition", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
-        "ec2:DescribeSpotPriceHistory", "pricing:GetProducts", "servicequotas:GetServiceQuota",
-        "autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstanceTypes",
-        "ec2:DescribeRouteTables", "ec2:DescribeVpcEndpoints", "ec2:DescribeLaunchTemplates",
-        "ec2:DescribeLaunchTemplateVersions", "ecs:DescribeCapacityProviders",
-        "ecs:DeregisterTaskDefinition", "ecs:ListTaskDefinitions",
-        "ecs:ListTaskDefinitionFamilies", "sts:GetCallerIdentity",
+        "ecr:GetAuthorizationToken",
+        "ecs:RegisterTaskDefinition",
+        "ecs:DescribeTaskDefinition",
+        "ec2:DescribeSubnets",
+        "ec2:DescribeSecurityGroups",
+        "ec2:DescribeSpotPriceHistory",
+        "pricing:GetProducts",
+        "servicequotas:GetServiceQuota",
+        "autoscaling:DescribeAutoScalingGroups",
+        "ec2:DescribeInstanceTypes",
+        "ec2:DescribeRouteTables",
+        "ec2:DescribeVpcEndpoints",
+        "ec2:DescribeLaunchTemplates",
+        "ec2:DescribeLaunchTemplateVersions",
+        "ecs:DescribeCapacityProviders",
+        "ecs:DeregisterTaskDefinition",
+        "ecs:ListTaskDefinitions",
+        "ecs:ListTaskDefinitionFamilies",
+        "sts:GetCallerIdentity",
     } == policies.STAR_ONLY_ACTIONS
-    assert policies.SETUP_STAR_ACTIONS - policies.STAR_ONLY_ACTIONS == {
-        "ec2:DescribeVpcs", "ec2:DescribeImages", "logs:DescribeLogGroups", "kms:DescribeKey"}
+    assert {
+        "ec2:DescribeVpcs",
+        "ec2:DescribeImages",
+        "logs:DescribeLogGroups",
+        "kms:DescribeKey",
+    } == policies.SETUP_STAR_ACTIONS - policies.STAR_ONLY_ACTIONS
 
 
 def test_task_role_reaches_only_the_prefix() -> None:
@@ -115,13 +147,15 @@ def test_execution_role_reads_one_parameter_and_writes_one_log_group() -> None:
     by_sid = {s["Sid"]: s for s in statements(GRANTS["execution role"])}
     assert by_sid["ReadSigningKey"]["Action"] == ["ssm:GetParameters"]
     assert by_sid["ReadSigningKey"]["Resource"] == [
-        f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/starburst/secret-key"]
+        f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/starburst/secret-key"
+    ]
     logs = by_sid["WriteWorkerLogs"]
     assert logs["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
     group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/starburst/workers"
     assert logs["Resource"] == [group, f"{group}:*"]
     assert policies.managed_policy_arn(policies.ECS_EXECUTION_MANAGED_POLICY) == (
-        "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy")
+        "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+    )
 
 
 def test_ecs_trust_is_limited_to_this_account() -> None:
@@ -151,23 +185,37 @@ def test_no_wildcard_action_in_any_allow() -> None:
 def test_user_policy_covers_the_client_and_scopes_ecs_to_the_cluster() -> None:
     document = GRANTS["user"]
     actions = {a for s in statements(document) for a in as_list(s["Action"])}
-    assert {"ecs:RunTask", "ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks",
-            "iam:PassRole", "s3:GetObject", "s3:PutObject", "s3:ListBucket",
-            "ssm:GetParameter", "logs:GetLogEvents", "servicequotas:GetServiceQuota",
-            "pricing:GetProducts", "ec2:DescribeSpotPriceHistory",
-            "autoscaling:UpdateAutoScalingGroup"} <= actions
+    assert {
+        "ecs:RunTask",
+        "ecs:StopTask",
+        "ecs:DescribeTasks",
+        "ecs:ListTasks",
+        "iam:PassRole",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:ListBucket",
+        "ssm:GetParameter",
+        "logs:GetLogEvents",
+        "servicequotas:GetServiceQuota",
+        "pricing:GetProducts",
+        "ec2:DescribeSpotPriceHistory",
+        "autoscaling:UpdateAutoScalingGroup",
+    } <= actions
     cluster = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/starburst"
     by_sid = {s["Sid"]: s for s in statements(document)}
     assert by_sid["RunWorkers"]["Resource"] == [
-        f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/starburst-worker-*"]
+        f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/starburst-worker-*"
+    ]
     for sid in ("RunWorkers", "WatchAndStopWorkers", "ListWorkers"):
         assert by_sid[sid]["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}, sid
     passing = by_sid["PassWorkerRoles"]
     assert passing["Resource"] == [SCOPE.execution_role_arn, SCOPE.task_role_arn]
     assert passing["Condition"] == {
-        "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
+        "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+    }
     assert "autoscaling:UpdateAutoScalingGroup" not in {
-        a for s in statements(GRANTS["user without EC2"]) for a in as_list(s["Action"])}
+        a for s in statements(GRANTS["user without EC2"]) for a in as_list(s["Action"])
+    }
 
 
 def test_same_policy_ignores_order_and_url_encoding() -> None:
@@ -176,53 +224,71 @@ def test_same_policy_ignores_order_and_url_encoding() -> None:
     encoded = json.dumps(shuffled).replace(" ", "%20").replace(":", "%3A")
     assert policies.same_policy(document, shuffled)
     assert policies.same_policy(document, encoded)
-    assert not policies.same_policy(document, policies.task_role_policy(bucket=BUCKET,
-                                                                        prefix="other"))
+    assert not policies.same_policy(
+        document, policies.task_role_policy(bucket=BUCKET, prefix="other")
+    )
 
 
 def test_iam_accepts_every_document(moto_aws_client: Any) -> None:
     # moto runs IAM's document validation (syntax, required elements, ARN shapes).
     aws = moto_aws_client
     for name, document in GRANTS.items():
-        aws.call("iam", "create_policy", PolicyName=name.replace(" ", "-"),
-                 PolicyDocument=json.dumps(document))
+        aws.call(
+            "iam",
+            "create_policy",
+            PolicyName=name.replace(" ", "-"),
+            PolicyDocument=json.dumps(document),
+        )
     for name, document in TRUSTS.items():
-        aws.call("iam", "create_role", RoleName=name.replace(" ", "-"),
-                 AssumeRolePolicyDocument=json.dumps(document))
+        aws.call(
+            "iam",
+            "create_role",
+            RoleName=name.replace(" ", "-"),
+            AssumeRolePolicyDocument=json.dumps(document),
+        )
     aws.call("s3", "create_bucket", Bucket=BUCKET)
-    aws.call("s3", "put_bucket_policy", Bucket=BUCKET,
-             Policy=json.dumps(policies.bucket_tls_policy(BUCKET)))
+    aws.call(
+        "s3",
+        "put_bucket_policy",
+        Bucket=BUCKET,
+        Policy=json.dumps(policies.bucket_tls_policy(BUCKET)),
+    )
 
 
 # -- Aws.action(): IAM names of the calls ------------------------------------------------------
 
-@pytest.mark.parametrize("service, operation, expected", [
-    ("s3", "list_objects_v2", ("s3:ListBucket",)),
-    ("s3", "list_objects", ("s3:ListBucket",)),
-    ("s3", "head_bucket", ("s3:ListBucket",)),
-    ("s3", "get_bucket_encryption", ("s3:GetEncryptionConfiguration",)),
-    ("s3", "put_bucket_encryption", ("s3:PutEncryptionConfiguration",)),
-    ("s3", "delete_objects", ("s3:DeleteObject",)),
-    ("s3", "head_object", ("s3:GetObject",)),
-    ("s3", "get_public_access_block", ("s3:GetBucketPublicAccessBlock",)),
-    ("s3", "put_public_access_block", ("s3:PutBucketPublicAccessBlock",)),
-    ("s3", "get_bucket_lifecycle_configuration", ("s3:GetLifecycleConfiguration",)),
-    ("s3", "put_bucket_lifecycle_configuration", ("s3:PutLifecycleConfiguration",)),
-    ("s3", "delete_bucket_lifecycle", ("s3:PutLifecycleConfiguration",)),
-    ("s3", "list_object_versions", ("s3:ListBucketVersions",)),
-    ("s3", "get_bucket_location", ("s3:GetBucketLocation",)),
-    ("s3", "copy_object", ("s3:PutObject", "s3:GetObject")),
-    ("s3", "get_object", ("s3:GetObject",)),
-    ("logs", "filter_log_events", ("logs:FilterLogEvents",)),
-    ("ecs", "run_task", ("ecs:RunTask",)),
-    ("ecs", "describe_capacity_providers", ("ecs:DescribeCapacityProviders",)),
-    ("service-quotas", "get_service_quota", ("servicequotas:GetServiceQuota",)),
-    ("autoscaling", "update_auto_scaling_group", ("autoscaling:UpdateAutoScalingGroup",)),
-    ("sts", "get_caller_identity", ("sts:GetCallerIdentity",)),
-    ("iam", "create_service_linked_role", ("iam:CreateServiceLinkedRole",)),
-])
-def test_aws_action_names_the_iam_action(service: str, operation: str,
-                                         expected: tuple[str, ...]) -> None:
+
+@pytest.mark.parametrize(
+    "service, operation, expected",
+    [
+        ("s3", "list_objects_v2", ("s3:ListBucket",)),
+        ("s3", "list_objects", ("s3:ListBucket",)),
+        ("s3", "head_bucket", ("s3:ListBucket",)),
+        ("s3", "get_bucket_encryption", ("s3:GetEncryptionConfiguration",)),
+        ("s3", "put_bucket_encryption", ("s3:PutEncryptionConfiguration",)),
+        ("s3", "delete_objects", ("s3:DeleteObject",)),
+        ("s3", "head_object", ("s3:GetObject",)),
+        ("s3", "get_public_access_block", ("s3:GetBucketPublicAccessBlock",)),
+        ("s3", "put_public_access_block", ("s3:PutBucketPublicAccessBlock",)),
+        ("s3", "get_bucket_lifecycle_configuration", ("s3:GetLifecycleConfiguration",)),
+        ("s3", "put_bucket_lifecycle_configuration", ("s3:PutLifecycleConfiguration",)),
+        ("s3", "delete_bucket_lifecycle", ("s3:PutLifecycleConfiguration",)),
+        ("s3", "list_object_versions", ("s3:ListBucketVersions",)),
+        ("s3", "get_bucket_location", ("s3:GetBucketLocation",)),
+        ("s3", "copy_object", ("s3:PutObject", "s3:GetObject")),
+        ("s3", "get_object", ("s3:GetObject",)),
+        ("logs", "filter_log_events", ("logs:FilterLogEvents",)),
+        ("ecs", "run_task", ("ecs:RunTask",)),
+        ("ecs", "describe_capacity_providers", ("ecs:DescribeCapacityProviders",)),
+        ("service-quotas", "get_service_quota", ("servicequotas:GetServiceQuota",)),
+        ("autoscaling", "update_auto_scaling_group", ("autoscaling:UpdateAutoScalingGroup",)),
+        ("sts", "get_caller_identity", ("sts:GetCallerIdentity",)),
+        ("iam", "create_service_linked_role", ("iam:CreateServiceLinkedRole",)),
+    ],
+)
+def test_aws_action_names_the_iam_action(
+    service: str, operation: str, expected: tuple[str, ...]
+) -> None:
     from starburst_executor.aws.client import Aws
 
     assert Aws.actions(service, operation) == expected
@@ -230,6 +296,7 @@ def test_aws_action_names_the_iam_action(service: str, operation: str,
 
 
 # -- the policies cover every call -------------------------------------------------------------
+
 
 def granted(document: dict[str, Any]) -> set[str]:
     return {a for s in statements(document) for a in as_list(s["Action"])}
@@ -253,12 +320,19 @@ def _package_calls() -> set[tuple[str, str]]:
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
                 continue
             args = node.args
-            if node.func.attr in ("call", "paginate") and len(args) >= 2 and all(
-                    isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args[:2]):
+            if (
+                node.func.attr in ("call", "paginate")
+                and len(args) >= 2
+                and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args[:2])
+            ):
                 found.add((str(args[0].value), str(args[1].value)))  # type: ignore[union-attr]
             target = node.func.value
-            if (path.name == "s3.py" and isinstance(target, ast.Attribute)
-                    and target.attr == "_client" and node.func.attr != "close"):
+            if (
+                path.name == "s3.py"
+                and isinstance(target, ast.Attribute)
+                and target.attr == "_client"
+                and node.func.attr != "close"
+            ):
                 found.add(("s3", node.func.attr))
     return found
 
@@ -297,7 +371,8 @@ class Recorder:
 
 @pytest.mark.slow
 def test_setup_and_teardown_call_only_what_the_setup_policy_grants(
-        moto_aws_client: Any, moto_serves_tls: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    moto_aws_client: Any, moto_serves_tls: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from starburst_executor.aws.resources.base import Place
     from starburst_executor.aws.setup import scope, setup, teardown
 
@@ -305,9 +380,21 @@ def test_setup_and_teardown_call_only_what_the_setup_policy_grants(
     key = aws.call("kms", "create_key")["KeyMetadata"]
     aws.call("kms", "create_alias", AliasName="alias/lab", TargetKeyId=key["KeyId"])
     aws.call("s3", "create_bucket", Bucket="lab-data")
-    aws.call("s3", "put_bucket_encryption", Bucket="lab-data", ServerSideEncryptionConfiguration={
-        "Rules": [{"ApplyServerSideEncryptionByDefault": {
-            "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/lab"}}]})
+    aws.call(
+        "s3",
+        "put_bucket_encryption",
+        Bucket="lab-data",
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": {
+                        "SSEAlgorithm": "aws:kms",
+                        "KMSMasterKeyID": "alias/lab",
+                    }
+                }
+            ]
+        },
+    )
     recorder = Recorder(monkeypatch)
     settings = setup(aws, bucket="lab-data", ec2=True).settings
     setup(aws, bucket="lab-data", ec2=True)
@@ -320,7 +407,8 @@ def test_setup_and_teardown_call_only_what_the_setup_policy_grants(
 
 @pytest.mark.slow
 def test_doctor_calls_only_what_the_user_policy_grants(
-        moto_aws_client: Any, moto_serves_tls: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    moto_aws_client: Any, moto_serves_tls: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from starburst_executor.aws.doctor import doctor
     from starburst_executor.aws.resources.base import Place
     from starburst_executor.aws.setup import scope, setup

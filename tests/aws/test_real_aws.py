@@ -41,8 +41,13 @@ def real_env(tmp_path: Path) -> dict[str, str]:
 
 def test_quickstart_on_real_aws(real_env: dict[str, str]) -> None:
     region = real_env.get("AWS_REGION") or real_env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    run = lambda *cmd: subprocess.run(cmd, env=real_env, capture_output=True, text=True,  # noqa: E731
-                                      timeout=1800)
+    run = lambda *cmd: subprocess.run(
+        cmd,
+        env=real_env,
+        capture_output=True,
+        text=True,  # noqa: E731
+        timeout=1800,
+    )
     setup = run(sys.executable, "-m", "starburst_executor.cli", "setup", "--region", region)
     assert setup.returncode == 0, setup.stderr
     doctor = run(sys.executable, "-m", "starburst_executor.cli", "doctor")
