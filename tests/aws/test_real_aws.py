@@ -41,15 +41,13 @@ def real_env(tmp_path: Path) -> dict[str, str]:
 
 def test_quickstart_on_real_aws(real_env: dict[str, str]) -> None:
     region = real_env.get("AWS_REGION") or real_env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    run = lambda *cmd: subprocess.run(
-        cmd,
-        env=real_env,
-        capture_output=True,
-        text=True,  # noqa: E731
-        timeout=1800,
-    )
+    def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, env=real_env, capture_output=True, text=True, timeout=1800)
+
     setup = run(sys.executable, "-m", "starburst_executor.cli", "setup", "--region", region)
     assert setup.returncode == 0, setup.stderr
+    image = run(sys.executable, "-m", "starburst_executor.cli", "image", "build")
+    assert image.returncode == 0, image.stderr  # needs a local Docker engine
     doctor = run(sys.executable, "-m", "starburst_executor.cli", "doctor")
     assert doctor.returncode == 0, doctor.stdout  # image pushed, permissions in place
     job = run(sys.executable, str(EXAMPLE), "--workers", "2", "--tasks", "10")
