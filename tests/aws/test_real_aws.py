@@ -41,6 +41,7 @@ def real_env(tmp_path: Path) -> dict[str, str]:
 
 def test_quickstart_on_real_aws(real_env: dict[str, str]) -> None:
     region = real_env.get("AWS_REGION") or real_env.get("AWS_DEFAULT_REGION") or "us-east-1"
+
     def run(*cmd: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(cmd, env=real_env, capture_output=True, text=True, timeout=1800)
 
