@@ -44,7 +44,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import cloudpickle
 
@@ -341,8 +341,39 @@ def _enum(kind: type[Any], value: object, where: str) -> Any:
         raise CorruptRecordError(f"{where}: {value!r} is not a {kind.__name__}") from None
 
 
+_R = TypeVar("_R", bound="_JsonRecord")
+
+
+class _JsonRecord:
+    """A record stored as signed JSON: each record's ``to_dict``/``from_dict`` say what it
+    holds, this says how it is stored and refused (one place for every JSON record)."""
+
+    _WHAT: ClassVar[str]  # how errors name it: "a claim", "a worker record" ...
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[_R], data: dict[str, Any]) -> _R:
+        raise NotImplementedError
+
+    def encode(self, codec: Codec) -> bytes:
+        return codec.encode_json(self.to_dict())
+
+    @classmethod
+    def decode(cls: type[_R], codec: Codec, blob: bytes, where: str) -> _R:
+        """Raises:
+        CorruptRecordError: damaged (bad signature, not JSON), or not this record (a
+            required field missing).
+        ProtocolMismatchError: written by another protocol version."""
+        try:
+            return cls.from_dict(codec.decode_json(blob, where))
+        except TypeError as exc:  # a required field is missing
+            raise CorruptRecordError(f"{where} is not {cls._WHAT}: {exc}") from exc
+
+
 @dataclass(frozen=True)
-class SessionManifest:
+class SessionManifest(_JsonRecord):
     """What a worker or a reattaching client needs to know about a session.
 
     Attributes:
@@ -366,6 +397,8 @@ class SessionManifest:
         code: blob digest of the zip of local modules shipped with the session (see
             :mod:`starburst_executor.code_files`), installed by each worker before anything.
     """
+
+    _WHAT = "a session manifest"
 
     session_id: str
     created: float
@@ -415,22 +448,9 @@ class SessionManifest:
             return manifest
         return replace(manifest, backend_config=backend_from_record(record))
 
-    def encode(self, codec: Codec) -> bytes:
-        return codec.encode_json(self.to_dict())
-
-    @classmethod
-    def decode(cls, codec: Codec, blob: bytes, where: str) -> SessionManifest:
-        """Raises:
-        CorruptRecordError: damaged, or not a manifest.
-        ProtocolMismatchError: written by another protocol version."""
-        try:
-            return cls.from_dict(codec.decode_json(blob, where))
-        except TypeError as exc:  # a required field is missing
-            raise CorruptRecordError(f"{where} is not a session manifest: {exc}") from exc
-
 
 @dataclass(frozen=True)
-class ControlRecord:
+class ControlRecord(_JsonRecord):
     """Session-wide state changed by compare-and-swap (see ``Session.update_control``).
 
     Each transition returns the next record, or ``None`` when there is nothing to change;
@@ -442,6 +462,8 @@ class ControlRecord:
         state: ``OPEN``, or one of the terminal states, in which workers exit.
         low_watermark: batches before this key are all finished; workers start listing there.
     """
+
+    _WHAT = "a control record"
 
     n: int = 0
     state: SessionState = SessionState.OPEN
@@ -484,16 +506,9 @@ class ControlRecord:
         state = _enum(SessionState, data.get("state", "open"), "control record")
         return cls(int(data.get("n", 0)), state, data.get("low_watermark"))
 
-    def encode(self, codec: Codec) -> bytes:
-        return codec.encode_json(self.to_dict())
-
-    @classmethod
-    def decode(cls, codec: Codec, blob: bytes, where: str) -> ControlRecord:
-        return cls.from_dict(codec.decode_json(blob, where))
-
 
 @dataclass(frozen=True)
-class Claim:
+class Claim(_JsonRecord):
     """A worker's claim on a batch, with its lease.
 
     Attributes:
@@ -507,6 +522,8 @@ class Claim:
         ended: why the holder gave the claim back (state released): its exit code or
             signal as its launcher saw it, or "SIGTERM".
     """
+
+    _WHAT = "a claim"
 
     worker: str
     attempt: int
@@ -533,19 +550,9 @@ class Claim:
         data["state"] = _enum(ClaimState, data.get("state"), "claim")
         return _from_dict(cls, data)  # type: ignore[no-any-return]
 
-    def encode(self, codec: Codec) -> bytes:
-        return codec.encode_json(self.to_dict())
-
-    @classmethod
-    def decode(cls, codec: Codec, blob: bytes, where: str) -> Claim:
-        try:
-            return cls.from_dict(codec.decode_json(blob, where))
-        except TypeError as exc:
-            raise CorruptRecordError(f"{where} is not a claim: {exc}") from exc
-
 
 @dataclass(frozen=True)
-class WorkerRecord:
+class WorkerRecord(_JsonRecord):
     """A worker's registration, rewritten as its state changes.
 
     Attributes:
@@ -556,6 +563,8 @@ class WorkerRecord:
         ended: store-clock time it exited (0 while running): with ``started``, the measured
             runtime the cost report bills.
     """
+
+    _WHAT = "a worker record"
 
     worker: str
     state: WorkerState
@@ -577,16 +586,6 @@ class WorkerRecord:
         data = dict(data)
         data["state"] = _enum(WorkerState, data.get("state"), "worker record")
         return _from_dict(cls, data)  # type: ignore[no-any-return]
-
-    def encode(self, codec: Codec) -> bytes:
-        return codec.encode_json(self.to_dict())
-
-    @classmethod
-    def decode(cls, codec: Codec, blob: bytes, where: str) -> WorkerRecord:
-        try:
-            return cls.from_dict(codec.decode_json(blob, where))
-        except TypeError as exc:
-            raise CorruptRecordError(f"{where} is not a worker record: {exc}") from exc
 
 
 @dataclass(frozen=True)
