@@ -22,7 +22,6 @@ import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from types import FrameType
 from typing import Any, NoReturn
 
 from starburst_executor._claims import ClaimHandle
@@ -65,6 +64,7 @@ from starburst_executor.serialization import (
     name_pickling_error,
 )
 from starburst_executor.stores.base import Store
+from starburst_executor.worker.signals import on_signal
 
 __all__ = ["Worker", "WorkerOptions"]
 
@@ -296,13 +296,10 @@ class Worker:
         """Install a SIGTERM handler that hands the current claim back and exits.
 
         ECS sends SIGTERM on StopTask and on a Spot interruption (two minutes before the
-        machine goes); the handler only sets a flag, the lease thread does the store I/O.
+        machine goes); the lease thread does the store I/O. ``request_stop`` runs outside
+        the signal handler (:mod:`~starburst_executor.worker.signals` says why).
         """
-
-        def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            self.request_stop()
-
-        signal.signal(signal.SIGTERM, on_sigterm)
+        on_signal(signal.SIGTERM, self.request_stop)
 
     def request_stop(self) -> None:
         """What SIGTERM does: the lease thread hands the current claim back, records the
