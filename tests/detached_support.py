@@ -127,7 +127,9 @@ def session_processes(session_id: str) -> list[int]:
 
 def counts(status: Any) -> dict[str, int]:
     """The task counts of a ``SessionStatus`` (or its ``to_dict()``), as in CREATOR_COUNTS."""
-    get = status.get if isinstance(status, dict) else lambda k: getattr(status, k)
+    get: Callable[[str], Any] = (
+        status.get if isinstance(status, dict) else lambda k: getattr(status, k)
+    )
     return {k: get(k) for k in CREATOR_COUNTS}
 
 

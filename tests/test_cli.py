@@ -16,7 +16,9 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import executor_tasks as tasks
 import pytest
@@ -84,7 +86,7 @@ def finished(store_url: str, made: list[DetachedExecutor]) -> tuple[DetachedExec
         max_workers=1, store=store_url, name="cli-test", pacing=FAST, task_timeout=60
     )
     made.append(ex)
-    futures = [
+    futures: list[Future[Any]] = [
         ex.submit(print, "hello from a task"),
         ex.submit(tasks.raise_at, 5, 5),
         ex.submit(tasks.add, 1, 2),

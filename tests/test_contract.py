@@ -56,8 +56,15 @@ def outcome(fut: Future[Any], timeout: float = RESULT_TIMEOUT) -> BaseException:
 # -- an argument or callable that cannot be pickled ----------------------------------------------
 
 UNPICKLABLE_CALLS: dict[str, tuple[Callable[[Executor], Future[Any]], str]] = {
-    "lock-argument": (lambda ex: ex.submit(tasks.add, threading.Lock()), "argument 1 of add"),
-    "keyword": (lambda ex: ex.submit(tasks.add, 1, b=threading.Lock()), "keyword argument 'b'"),
+    # A lock where add() takes an int: deliberately wrong, it must fail to pickle first.
+    "lock-argument": (
+        lambda ex: ex.submit(tasks.add, threading.Lock()),  # type: ignore[arg-type]
+        "argument 1 of add",
+    ),
+    "keyword": (
+        lambda ex: ex.submit(tasks.add, 1, b=threading.Lock()),  # type: ignore[arg-type]
+        "keyword argument 'b'",
+    ),
     "callable": (lambda ex: ex.submit(threading.Lock().acquire), "the callable"),
     "PicklingError": (
         lambda ex: ex.submit(tasks.ignore, tasks.RefusesPickle("PicklingError")),

@@ -22,7 +22,7 @@ import executor_tasks as tasks
 import pytest
 from detached_support import session_processes, subprocess_env, wait_until
 
-from starburst_executor import DetachedExecutor, StarburstExecutor, open_store
+from starburst_executor import DetachedExecutor, SessionStatus, StarburstExecutor, open_store
 from starburst_executor._manager import Pacing
 from starburst_executor._session import Call, Session, new_session_id
 from starburst_executor.config import home_dir, indexed_sessions, remembered_store, secret_key
@@ -206,6 +206,7 @@ def test_status_counts_one_running_task_per_worker_and_a_released_batch_as_pendi
     launcher.start(1)
     reader = DetachedExecutor.attach(sid, store=store.url)
     status = wait_until(lambda: (s := reader.status()).running and s, what="a running task")
+    assert isinstance(status, SessionStatus)  # wait_until returns only a true value
     assert (status.total, status.running, status.pending, status.workers) == (14, 1, 13, 1)
 
     [pid] = launcher.pids().values()

@@ -86,7 +86,8 @@ def test_detach_then_attach_from_another_process_full_cycle(
     partial = ex.collect(poll_interval=POLL)
     assert values(partial) == [3, ValueError]
     assert [r.index for r in partial] == [0, 1]
-    assert not partial[1].ok and partial[1].error.args == ("bad item", 5)
+    failed = partial[1].error
+    assert not partial[1].ok and failed is not None and failed.args == ("bad item", 5)
 
     gate_a.touch()  # the two running tasks finish; the two pending ones start and block
     wait_until(

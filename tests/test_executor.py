@@ -36,6 +36,7 @@ from starburst_executor import (
     StoreUnavailableError,
 )
 from starburst_executor._manager import Pacing
+from starburst_executor.launchers import LocalLauncher
 
 MakeExecutor = Callable[..., StarburstExecutor]
 RESULT_TIMEOUT = 60
@@ -253,7 +254,7 @@ def test_non_callable_fails_its_future_with_a_type_error(make_executor: MakeExec
     ex = make_executor()
     with pytest.raises(TypeError, match="not callable"):
         ex.submit(42).result(timeout=RESULT_TIMEOUT)  # type: ignore[arg-type]
-    results = ex.map("not callable", range(3))  # type: ignore[arg-type]
+    results: Iterator[Any] = ex.map("not callable", range(3))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not callable"):
         next(results)
 
@@ -497,7 +498,9 @@ def test_shutdown_cancel_futures_cancels_queued_work(
 def test_shutdown_leaves_no_worker_process(make_executor: MakeExecutor) -> None:
     ex = make_executor(max_workers=2)
     list(ex.map(tasks.sleep_and_return, [0.3] * 4))
-    pids = list(ex._launcher.pids().values())
+    launcher = ex._launcher
+    assert isinstance(launcher, LocalLauncher)  # the local backend: workers are processes here
+    pids = list(launcher.pids().values())
     assert pids, "the executor should have running workers"
     ex.shutdown(wait=True)
     for pid in pids:

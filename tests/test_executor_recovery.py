@@ -30,6 +30,7 @@ import executor_tasks as tasks
 import pytest
 
 from starburst_executor import StarburstExecutor, WorkerLostError
+from starburst_executor.launchers import LocalLauncher
 from starburst_executor.protocol import SessionKeys
 
 MakeExecutor = Callable[..., StarburstExecutor]
@@ -93,7 +94,9 @@ def test_worker_killed_from_outside_mid_task_is_retried(
     wait_until(lambda: any(tmp_path.glob("started-*")), what="the task to start")
     (started,) = tmp_path.glob("started-*")
     victim = int(started.name.split("-")[1])
-    assert victim in ex._launcher.pids().values()
+    launcher = ex._launcher
+    assert isinstance(launcher, LocalLauncher)  # the local backend: workers are processes here
+    assert victim in launcher.pids().values()
     os.kill(victim, signal.SIGKILL)
     survivor = fut.result(timeout=RESULT_TIMEOUT)
     assert survivor != victim

@@ -30,7 +30,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,7 +332,7 @@ def _match(pattern: str, value: str, case: bool = True) -> bool:
     return re.fullmatch(regex, value, 0 if case else re.IGNORECASE) is not None
 
 
-_OPERATORS = {
+_OPERATORS: dict[str, Callable[[str, str], bool]] = {
     "StringEquals": lambda want, got: want == got,
     "StringLike": lambda want, got: _match(want, got),
     "ArnEquals": lambda want, got: want == got,
@@ -419,7 +419,7 @@ def implied(
 
 def violations(
     calls: Iterable[Call],
-    documents: list[Mapping[str, Any]],
+    documents: Sequence[Mapping[str, Any]],
     *,
     region: str,
     account: str,

@@ -217,9 +217,10 @@ class ContainerEcsAgent(LocalEcsAgent):
                 region_name=self.region,
                 role_session_name=session_name,
                 role_arn=role_arn,
-                policy=None,
+                # moto annotates these str, yet its own STS handler passes None when absent
+                policy=None,  # type: ignore[arg-type]
                 duration=3600,
-                external_id=None,
+                external_id=None,  # type: ignore[arg-type]
             )
             return {
                 "AccessKeyId": role.access_key_id,
@@ -260,23 +261,28 @@ class ContainerEcsAgent(LocalEcsAgent):
     def _as_execution_role(self, definition: Mapping[str, Any], service: str) -> Any:
         """A client acting as the definition's execution role (the agent's own without one)."""
         role = definition.get("executionRoleArn")
+        # boto3-stubs types client() only for literal service names, not for a str variable.
         if not role:
             return (
                 self._ssm
                 if service == "ssm"
-                else self._session.client(
+                else self._session.client(  # type: ignore[call-overload]
                     service, region_name=self.region, endpoint_url=self._endpoint
                 )
             )
         key = (role, service)
         if key not in self._role_clients:
             creds = self._assume(role, "ecs-agent")
-            self._role_clients[key] = boto3.session.Session(
+            as_role = boto3.session.Session(
                 aws_access_key_id=creds["AccessKeyId"],
                 aws_secret_access_key=creds["SecretAccessKey"],
                 aws_session_token=creds["Token"],
                 region_name=self.region,
-            ).client(service, endpoint_url=self._endpoint)
+            )
+            # boto3-stubs again: no client() overload for a str service name.
+            self._role_clients[key] = as_role.client(  # type: ignore[call-overload]
+                service, endpoint_url=self._endpoint
+            )
         return self._role_clients[key]
 
     # -- launching ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from starburst_executor.aws.cost import (
 )
 from starburst_executor.aws.options import EcsOptions
 from starburst_executor.errors import CostLimitError
-from starburst_executor.protocol import WorkerRecord
+from starburst_executor.protocol import WorkerRecord, WorkerState
 
 # The built-in table's us-east-1 Fargate rates, written out: the test fails if they drift.
 VCPU, GB = 0.04048, 0.004445
@@ -150,7 +150,7 @@ def test_fargate_estimate_falls_back_to_the_table_when_the_pricing_api_fails(mot
     assert est.per_worker_hour == pytest.approx(1 * VCPU + 2 * GB + IPV4, rel=1e-12)
     # $0.4937 of compute, $0.05 of public IPv4 addresses, ~$0.109 of S3 polling
     assert est.hourly == pytest.approx(10 * (1 * VCPU + 2 * GB + IPV4) + s3(10), rel=1e-12)
-    assert (est.ipv4_hourly, est.s3_hourly) == (pytest.approx(0.05), pytest.approx(s3(10)))
+    assert (est.ipv4_hourly, est.s3_hourly) == pytest.approx((0.05, s3(10)))
     assert est.total is None and est.instances == 0
     assert str(est) == (
         "Estimated cost: $0.65/hour for 10 Fargate workers (1 vCPU, 2 GB), "
@@ -169,7 +169,7 @@ def test_the_estimate_prices_the_workers_the_quota_runs_at_once(moto_aws: Aws) -
 
 def test_arm64_fargate_is_a_fifth_cheaper(moto_aws: Aws) -> None:
     vcpu, gb, source = fargate_rates(moto_aws, "us-east-1", spot=False, architecture="ARM64")
-    assert (vcpu, gb) == (pytest.approx(0.8 * VCPU), pytest.approx(0.8 * GB))
+    assert (vcpu, gb) == pytest.approx((0.8 * VCPU, 0.8 * GB))
     assert "ARM64" in source
     est = estimate(moto_aws, fargate(cpu_architecture="ARM64", assign_public_ip=False), 1)
     assert est.per_worker_hour == pytest.approx(0.8 * (VCPU + 2 * GB))
@@ -491,10 +491,12 @@ def test_report_of_a_finished_run() -> None:
 
 def test_worker_spans_from_records() -> None:
     records = [
-        WorkerRecord(worker="ecs-a", state="running", host="h", pid=1, started=100.0),
-        WorkerRecord(worker="ecs-b", state="exited", host="h", pid=2, started=100.0),
-        WorkerRecord(worker="ecs-c", state="exited", host="h", pid=3, started=100.0),
-        WorkerRecord(worker="ecs-d", state="exited", host="h", pid=4, started=100.0, ended=150.0),
+        WorkerRecord(worker="ecs-a", state=WorkerState.RUNNING, host="h", pid=1, started=100.0),
+        WorkerRecord(worker="ecs-b", state=WorkerState.EXITED, host="h", pid=2, started=100.0),
+        WorkerRecord(worker="ecs-c", state=WorkerState.EXITED, host="h", pid=3, started=100.0),
+        WorkerRecord(
+            worker="ecs-d", state=WorkerState.EXITED, host="h", pid=4, started=100.0, ended=150.0
+        ),
     ]
     spans = worker_spans(records, last_modified={"ecs-b": 400.0, "ecs-d": 999.0})
     # a: running (ended=0); b: exited before `ended` existed: its record's store time;
@@ -523,7 +525,9 @@ def test_ec2_packing_uses_the_instance_types_setup_saved(moto_aws: Aws) -> None:
 # --------------------------------------------------------------------------- the bill
 
 
-def _record(worker: str, started: float, state: str = "running", ended: float = 0.0) -> Any:
+def _record(
+    worker: str, started: float, state: WorkerState = WorkerState.RUNNING, ended: float = 0.0
+) -> WorkerRecord:
     return WorkerRecord(worker, state, "h", 1, started, ended=ended)
 
 
@@ -543,7 +547,9 @@ def test_the_bill_runs_from_the_image_pull_to_the_tasks_stop(offline_aws: Aws) -
     billing._stopped_cache.clear()
     arn = "arn:aws:ecs:us-east-1:123456789012:task/c/"
     workers = [
-        _record("ecs-t1", 1_000_100.0, "exited", ended=1_003_600.0),  # registered after a pull
+        _record(
+            "ecs-t1", 1_000_100.0, WorkerState.EXITED, ended=1_003_600.0
+        ),  # registered after a pull
         _record("ecs-t2", 1_000_100.0),  # vanished: its record still says running
         _record("ecs-t3", 1_000_100.0),  # still running
     ]
@@ -611,7 +617,7 @@ def test_without_ecs_the_bill_falls_back_to_the_records(offline_aws: Aws) -> Non
         rep = billing.session_report(
             fargate(),
             0.1,
-            [_record("ecs-x", 0.0, "exited", 600.0)],
+            [_record("ecs-x", 0.0, WorkerState.EXITED, 600.0)],
             created=0.0,
             batches=1,
             now=700.0,

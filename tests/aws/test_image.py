@@ -20,6 +20,7 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -282,7 +283,7 @@ def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return log
 
 
-def calls(log: Path) -> list[dict[str, object]]:
+def calls(log: Path) -> list[dict[str, Any]]:
     if not log.exists():
         return []
     return [json.loads(line) for line in log.read_text().splitlines()]
@@ -431,14 +432,14 @@ def test_a_failed_docker_command_shows_its_stderr(
         r"status 1\) running `.*docker build --platform linux/amd64 .*no space left on device",
     ):
         build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx", push=False)
-    assert [c["argv"][0] for c in calls(fake_docker)] == ["build"]  # type: ignore[index]
+    assert [c["argv"][0] for c in calls(fake_docker)] == ["build"]
 
 
 def test_build_only_makes_no_aws_call(
     captured: Environment, fake_docker: Path, tmp_path: Path
 ) -> None:
     built = build_and_push(offline(), REPO_URI, captured, context_dir=tmp_path / "ctx", push=False)
-    assert [c["argv"][0] for c in calls(fake_docker)] == ["build", "image"]  # type: ignore[index]
+    assert [c["argv"][0] for c in calls(fake_docker)] == ["build", "image"]
     assert built == WorkerImage(
         f"{REPO_URI}:{captured.tag}-amd64", f"{REPO_URI}:{captured.tag}-amd64", "X86_64"
     )
@@ -460,7 +461,7 @@ def test_an_arm64_build_is_tagged_and_recorded_arm64(
         platform="linux/arm64",
     )
     assert built.architecture == "ARM64" and built.uri.endswith("-arm64")
-    assert calls(fake_docker)[0]["argv"][1:3] == ["--platform", "linux/arm64"]  # type: ignore[index]
+    assert calls(fake_docker)[0]["argv"][1:3] == ["--platform", "linux/arm64"]
 
 
 def test_a_missing_repository_points_at_setup(
@@ -705,14 +706,14 @@ def test_image_build_command_passes_base_image_and_platform(
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "not in the image: pywin32 (for Windows or macOS only)" in out.err
-    build = next(c["argv"] for c in calls(fake_docker) if c["argv"][0] == "build")  # type: ignore[index]
+    build: list[str] = next(c["argv"] for c in calls(fake_docker) if c["argv"][0] == "build")
     assert build[1:5] == [
         "--platform",
         "linux/arm64",
-        "--build-arg",  # type: ignore[index]
+        "--build-arg",
         "BASE_IMAGE=registry.example/python:3.11",
     ]
-    tag = build[build.index("-t") + 1]  # type: ignore[union-attr]
+    tag = build[build.index("-t") + 1]
     assert re.fullmatch(
         r"\d{12}\.dkr\.ecr\.cn-north-1\.amazonaws\.com\.cn/starburst-worker:"
         r"py3\.\d+-[0-9a-f]{12}-arm64",

@@ -72,7 +72,11 @@ def offline() -> Aws:
     return Aws("us-east-1", session=_BOTO, retry_sleep=lambda _: None)
 
 
-def stub_ecs(aws: Aws, *answers: tuple[str, dict[str, Any]]) -> Stubber:
+# An operation and the response the stubbed ECS client gives it.
+Answer = tuple[str, dict[str, Any]]
+
+
+def stub_ecs(aws: Aws, *answers: Answer) -> Stubber:
     """A Stubber on ``aws``'s ECS client answering the given operations in order; a launcher
     first looks its task definition up, so RunTask answers follow a DescribeTaskDefinition."""
     stubber = Stubber(ecs(aws))
@@ -82,8 +86,8 @@ def stub_ecs(aws: Aws, *answers: tuple[str, dict[str, Any]]) -> Stubber:
 
 
 # A launcher's first look: the session's tasks already in ECS (ListTasks by startedBy alone).
-NO_TASKS_YET = ("list_tasks", {"taskArns": []})
-FOUND_DEFINITION = (
+NO_TASKS_YET: Answer = ("list_tasks", {"taskArns": []})
+FOUND_DEFINITION: Answer = (
     "describe_task_definition",
     {"taskDefinition": {"taskDefinitionArn": DEFINITION_ARN, "status": "ACTIVE"}},
 )
@@ -638,7 +642,7 @@ def test_tasks_that_keep_failing_to_start_break_the_pool(offline: Aws) -> None:
     codes = []
     for i in range(3):
         arn = f"arn:aws:ecs:us-east-1:123456789012:task/starburst/t{i}"
-        answers = [
+        answers: list[Answer] = [
             ("run_task", {"tasks": [{"taskArn": arn}], "failures": []}),
             (
                 "describe_tasks",

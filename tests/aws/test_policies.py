@@ -319,13 +319,13 @@ def _package_calls() -> set[tuple[str, str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
                 continue
-            args = node.args
-            if (
-                node.func.attr in ("call", "paginate")
-                and len(args) >= 2
-                and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args[:2])
-            ):
-                found.add((str(args[0].value), str(args[1].value)))  # type: ignore[union-attr]
+            names = [
+                a.value
+                for a in node.args[:2]
+                if isinstance(a, ast.Constant) and isinstance(a.value, str)
+            ]
+            if node.func.attr in ("call", "paginate") and len(names) == 2:
+                found.add((names[0], names[1]))
             target = node.func.value
             if (
                 path.name == "s3.py"

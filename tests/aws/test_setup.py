@@ -521,7 +521,7 @@ def test_ec2_waits_for_a_new_instance_profile_to_reach_ec2(
     from starburst_executor.aws import setup as setup_module
 
     sleeps: list[float] = []
-    monkeypatch.setattr(setup_module.time, "sleep", sleeps.append)
+    monkeypatch.setattr("starburst_executor.aws.setup.time.sleep", sleeps.append)
     real_call = Aws.call
     refusals = ["Invalid IamInstanceProfile"]
 
@@ -813,7 +813,7 @@ def test_ecs_service_linked_role_is_created_before_capacity_providers(
 
     order: list[str] = []
     sleeps: list[float] = []
-    monkeypatch.setattr(setup_module.time, "sleep", sleeps.append)
+    monkeypatch.setattr("starburst_executor.aws.setup.time.sleep", sleeps.append)
     real_call = Aws.call
     refusals = [
         "Unable to assume the service linked role. Please verify that the ECS service "

@@ -304,7 +304,8 @@ def test_delete_many_removes_keys_and_ignores_missing_ones(store: Store) -> None
 def test_delete_many_of_nothing_is_a_no_op(store: Store) -> None:
     store.put("a", b"x")
     store.delete_many([])
-    store.delete_many(k for k in ())
+    no_keys: tuple[str, ...] = ()
+    store.delete_many(k for k in no_keys)
     assert keys_of(store.list("")) == ["a"]
 
 
