@@ -85,7 +85,7 @@ class Claims:
 
     def _write(self, bid: str, claim: Claim, etag: str | None) -> str:
         key = self._keys.claim(bid)
-        data = claim.encode(self._codec)
+        data = claim.encode(self._codec, key)
         if etag is None:
             return self._store.put_if_absent(key, data)
         return self._store.put_if_match(key, data, etag)

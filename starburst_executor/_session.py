@@ -145,11 +145,14 @@ class Session:
 
     def create(self) -> None:
         """Write the manifest, its index entry and the control record."""
-        manifest = self.manifest.encode(self.codec)
-        self.store.put_if_absent(self.keys.manifest, manifest)
-        self.store.put(self.keys.index, manifest)
+        self.store.put_if_absent(
+            self.keys.manifest, self.manifest.encode(self.codec, self.keys.manifest)
+        )
+        self.store.put(self.keys.index, self.manifest.encode(self.codec, self.keys.index))
         record = ControlRecord()
-        etag = self.store.put_if_absent(self.keys.control, record.encode(self.codec))
+        etag = self.store.put_if_absent(
+            self.keys.control, record.encode(self.codec, self.keys.control)
+        )
         self._control = (record, etag)
 
     def _read_control(self) -> tuple[ControlRecord, str]:
@@ -189,7 +192,9 @@ class Session:
                 self._control = (record, etag)
                 return None
             try:
-                etag = self.store.put_if_match(self.keys.control, new.encode(self.codec), etag)
+                etag = self.store.put_if_match(
+                    self.keys.control, new.encode(self.codec, self.keys.control), etag
+                )
             except PreconditionFailedError:
                 self._control = None  # another client or a worker changed it: re-read
                 continue
@@ -243,7 +248,8 @@ class Session:
         with lock:
             if ref not in self._blobs_uploaded:
                 try:
-                    self.store.put_if_absent(self.keys.blob(ref), self.codec.encode_blob(data))
+                    key = self.keys.blob(ref)
+                    self.store.put_if_absent(key, self.codec.encode_blob(data, key))
                 except PreconditionFailedError:
                     pass  # same content, uploaded by another client of this session
                 self._blobs_uploaded.add(ref)
@@ -275,7 +281,8 @@ class Session:
             for i, call in enumerate(calls)
         )
         record = BatchRecord(bid, self.manifest.versions, tasks, inline)
-        self.store.put(self.keys.batch(bid), record.encode(self.codec))
+        key = self.keys.batch(bid)
+        self.store.put(key, record.encode(self.codec, key))
 
     def read_batch(self, bid: str) -> BatchRecord:
         """Raises:
@@ -316,9 +323,11 @@ class Session:
         A retried duplicate of the batch loses the create: the first result stands, and the
         duplicate's event carries nothing inline, so every reader reads the one that stands.
         """
-        data = record.encode(self.codec)
+        # Bound to the result key, also when it rides inline in the done event.
+        key = self.keys.result(record.bid)
+        data = record.encode(self.codec, key)
         try:
-            self.store.put_if_absent(self.keys.result(record.bid), data)
+            self.store.put_if_absent(key, data)
             inline = data if len(data) <= INLINE_RESULT_MAX else b""
         except PreconditionFailedError:
             inline = b""
@@ -343,14 +352,15 @@ class Session:
             CorruptRecordError: the record is damaged, or missing although the batch finished.
             ProtocolMismatchError: it was written by another protocol version.
         """
-        key = event.key if event.size else self.keys.result(event.bid)
+        bound = self.keys.result(event.bid)
+        key = event.key if event.size else bound
         try:
             data = self.store.get(key).data
         except ObjectNotFoundError:
             raise CorruptRecordError(
                 f"{key} is missing from the store although batch {event.bid} finished"
             ) from None
-        return ResultRecord.decode(self.codec, data, key)
+        return ResultRecord.decode(self.codec, data, bound, where=key)
 
     def read_results(self, events: Iterable[DoneEvent]) -> dict[str, ResultRecord | StarburstError]:
         """Read result records in parallel; one that cannot be read (damaged, signed with
@@ -383,7 +393,8 @@ class Session:
         )
 
     def write_worker(self, record: WorkerRecord) -> None:
-        self.store.put(self.keys.worker(record.worker), record.encode(self.codec))
+        key = self.keys.worker(record.worker)
+        self.store.put(key, record.encode(self.codec, key))
 
     def worker(self, worker: str) -> WorkerRecord | None:
         """A worker's registration record, or ``None`` if it never registered."""

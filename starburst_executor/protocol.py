@@ -357,19 +357,20 @@ class _JsonRecord:
     def from_dict(cls: type[_R], data: dict[str, Any]) -> _R:
         raise NotImplementedError
 
-    def encode(self, codec: Codec) -> bytes:
-        return codec.encode_json(self.to_dict())
+    def encode(self, codec: Codec, key: str) -> bytes:
+        """Signed, bound to ``key``: the key it is written to."""
+        return codec.encode_json(self.to_dict(), key)
 
     @classmethod
-    def decode(cls: type[_R], codec: Codec, blob: bytes, where: str) -> _R:
+    def decode(cls: type[_R], codec: Codec, blob: bytes, key: str) -> _R:
         """Raises:
-        CorruptRecordError: damaged (bad signature, not JSON), or not this record (a
-            required field missing).
+        CorruptRecordError: damaged (bad signature, not JSON), bound to another key or
+            session, or not this record (a required field missing).
         ProtocolMismatchError: written by another protocol version."""
         try:
-            return cls.from_dict(codec.decode_json(blob, where))
+            return cls.from_dict(codec.decode_json(blob, key))
         except TypeError as exc:  # a required field is missing
-            raise CorruptRecordError(f"{where} is not {cls._WHAT}: {exc}") from exc
+            raise CorruptRecordError(f"{key} is not {cls._WHAT}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -396,6 +397,8 @@ class SessionManifest(_JsonRecord):
         max_workers: the most workers the session runs at once.
         code: blob digest of the zip of local modules shipped with the session (see
             :mod:`starburst_executor.code_files`), installed by each worker before anything.
+        store_outage_timeout: how long the client and the workers wait out an unreachable
+            store before failing.
     """
 
     _WHAT = "a session manifest"
@@ -416,6 +419,7 @@ class SessionManifest(_JsonRecord):
     task_timeout: float | None = None
     max_workers: int = 1
     code: str | None = None
+    store_outage_timeout: float = 300.0
     # The backend's options as the session runs them (``LocalBackend``, or for AWS the
     # options resolved against the profile); encoded by the backend's own to_record().
     backend_config: BackendConfig | None = None
@@ -622,7 +626,8 @@ class BatchRecord:
     tasks: tuple[TaskSpec, ...]
     inline: dict[str, bytes]
 
-    def encode(self, codec: Codec) -> bytes:
+    def encode(self, codec: Codec, key: str) -> bytes:
+        """Signed, bound to ``key``: the batch's key."""
         tasks = [
             {
                 "i": t.index,
@@ -634,18 +639,19 @@ class BatchRecord:
             for t in self.tasks
         ]
         record = {"bid": self.bid, "versions": self.versions, "tasks": tasks, "inline": self.inline}
-        return codec.encode_pickle(record)
+        return codec.encode_pickle(record, key)
 
     @classmethod
-    def decode(cls, codec: Codec, blob: bytes, where: str) -> BatchRecord:
+    def decode(cls, codec: Codec, blob: bytes, key: str) -> BatchRecord:
         """Raises:
-        CorruptRecordError: damaged, or not a batch record."""
-        record = codec.decode_pickle(blob, where)
+        CorruptRecordError: damaged, bound to another key or session, or not a batch
+            record."""
+        record = codec.decode_pickle(blob, key)
         try:
             tasks = tuple(
                 TaskSpec(
                     int(t["i"]),
-                    _enum(TaskKind, t["kind"], where),
+                    _enum(TaskKind, t["kind"], key),
                     t["fn"],
                     tuple(t["args"]),
                     dict(t["kwargs"]),
@@ -654,7 +660,7 @@ class BatchRecord:
             )
             return cls(record["bid"], dict(record["versions"]), tasks, dict(record["inline"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptRecordError(f"{where} does not hold a batch record: {exc!r}") from exc
+            raise CorruptRecordError(f"{key} does not hold a batch record: {exc!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -697,7 +703,9 @@ class ResultRecord:
     outputs: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def encode(self, codec: Codec) -> bytes:
+    def encode(self, codec: Codec, key: str) -> bytes:
+        """Signed, bound to ``key``: the batch's result key, also when it rides inline in
+        the done event."""
         record = {
             "bid": self.bid,
             "worker": self.worker,
@@ -707,14 +715,18 @@ class ResultRecord:
             "outputs": self.outputs,
             "seconds": self.seconds,
         }
-        return codec.encode_pickle(record)
+        return codec.encode_pickle(record, key)
 
     @classmethod
-    def decode(cls, codec: Codec, blob: bytes, where: str) -> ResultRecord:
-        """Raises:
-        CorruptRecordError: damaged, or not a result record.
+    def decode(cls, codec: Codec, blob: bytes, key: str, where: str | None = None) -> ResultRecord:
+        """Args: ``key``, the batch's result key it must be bound to; ``where``, the object
+        read, when it is not that key (a done event carrying the result inline).
+
+        Raises:
+        CorruptRecordError: damaged, bound to another key or session, or not a result record.
         ProtocolMismatchError: written by another protocol version."""
-        record = codec.decode_pickle(blob, where)
+        where = where or key
+        record = codec.decode_pickle(blob, key, where)
         if not isinstance(record, dict) or "outcomes" not in record:
             raise CorruptRecordError(f"{where} does not hold a result record")
         try:

@@ -330,7 +330,7 @@ def test_a_damaged_result_fails_only_its_own_entry(
             if damage == "signature":
                 data = data[:-1] + bytes([data[-1] ^ 0xFF])
             else:  # correctly signed, but not a pickle
-                data = codec.encode_blob(b"this is not a pickle")
+                data = codec.encode_blob(b"this is not a pickle", keys.result(bid))
             store.put(key, data)
         read_from[victim] = event_key if size else keys.result(bid)
 

@@ -71,7 +71,7 @@ def test_control_record_transitions() -> None:
     assert record.cancel().state is SessionState.CANCELLED
     marked = record.raise_watermark("b")
     assert marked is not None and marked.raise_watermark("a") is None  # never back
-    assert ControlRecord.decode(CODEC, marked.encode(CODEC), "c") == marked
+    assert ControlRecord.decode(CODEC, marked.encode(CODEC, "c"), "c") == marked
 
 
 def test_expiry_is_decided_by_the_manifest() -> None:
@@ -89,10 +89,10 @@ def test_a_control_record_with_an_unknown_state_is_refused() -> None:
 
 def test_claim_and_worker_records_round_trip() -> None:
     claim = Claim("w1", 2, ClaimState.RUNNING, 50.0, 3, ("w0 (killed by SIGKILL)",))
-    assert Claim.decode(CODEC, claim.encode(CODEC), "claim") == claim
+    assert Claim.decode(CODEC, claim.encode(CODEC, "claim"), "claim") == claim
     assert claim.live(49.0) and not claim.live(50.0)
     worker = WorkerRecord("w1", WorkerState.INIT_FAILED, "host", 12, 1.0, error="boom")
-    assert WorkerRecord.decode(CODEC, worker.encode(CODEC), "worker") == worker
+    assert WorkerRecord.decode(CODEC, worker.encode(CODEC, "worker"), "worker") == worker
 
 
 def test_batch_records_round_trip() -> None:
@@ -102,7 +102,7 @@ def test_batch_records_round_trip() -> None:
         (TaskSpec(0, TaskKind.CALL, "f", ("a",), {"k": "b"}),),
         {"f": b"fn", "a": b"arg"},
     )
-    assert BatchRecord.decode(CODEC, record.encode(CODEC), "batch") == record
+    assert BatchRecord.decode(CODEC, record.encode(CODEC, "batch"), "batch") == record
 
 
 def test_result_records_decode_to_outcomes() -> None:
@@ -118,7 +118,7 @@ def test_result_records_decode_to_outcomes() -> None:
         outputs={0: "printed"},
         seconds=0.5,
     )
-    decoded = ResultRecord.decode(CODEC, record.encode(CODEC), "result")
+    decoded = ResultRecord.decode(CODEC, record.encode(CODEC, "result"), "result")
     assert decoded == record
     outcomes = decoded.decode_outcomes()
     assert not isinstance(outcomes, BaseException)
@@ -131,4 +131,4 @@ def test_result_records_decode_to_outcomes() -> None:
 
 def test_a_result_record_that_is_not_one_is_refused() -> None:
     with pytest.raises(CorruptRecordError, match="does not hold a result record"):
-        ResultRecord.decode(CODEC, CODEC.encode_pickle({"bid": "x"}), "results/x")
+        ResultRecord.decode(CODEC, CODEC.encode_pickle({"bid": "x"}, "results/x"), "results/x")
