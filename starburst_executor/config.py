@@ -31,6 +31,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from starburst_executor._private import make_private_dir, open_private
+
 __all__ = [
     "KEEP_LOGS_ENV",
     "SECRET_ENV",
@@ -66,14 +68,15 @@ def home_dir() -> Path:
 
 
 def _writable_home(sub: str = "") -> Path:
-    """``home_dir() / sub``, created; a ``PermissionError`` that says which variable to set.
+    """``home_dir() / sub``, created 700 (it holds the key, logs and the default store); a
+    ``PermissionError`` that says which variable to set.
 
     Raises:
         PermissionError: the directory cannot be created or written.
     """
     path = home_dir() / sub if sub else home_dir()
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path)
         if not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied", str(path))
     except OSError as exc:
@@ -194,7 +197,8 @@ def _legacy_index() -> Path:
 def _write_entry(entry: IndexEntry) -> None:
     directory = _writable_home("sessions")
     tmp = directory / f".{entry.session_id}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    tmp.write_text(json.dumps(asdict(entry)))
+    with open(tmp, "w", opener=open_private) as fh:
+        fh.write(json.dumps(asdict(entry)))
     os.replace(tmp, directory / f"{entry.session_id}.json")  # atomic: readers see old or new
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from starburst_executor._private import make_private_dir, open_private
 from starburst_executor.config import SECRET_ENV, home_dir, secret_key
 from starburst_executor.launchers.base import WorkerExit
 from starburst_executor.protocol import WorkerRecord, WorkerState
@@ -119,7 +120,7 @@ class LocalLauncher:
         self._adopted: set[int] = set()
 
     def start(self, count: int) -> list[str]:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.log_dir)  # task output may be anyone's data: 700, files 600
         env = dict(os.environ)
         env[SECRET_ENV] = secret_key().hex()  # never via the store; see DESIGN.md "Security"
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -128,7 +129,7 @@ class LocalLauncher:
         for _ in range(count):
             worker = f"local-{os.getpid()}-{secrets.token_hex(3)}"
             log = self.log_dir / f"{worker}.log"
-            with open(log, "ab") as out:
+            with open(log, "ab", opener=open_private) as out:
                 proc = subprocess.Popen(
                     [
                         sys.executable,

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from starburst_executor._private import make_private_dir, open_private, unsafe_dir_reason
 from starburst_executor.errors import (
     ObjectNotFoundError,
     PreconditionFailedError,
@@ -46,10 +47,12 @@ class LocalStore:
     """A store in a local directory (shared by every process on this machine).
 
     Args:
-        root: the directory; created if missing.
+        root: the directory; created if missing, 700 (its files 600): it holds pickled
+            arguments and results, which are code and data.
 
     Raises:
-        StoreConfigError: the directory cannot be created or written.
+        StoreConfigError: the directory cannot be created or written, or other users can
+            write to it (the message says what to chmod).
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -57,8 +60,14 @@ class LocalStore:
         self._tmp = self._root / _INTERNAL / "tmp"
         self._locks = self._root / _INTERNAL / "locks"
         try:
-            self._tmp.mkdir(parents=True, exist_ok=True)
-            self._locks.mkdir(parents=True, exist_ok=True)
+            reason = unsafe_dir_reason(self._root) if self._root.is_dir() else None
+            if reason is not None:
+                raise StoreConfigError(
+                    f"refusing to use store {self._root}: {reason}. Whoever can write a store "
+                    "can run code in its workers and in the clients that read it"
+                )
+            make_private_dir(self._tmp)
+            make_private_dir(self._locks)
             probe = self._tmp / f"probe-{secrets.token_hex(6)}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -94,7 +103,7 @@ class LocalStore:
 
     def _write_temp(self, data: bytes) -> Path:
         tmp = self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}"
-        with open(tmp, "wb") as fh:
+        with open(tmp, "wb", opener=open_private) as fh:
             fh.write(data)
         return tmp
 
@@ -124,7 +133,7 @@ class LocalStore:
         try:
             tmp = self._write_temp(data)
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dir(path.parent)
                 os.replace(tmp, path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -138,7 +147,7 @@ class LocalStore:
         try:
             tmp = self._write_temp(data)
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dir(path.parent)
                 os.link(tmp, path)
                 return _etag(os.stat(tmp))  # same inode as the key, and nobody can replace tmp
             except FileExistsError:
@@ -154,7 +163,7 @@ class LocalStore:
         try:
             tmp = self._write_temp(data)
             try:
-                with open(lock, "a+b") as lock_fh:
+                with open(lock, "a+b", opener=open_private) as lock_fh:
                     fcntl.flock(lock_fh.fileno(), fcntl.LOCK_EX)
                     try:
                         current = _etag(os.stat(path))
