@@ -150,14 +150,21 @@ class Claims:
             return None
         if claim.live(self._store.now()):
             return None
-        attempt = claim.attempt + 1
+        if claim.attempt > self.max_attempts:
+            # Its holder took it over only to report the batch lost, and was lost itself
+            # before it could: that was no attempt at the tasks, so it neither counts nor
+            # joins the history (the error says exactly max_attempts).
+            attempt, history = claim.attempt, claim.history
+        else:
+            attempt = claim.attempt + 1
+            history = (*claim.history, f"{claim.worker} ({_how_it_ended(claim)})")
         new = Claim(
             worker,
             attempt,
             ClaimState.RUNNING,
             self._store.now() + self.lease_seconds,
             claim.n + 1,
-            (*claim.history, f"{claim.worker} ({_how_it_ended(claim)})"),
+            history,
         )
         try:
             # Compare-and-swap against the ETag just read: of several workers that saw the
@@ -175,8 +182,27 @@ class Claims:
 
         Costs one listing of the in-flight claims, plus a read of each stale one.
         """
+        return list(self._stale(collect=True))
+
+    def expired_holders(self) -> dict[str, str]:
+        """The batches whose lease expired, each with the worker that let it expire.
+
+        The client counts those workers as lost: a frozen worker (SIGSTOP, a partitioned
+        machine) is still "running" for its launcher, yet does no work. Same cost as
+        :meth:`scan`; released claims are not included (their worker said it was leaving).
+        """
+        return {
+            bid: claim.worker
+            for bid, claim in self._stale(collect=False).items()
+            if claim.state is ClaimState.RUNNING
+        }
+
+    def _stale(self, *, collect: bool) -> dict[str, Claim]:
+        """Claims not live any more (expired or released), by batch; with ``collect``, old
+        done claims are deleted on the way."""
         now = self._store.now()
-        expired, garbage = [], []
+        expired: dict[str, Claim] = {}
+        garbage = []
         for info in self._store.list(self._keys.claims):
             # LastModified is the last renewal: a claim renewed within a lease cannot have
             # expired, so only older ones cost a GET (one listing finds the candidates).
@@ -192,8 +218,8 @@ class Claims:
                 if age > self.gc_seconds:
                     garbage.append(info.key)
             elif claim.expires < now:
-                expired.append(bid)
-        if garbage:
+                expired[bid] = claim
+        if garbage and collect:
             self._store.delete_many(garbage)
         return expired
 

@@ -31,6 +31,7 @@ from starburst_executor.errors import (
     CorruptRecordError,
     SessionExpiredError,
     StarburstError,
+    StoreUnavailableError,
 )
 from starburst_executor.launchers.base import Launcher, WorkerExit
 from starburst_executor.protocol import (
@@ -97,6 +98,8 @@ class Pacing:
             rewritten (one compare-and-swap of the control record).
         rewind_after: after this long without a result, re-list completions from the start
             (catches an event stamped by a badly skewed clock); doubles each time.
+        lease_scan_every: how often the claims are listed for expired leases, whose workers
+            then count as lost (default: half the session's lease).
     """
 
     linger: float = 0.002
@@ -106,6 +109,7 @@ class Pacing:
     watermark_every: float = 10.0
     batch_seconds: float = 1.0
     rewind_after: float = 60.0
+    lease_scan_every: float | None = None
 
 
 class Manager:
@@ -153,6 +157,8 @@ class Manager:
         self._left_open = False  # detached: exit without closing the session
         self._session_over = False  # another client ended the session: start no workers
         self._expired_since: float | None = None  # when this client saw the deadline pass
+        self._lost: set[str] = set()  # workers holding an expired lease (frozen, cut off)
+        self._next_lease_scan = 0.0
         self.thread = threading.Thread(target=self._run, name="starburst-manager", daemon=True)
         self.closed = threading.Event()
 
@@ -191,6 +197,11 @@ class Manager:
     def _run(self) -> None:
         try:
             self._loop()
+        except StoreUnavailableError as exc:
+            # The store stayed away for longer than store_outage_timeout (every store call
+            # waits out shorter outages): the Futures fail with the error that says so.
+            logger.error("session %s: %s", self.session_id, exc)
+            self._break(exc)
         except BaseException as exc:  # top of a thread: never die silently, fail the Futures
             logger.exception("session %s: manager thread failed", self.session_id)
             broken = BrokenStarburstExecutor(f"the executor's manager thread failed: {exc!r}")
@@ -440,7 +451,7 @@ class Manager:
         if self._check_expiry():
             return  # no worker is ever started into an expired session
         need = min(self._max_workers, len(self._outstanding) + (1 if self._queued() else 0))
-        running = self._launcher.running()
+        running = max(0, self._launcher.running() - len(self._find_lost_workers()))
         if need > running and not self._session_ended_elsewhere():
             try:
                 self._launcher.start(need - running)
@@ -450,6 +461,39 @@ class Manager:
                     return
                 logger.warning("session %s: could not start more workers: %s", self.session_id, exc)
         self._update_watermark()
+
+    def _find_lost_workers(self) -> set[str]:
+        """Workers whose lease on a batch expired: frozen (SIGSTOP), cut off from the store,
+        or dead without their launcher noticing. Their launcher still counts them as running,
+        yet they do no work; counting them as lost lets a replacement start, which takes
+        their batches over (with no other worker, the run would hang on them for good).
+
+        One listing of the claims every half lease (plus a GET per stale claim). Once its
+        batch is taken over, a lost worker counts as running again: if it comes back, it
+        finds its claim gone and carries on with other work.
+        """
+        if not self._outstanding:
+            self._lost = set()
+            return self._lost
+        now = time.monotonic()
+        if now < self._next_lease_scan:
+            return self._lost
+        every = self._pacing.lease_scan_every or self._claims.lease_seconds / 2
+        self._next_lease_scan = now + every
+        try:
+            lost = set(self._claims.expired_holders().values())
+        except StarburstError as exc:  # the store may answer next time; keep the last view
+            logger.warning("session %s: cannot list the claims: %s", self.session_id, exc)
+            return self._lost
+        for worker in lost - self._lost:
+            logger.warning(
+                "session %s: worker %s let its lease expire (frozen or cut off); counted as "
+                "lost, its work goes to another worker",
+                self.session_id,
+                worker,
+            )
+        self._lost = lost
+        return lost
 
     def _session_ended_elsewhere(self) -> bool:
         """Whether another client cancelled or closed this detached session: then no worker

@@ -1,0 +1,119 @@
+"""Workers that freeze, clients that die, batches cut short (issue 10, items 2, 6 and 8), on a
+memory store with a ``FakeClock`` and workers in threads: leases expire only when a test moves
+the clock, so each test decides exactly when a worker counts as lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from starburst_executor import StarburstExecutor
+from starburst_executor._claims import Claims
+from starburst_executor._manager import Pacing
+from starburst_executor.launchers.thread import ThreadLauncher
+from starburst_executor.protocol import Codec, SessionKeys
+from starburst_executor.stores.base import Store
+from starburst_executor.stores.memory import FakeClock
+
+from .fakes import RecordingStore, use_launcher, wait_until
+
+FAST = Pacing(
+    linger=0.001, poll_min=0.001, poll_max=0.01, maintain_every=0.005, lease_scan_every=0.005
+)
+LEASE = 30.0
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> RecordingStore:
+    return RecordingStore(clock=clock)
+
+
+@pytest.fixture
+def executors() -> Iterator[list[StarburstExecutor]]:
+    made: list[StarburstExecutor] = []
+    yield made
+    for ex in made:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+class FreezingLauncher(ThreadLauncher):
+    """Its first worker is no thread: it claims the first batch it sees and then freezes
+    (SIGSTOP): it never renews, never reports anything, and its launcher counts it as
+    running for ever, as a stopped process is."""
+
+    def __init__(self, store: Store, manifest: Any, codec: Codec) -> None:
+        super().__init__(store, manifest.session_id, codec)
+        self.keys = SessionKeys(manifest.session_id)
+        self.claims = Claims(
+            store, self.keys, codec, lease_seconds=LEASE, max_attempts=manifest.max_attempts
+        )
+        self.frozen: str | None = None
+        self.holds: str | None = None
+
+    def start(self, count: int) -> list[str]:
+        if self.frozen is None and count:
+            self.frozen = "frozen-1"
+            return [self.frozen, *super().start(count - 1)]
+        return super().start(count)
+
+    def running(self) -> int:
+        return super().running() + (self.frozen is not None)
+
+    def poll(self) -> list[Any]:
+        if self.frozen is not None and self.holds is None:
+            for info in self.store.list(self.keys.batches):
+                bid = SessionKeys.bid_of(info.key)
+                if self.claims.try_claim(bid, self.frozen) is not None:
+                    self.holds = bid
+                    break
+        return super().poll()
+
+
+def test_a_frozen_worker_holding_the_only_task_is_replaced_once_its_lease_expires(
+    monkeypatch: pytest.MonkeyPatch,
+    clock: FakeClock,
+    store: RecordingStore,
+    executors: list[StarburstExecutor],
+) -> None:
+    launchers = use_launcher(monkeypatch, FreezingLauncher)
+    ex = StarburstExecutor(store=store, pacing=FAST, max_workers=1, lease_seconds=LEASE)
+    executors.append(ex)
+    future = ex.submit(double, 21)
+    launcher: FreezingLauncher = wait_until(lambda: launchers and launchers[0], what="launcher")
+    wait_until(lambda: launcher.holds is not None, what="the frozen worker's claim")
+    assert launcher.running() == 1
+    assert not future.done()
+    clock.advance(LEASE + 1)  # its lease expires: the worker counts as lost, not running
+    assert future.result(timeout=10) == 42
+    assert launcher.running() == 2  # a replacement ran it (the frozen one is still "running")
+
+
+def test_a_holder_lost_after_the_batch_was_exhausted_adds_no_attempt(clock: FakeClock) -> None:
+    """The worker that takes a batch over past max_attempts only reports it lost; if it is
+    lost itself before it can, the next taker's error still counts exactly max_attempts."""
+    keys = SessionKeys("20300101-000000-abcdef")
+    claims = Claims(
+        RecordingStore(clock=clock), keys, Codec(b"k" * 32), lease_seconds=LEASE, max_attempts=2
+    )
+    bid = "1800000000000-c0ffee-000001-1"
+    assert claims.try_claim(bid, "w1") is not None
+    for worker in ("w2", "w3", "w4"):
+        clock.advance(LEASE + 1)
+        assert claims.take_over(bid, worker) is not None
+    clock.advance(LEASE + 1)
+    last = claims.take_over(bid, "w5")
+    assert last is not None and last.exhausted
+    assert last.claim.attempt == 3  # the error says "lost attempt - 1 = 2 times"
+    assert [h.split(" ")[0] for h in last.claim.history] == ["w1", "w2"]
