@@ -37,6 +37,12 @@ from starburst_executor.stores.base import ObjectInfo, StoredObject
 __all__ = ["LocalStore"]
 
 _INTERNAL = ".starburst-internal"  # temp files and locks; never a key
+# Writes the disk refuses for want of room, and what to say about each.
+_NO_SPACE = {
+    errno.ENOSPC: "no space left on the disk holding store {root}",
+    errno.EDQUOT: "disk quota exceeded on the disk holding store {root}",
+    errno.EFBIG: "file too large (the filesystem's limit, or the process's ulimit -f)",
+}
 
 
 def _etag(st: os.stat_result) -> str:
@@ -102,13 +108,26 @@ class LocalStore:
         return self._root / key
 
     def _write_temp(self, data: bytes) -> Path:
+        """``data`` in a new temporary file; on any failure (a full disk fails the write or
+        the close) the partial file is removed, so a failed write never eats the space that
+        the next writer needs."""
         tmp = self._tmp / f"{os.getpid()}-{secrets.token_hex(8)}"
-        with open(tmp, "wb", opener=open_private) as fh:
-            fh.write(data)
+        try:
+            with open(tmp, "wb", opener=open_private) as fh:
+                fh.write(data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return tmp
 
     def _oserror(self, exc: OSError, key: str, action: str) -> StoreError:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in _NO_SPACE:
+            what = _NO_SPACE[exc.errno].format(root=self._root)
+            return StoreConfigError(
+                f"cannot {action} {key!r} at {self._root / key}: {what} ({exc.strerror}). "
+                "Free space there, or use a store on a larger disk"
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return StoreConfigError(
                 f"cannot {action} {key!r} in store {self._root}: {exc.strerror}. "
                 "Check the directory's permissions and free space"

@@ -35,6 +35,7 @@ from starburst_executor.errors import (
     SessionError,
     SessionExpiredError,
     StarburstError,
+    StoreConfigError,
     WorkerLostError,
 )
 from starburst_executor.protocol import (
@@ -706,7 +707,23 @@ class Worker:
             if batch_error
             else sum(1 for o in outcomes if not o.ok) + self._chunk_failures
         )
-        self.session.write_result(record, failed)
+        try:
+            self.session.write_result(record, failed)
+        except StoreConfigError as exc:
+            # The store refuses this result for good (a full disk, a permission): a retry on
+            # another worker would fail the same way, attempt after attempt, and the caller
+            # would only learn that workers were lost. Deliver the refusal instead, a small
+            # record that still fits, so the batch's Futures fail with the reason.
+            logger.error(
+                "worker %s: cannot store the result of batch %s: %s",
+                self.worker_id,
+                handle.bid,
+                exc,
+            )
+            refused = replace(
+                record, outcomes=(), batch_error=dumps(capture_exception(exc)), outputs={}
+            )
+            self.session.write_result(refused, BatchId.parse(handle.bid).ntasks)
 
 
 @dataclass
