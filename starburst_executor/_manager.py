@@ -100,6 +100,8 @@ class Pacing:
             (catches an event stamped by a badly skewed clock); doubles each time.
         lease_scan_every: how often the claims are listed for expired leases, whose workers
             then count as lost (default: half the session's lease).
+        heartbeat_every: how often the client of a plain session says it is alive
+            (default: a third of the lease).
     """
 
     linger: float = 0.002
@@ -110,6 +112,7 @@ class Pacing:
     batch_seconds: float = 1.0
     rewind_after: float = 60.0
     lease_scan_every: float | None = None
+    heartbeat_every: float | None = None
 
 
 class Manager:
@@ -159,6 +162,7 @@ class Manager:
         self._expired_since: float | None = None  # when this client saw the deadline pass
         self._lost: set[str] = set()  # workers holding an expired lease (frozen, cut off)
         self._next_lease_scan = 0.0
+        self._next_beat = 0.0
         self.thread = threading.Thread(target=self._run, name="starburst-manager", daemon=True)
         self.closed = threading.Event()
 
@@ -217,6 +221,7 @@ class Manager:
             moved = self._process_finished_io()
             self._upload_queued_calls()
             moved += self._poll_completions()
+            self._heartbeat_when_due()
             self._maintain_workers_when_due()
             self._follow_pace(moved)
             if self._time_to_leave():
@@ -241,6 +246,29 @@ class Manager:
         if now >= self._next_maintain:
             self._maintain_workers()
             self._next_maintain = now + self._pacing.maintain_every
+
+    def _heartbeat_when_due(self) -> None:
+        """Say this client is alive, so that a plain session's workers stop soon after it
+        dies instead of running work nobody will collect until ``idle_timeout``.
+
+        The beat is a field of the control record, not an object of its own: the workers
+        read that record anyway (every ``control_every`` and at each lease renewal), so it
+        costs them nothing more, and the client writes it by compare-and-swap against the
+        ETag it already holds: one PUT per third of a lease. Conflicts are rare in a plain
+        session (only workers marking it expired write there too) and are retried.
+        Detached sessions do not beat: their client is meant to go away.
+        """
+        now = time.monotonic()
+        if self.detachable or now < self._next_beat:
+            return
+        if any(kind == "heartbeat" for kind, _ in self._inflight.values()):
+            return  # the last one is still trying (a slow store): no pile-up
+        self._next_beat = now + self._beat_every()
+        stamp = self._session.store.now()
+        self._start_io("heartbeat", "", self._session.update_control, lambda r: r.heartbeat(stamp))
+
+    def _beat_every(self) -> float:
+        return self._pacing.heartbeat_every or self._claims.lease_seconds / 3
 
     def _follow_pace(self, moved: int) -> None:
         """Poll fast while things move; after ``rewind_after`` without a result, re-list the
@@ -282,7 +310,9 @@ class Manager:
         in the store, at most the current polling interval (growing while nothing comes)."""
         queued = self._queued()
         if not self._busy() and not queued:
-            self._shared.wake.wait()  # nothing to wait for: no polling at all
+            # Nothing to wait for: no polling at all, only the heartbeat of a plain session
+            # (its idle workers are still there, and must not think it dead).
+            self._shared.wake.wait(None if self.detachable else self._beat_every())
             self._interval = self._pacing.poll_min
             return
         if queued and not self._window_full():

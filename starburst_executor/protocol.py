@@ -465,6 +465,8 @@ class ControlRecord(_JsonRecord):
         n: version counter.
         state: ``OPEN``, or one of the terminal states, in which workers exit.
         low_watermark: batches before this key are all finished; workers start listing there.
+        client_seen: store-clock time of the client's last heartbeat (``None`` in detached
+            sessions); a plain session's workers leave when it is too old.
     """
 
     _WHAT = "a control record"
@@ -472,6 +474,7 @@ class ControlRecord(_JsonRecord):
     n: int = 0
     state: SessionState = SessionState.OPEN
     low_watermark: str | None = None
+    client_seen: float | None = None
 
     def _next(self, **changes: Any) -> ControlRecord:
         return replace(self, n=self.n + 1, **changes)
@@ -495,6 +498,10 @@ class ControlRecord(_JsonRecord):
             return None
         return self._next(low_watermark=mark)
 
+    def heartbeat(self, now: float) -> ControlRecord | None:
+        """The client is alive at ``now`` (store clock); nothing to write once it ended."""
+        return self._next(client_seen=now) if self.state is SessionState.OPEN else None
+
     def state_at(self, manifest: SessionManifest, now: float) -> SessionState:
         """The session's state at ``now``: "expired" once ``session_timeout`` has passed,
         though only a worker that notices writes that into the record."""
@@ -503,12 +510,15 @@ class ControlRecord(_JsonRecord):
         return self.state
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "state": self.state.value, "low_watermark": self.low_watermark}
+        d = {"n": self.n, "state": self.state.value, "low_watermark": self.low_watermark}
+        return {**d, "client_seen": self.client_seen}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ControlRecord:
         state = _enum(SessionState, data.get("state", "open"), "control record")
-        return cls(int(data.get("n", 0)), state, data.get("low_watermark"))
+        seen = data.get("client_seen")
+        seen = None if seen is None else float(seen)
+        return cls(int(data.get("n", 0)), state, data.get("low_watermark"), seen)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,11 +22,13 @@ from pathlib import Path
 
 import executor_tasks as tasks
 import pytest
-from detached_support import subprocess_env, wait_until
+from detached_support import session_processes, subprocess_env, wait_until
 
-from starburst_executor import StarburstExecutor
+from starburst_executor import StarburstExecutor, open_store
+from starburst_executor._session import Session
+from starburst_executor.config import SECRET_ENV, secret_key
 from starburst_executor.launchers import LocalLauncher
-from starburst_executor.protocol import SessionKeys
+from starburst_executor.protocol import Claim, ClaimState, Codec, SessionKeys
 
 LEASE = 2.0
 RESULT_TIMEOUT = 30
@@ -78,3 +82,78 @@ def test_frozen_only_worker_is_replaced_and_its_late_result_is_discarded(
     os.kill(frozen, signal.SIGKILL)
     assert fut.result() == runner
     assert ex.submit(tasks.square, 7).result(timeout=RESULT_TIMEOUT) == 49
+
+
+CLIENT = """
+import sys, time
+import executor_tasks as tasks
+from starburst_executor import DetachedExecutor, StarburstExecutor
+store, marks, kind, lease = sys.argv[1:5]
+cls = DetachedExecutor if kind == "detached" else StarburstExecutor
+ex = cls(store=store, max_workers=2, lease_seconds=float(lease))
+futures = [ex.submit(tasks.announce_and_sleep, marks, 30.0) for _ in range(2)]
+print(ex.session_id, flush=True)
+time.sleep(120)
+"""
+
+
+def start_client(store_url: str, marks: Path, kind: str) -> tuple[subprocess.Popen[str], str]:
+    """A client process whose two tasks run (each in its own worker) for 30 s."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, store_url, str(marks), kind, str(LEASE)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(**{SECRET_ENV: secret_key().hex()}),
+    )
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().strip()
+    assert sid, "the client printed no session id"
+    wait_until(lambda: len(list(marks.glob("started-*"))) == 2, what="both tasks to start")
+    return proc, sid
+
+
+def claims_of(store_url: str, sid: str) -> list[Claim]:
+    session = Session.open(open_store(store_url), sid, Codec(secret_key()))
+    claims = session.claims()
+    found = [claims.read(bid) for bid in session.batch_ids()]
+    return [c for c in found if c is not None]
+
+
+@pytest.mark.slow
+def test_workers_of_a_plain_session_leave_soon_after_their_client_dies(
+    store_url: str, tmp_path: Path, reap: list[str]
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    client, sid = start_client(store_url, marks, "plain")
+    reap.append(sid)
+    assert len(session_processes(sid)) == 2
+    client.kill()
+    client.wait()
+    killed = time.monotonic()
+    # Before: they ran their 30 s tasks, then idled until idle_timeout.
+    wait_until(lambda: not session_processes(sid), timeout=4 * LEASE, what="the workers to go")
+    took = time.monotonic() - killed
+    assert took < 2.5 * LEASE, f"the workers left {took:.1f} s after the client died"
+    claims = claims_of(store_url, sid)
+    assert len(claims) == 2
+    for claim in claims:  # handed back: another client could attach and rerun them
+        assert claim.state is ClaimState.RELEASED
+        assert "client's death" in claim.ended
+
+
+@pytest.mark.slow
+def test_workers_of_a_detached_session_outlive_their_client(
+    store_url: str, tmp_path: Path, reap: list[str]
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    client, sid = start_client(store_url, marks, "detached")
+    reap.append(sid)
+    workers = session_processes(sid)
+    client.kill()
+    client.wait()
+    time.sleep(3 * LEASE)  # no event to wait for: the test is that nothing happens
+    assert sorted(session_processes(sid)) == sorted(workers)
+    claims = claims_of(store_url, sid)
+    assert [c.state for c in claims] == [ClaimState.RUNNING] * 2

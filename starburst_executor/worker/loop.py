@@ -65,6 +65,7 @@ from starburst_executor.serialization import (
     name_pickling_error,
 )
 from starburst_executor.stores.base import Store
+from starburst_executor.worker.liveness import ClientWatch
 from starburst_executor.worker.signals import on_signal
 
 __all__ = ["Worker", "WorkerOptions"]
@@ -217,6 +218,9 @@ class Worker:
         self._tasks_run = 0
         self._task_started: float | None = None  # monotonic start of the running task
         self._outcomes: list[TaskOutcome] = []  # of the running batch, for the watchdog
+        # Why the lease thread hands the claim back and ends the worker, with the exit code.
+        self._leaving: tuple[str, int] = ("SIGTERM", ExitCode.SIGTERM)
+        self._client = ClientWatch.for_lease(self.claims.lease_seconds)
         self._outputs: dict[int, str] = {}
         self._chunk_failures = 0  # map chunks of the running batch that stopped on an error
         self._current_batch: BatchRecord | None = None
@@ -335,6 +339,7 @@ class Worker:
         with self._lock:
             handle = self._handle
         if handle is None:
+                self._watch_client()
             return
         try:
             renewed = self.claims.renew(handle)
@@ -361,6 +366,26 @@ class Worker:
 
         A running task cannot be interrupted from this thread: its error (and one for each
         task of the batch that did not finish) is delivered, then the process is replaced by
+    def _watch_client(self) -> None:
+        """A plain session's client stamps the control record while it lives; once it is
+        gone (killed, its machine lost), leave and hand the batch back: nobody is left to
+        collect the results. One GET per renewal; detached sessions go on without one."""
+        if self.manifest.detached:
+            return
+        try:
+            stamp = self.session.control().client_seen
+        except StarburstError as exc:  # judged on the next read
+            logger.info("worker %s: cannot read the control record: %s", self.worker_id, exc)
+            return
+        if self._client.gone(stamp, self.store.now(), time.monotonic()):
+            logger.warning(
+                "worker %s: the client of session %s stopped beating; handing back and leaving",
+                self.worker_id,
+                self.keys.session_id,
+            )
+            self._leaving = ("its client's death (no heartbeat)", ExitCode.OK)
+            self.request_stop()
+
         a fresh worker (task timeout; exec keeps the pid, so the launcher keeps tracking it)
         or exits (session expired).
         """
@@ -434,20 +459,22 @@ class Worker:
         self._upload_log()
 
     def _hand_back_and_exit(self) -> NoReturn:
-        """SIGTERM: release the claim (another worker runs the batch at once, not after the
-        lease), record the exit, and end with 143 as a process killed by SIGTERM would."""
+        """SIGTERM (or the client's death): release the claim (another worker runs the batch
+        at once, not after the lease), record the exit, and end with 143 as a process killed
+        by SIGTERM would (0 when the client is gone)."""
+        why, code = self._leaving
         with self._lock:
             handle = self._handle
         try:
-            if handle is not None and self.claims.release(handle, "stopped by SIGTERM"):
-                logger.info("worker %s: SIGTERM, released batch %s", self.worker_id, handle.bid)
+            if handle is not None and self.claims.release(handle, f"stopped by {why}"):
+                logger.info("worker %s: %s, released batch %s", self.worker_id, why, handle.bid)
             logger.info(
-                "worker %s of session %s exits: SIGTERM", self.worker_id, self.keys.session_id
+                "worker %s of session %s exits: %s", self.worker_id, self.keys.session_id, why
             )
-            self._record_exit("SIGTERM")
+            self._record_exit(why)
             self._upload_log()
         finally:
-            self._on_exit(ExitCode.SIGTERM)
+            self._on_exit(code)
 
     # -- the loop --------------------------------------------------------------------------
 

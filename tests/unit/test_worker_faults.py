@@ -5,6 +5,7 @@ the clock, so each test decides exactly when a worker counts as lost.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,10 +14,13 @@ import pytest
 from starburst_executor import StarburstExecutor
 from starburst_executor._claims import Claims
 from starburst_executor._manager import Pacing
+from starburst_executor._session import Session
+from starburst_executor.config import secret_key
 from starburst_executor.launchers.thread import ThreadLauncher
 from starburst_executor.protocol import Codec, SessionKeys
 from starburst_executor.stores.base import Store
 from starburst_executor.stores.memory import FakeClock
+from starburst_executor.worker.liveness import ClientWatch
 
 from .fakes import RecordingStore, use_launcher, wait_until
 
@@ -117,3 +121,39 @@ def test_a_holder_lost_after_the_batch_was_exhausted_adds_no_attempt(clock: Fake
     assert last is not None and last.exhausted
     assert last.claim.attempt == 3  # the error says "lost attempt - 1 = 2 times"
     assert [h.split(" ")[0] for h in last.claim.history] == ["w1", "w2"]
+
+
+def test_the_client_is_judged_gone_only_when_a_stale_stamp_stays_unchanged() -> None:
+    watch = ClientWatch.for_lease(3.0)  # stale past 3.75 s; confirmed 1 s later
+    assert not watch.gone(None, 1000.0, 0.0)  # nobody beats (detached): nobody is judged
+    assert not watch.gone(100.0, 103.0, 0.0)  # fresh
+    assert not watch.gone(100.0, 104.0, 1.0)  # stale: first seen now
+    assert not watch.gone(100.0, 104.5, 1.5)  # not yet confirmed
+    assert not watch.gone(104.2, 104.6, 1.6)  # it beat again (back from an outage): reset
+    assert not watch.gone(104.2, 110.0, 2.0)
+    assert watch.gone(104.2, 111.0, 3.0)  # the same stale stamp a second later: gone
+
+
+def test_a_plain_sessions_client_beats_and_a_detached_one_does_not(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, store: RecordingStore
+) -> None:
+    from starburst_executor import DetachedExecutor
+
+    from .fakes import thread_launcher
+
+    use_launcher(monkeypatch, thread_launcher)
+    beat = dataclasses.replace(FAST, heartbeat_every=0.001)
+
+    def stamp(ex: StarburstExecutor) -> float | None:
+        return Session.open(store, ex.session_id, Codec(secret_key())).control().client_seen
+
+    plain = StarburstExecutor(store=store, pacing=beat, max_workers=1)
+    assert plain.submit(double, 1).result(timeout=10) == 2
+    first = wait_until(lambda: stamp(plain), what="a first beat")
+    clock.advance(5)  # still beating while idle (its idle workers must not think it dead)
+    wait_until(lambda: stamp(plain) == first + 5, what="a new beat")
+    plain.shutdown(wait=True)
+    detached = DetachedExecutor(store=store, pacing=beat, max_workers=1)
+    assert detached.submit(double, 1).result(timeout=10) == 2
+    assert stamp(detached) is None
+    detached.shutdown(wait=True)
