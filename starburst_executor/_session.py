@@ -448,7 +448,9 @@ def _remove_empty_dirs(store: Store, prefix: str) -> None:
     ``prefix``, so a removed session leaves nothing behind. Only done for a whole session that
     no process writes any more; any other store has no directories."""
     from starburst_executor.stores.local import LocalStore
+    from starburst_executor.stores.outage import unwrapped
 
+    store = unwrapped(store)
     if not isinstance(store, LocalStore):
         return
     top = store.root / prefix.rstrip("/")

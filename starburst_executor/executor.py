@@ -47,6 +47,7 @@ from starburst_executor.serialization import (
 from starburst_executor.sessions import session_cost
 from starburst_executor.stores import Store, open_store
 from starburst_executor.stores.local import LocalStore
+from starburst_executor.stores.outage import DEFAULT_OUTAGE_TIMEOUT, tolerate_outages, unwrapped
 
 __all__ = ["StarburstExecutor"]
 
@@ -121,6 +122,10 @@ class StarburstExecutor(Executor):
             until ``starburst prune``. Default: ``STARBURST_KEEP_LOGS=1`` in the environment,
             else ``False``. A ``DetachedExecutor`` never deletes its data by itself.
         pacing: polling pace of the client (advanced).
+        store_outage_timeout: how long the client and its workers wait out an unreachable
+            store (5xx, throttling, connection errors) before giving up: meanwhile the run
+            pauses and Futures stay pending; after it, outstanding Futures fail with
+            ``StoreUnavailableError``. Default 300 s.
 
     With an ``AwsBackend``, the cost estimate is logged (INFO, logger
     ``starburst_executor.aws.backend``) before anything launches, an estimate above
@@ -158,6 +163,7 @@ class StarburstExecutor(Executor):
         code_files: Sequence[str | os.PathLike[str]] = (),
         keep_logs: bool | None = None,
         pacing: Pacing | None = None,
+        store_outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT,
     ) -> None:
         _check_int("max_workers", max_workers, optional=True)
         if max_workers is not None and max_workers <= 0:
@@ -175,6 +181,7 @@ class StarburstExecutor(Executor):
             ("idle_timeout", idle_timeout),
             ("session_timeout", session_timeout),
             ("task_timeout", task_timeout),
+            ("store_outage_timeout", store_outage_timeout),
         ):
             _check_seconds(label, seconds)
         if lease_seconds < 1:
@@ -202,12 +209,14 @@ class StarburstExecutor(Executor):
 
             plan = prepare(backend_obj, max_workers=max_workers, store=store)
             max_workers = plan.max_workers
-            store_obj = open_store(store if store is not None else plan.store_url)
+            store_obj = tolerate_outages(
+                open_store(store if store is not None else plan.store_url), store_outage_timeout
+            )
             codec = Codec(plan.secret_key)
             backend_config = plan.session_backend(backend_obj)
         else:
             max_workers = max_workers or os.cpu_count() or 1
-            store_obj = open_store(store)
+            store_obj = tolerate_outages(open_store(store), store_outage_timeout)
             codec = Codec(secret_key())
             backend_config = backend_obj
         manifest = SessionManifest(
@@ -226,6 +235,7 @@ class StarburstExecutor(Executor):
             session_timeout=session_timeout,
             task_timeout=task_timeout,
             max_workers=max_workers,
+            store_outage_timeout=store_outage_timeout,
             extra=extra,
         )
         code = pack_code([Path(p) for p in code_files]) if code_files else None
@@ -574,7 +584,7 @@ def _chunk_outcome(
 
 
 def _default_pacing(store: Store) -> Pacing:
-    if isinstance(store, LocalStore):
+    if isinstance(unwrapped(store), LocalStore):
         return Pacing()
     # Each S3 request costs money and tens of milliseconds: poll less eagerly.
     return Pacing(linger=0.01, poll_min=0.05, poll_max=2.0)

@@ -1,0 +1,166 @@
+"""Outages pause, not kill (issue 10, item 1): a store that stops answering for a while
+pauses the run; past ``store_outage_timeout`` the Futures fail with StoreUnavailableError.
+
+The unit tests run on the memory store with a fake clock: the store is down for a window of
+fake time, and every retry's sleep moves that clock, so a 60 s outage passes in milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+from starburst_executor import StarburstExecutor, StoreUnavailableError
+from starburst_executor.launchers.thread import ThreadLauncher
+from starburst_executor.protocol import Codec
+from starburst_executor.stores.base import ObjectInfo, StoredObject
+from starburst_executor.stores.memory import FakeClock, MemoryStore
+from starburst_executor.stores.outage import OutageTolerantStore
+from starburst_executor.worker.loop import WorkerOptions
+from tests.unit.fakes import use_launcher
+from tests.unit.test_manager import FAST
+
+
+class FlakyStore(MemoryStore):
+    """A memory store that is unreachable while its fake clock is inside ``[down_from,
+    down_until)``: every call raises, alternately ``StoreUnavailableError`` and a
+    connection reset, as an S3 store past its own retries and a bare socket would."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.fake = clock
+        self.down_from = float("inf")
+        self.down_until = float("inf")
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def go_down(self, seconds: float) -> None:
+        self.down_from, self.down_until = self.fake(), self.fake() + seconds
+
+    def _maybe_fail(self) -> None:
+        if self.down_from <= self.fake() < self.down_until:
+            with self._lock:
+                self.failures += 1
+                odd = self.failures % 2
+            if odd:
+                raise StoreUnavailableError("S3 kept failing (503 SlowDown) after retries")
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    def get(self, key: str) -> StoredObject:
+        self._maybe_fail()
+        return super().get(key)
+
+    def put(self, key: str, data: bytes) -> str:
+        self._maybe_fail()
+        return super().put(key, data)
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        self._maybe_fail()
+        return super().put_if_absent(key, data)
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> str:
+        self._maybe_fail()
+        return super().put_if_match(key, data, etag)
+
+    def list(self, prefix: str, start_after: str | None = None) -> Any:
+        self._maybe_fail()
+        for info in super().list(prefix, start_after):
+            self._maybe_fail()
+            yield info
+
+    def now(self) -> float:
+        self._maybe_fail()
+        return super().now()
+
+
+def _sleeper(clock: FakeClock) -> Any:
+    def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    return sleep
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _flaky_executor(
+    monkeypatch: pytest.MonkeyPatch, outage_timeout: float
+) -> tuple[StarburstExecutor, FlakyStore]:
+    clock = FakeClock()
+    flaky = FlakyStore(clock)
+
+    def tolerant() -> OutageTolerantStore:
+        # Sleeping moves the fake clock: an outage of minutes passes in milliseconds.
+        return OutageTolerantStore(flaky, sleep=_sleeper(clock), clock=clock)
+
+    def launcher(_store: Any, manifest: Any, codec: Codec) -> ThreadLauncher:
+        options = WorkerOptions(poll_min=0.001, poll_max=0.01)
+        return ThreadLauncher(tolerant(), manifest.session_id, codec, options=options)
+
+    use_launcher(monkeypatch, launcher)
+    ex = StarburstExecutor(
+        store=tolerant(), max_workers=2, pacing=FAST, store_outage_timeout=outage_timeout
+    )
+    return ex, flaky
+
+
+def test_a_store_outage_shorter_than_the_timeout_pauses_the_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ex, flaky = _flaky_executor(monkeypatch, outage_timeout=300.0)
+    caplog.set_level(logging.INFO, logger="starburst_executor._retry")
+    with ex:
+        first = [ex.submit(_square, i) for i in range(20)]
+        assert [f.result(timeout=30) for f in first] == [i * i for i in range(20)]
+        flaky.go_down(120.0)  # two minutes of fake time
+        rest = [ex.submit(_square, i) for i in range(20, 60)]
+        assert [f.result(timeout=30) for f in rest] == [i * i for i in range(20, 60)]
+    assert flaky.failures > 0  # the outage was met, and ridden out
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    back = [r for r in caplog.records if "reachable again" in r.getMessage()]
+    assert warnings and all(r.levelno == logging.WARNING for r in warnings)
+    assert back and all(r.levelno == logging.INFO for r in back)
+    # Once per outage per process-side store: the client's and the two workers' at most.
+    assert len(warnings) <= 3 * len(back) + 3
+
+
+def test_past_store_outage_timeout_the_futures_fail_with_store_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ex, flaky = _flaky_executor(monkeypatch, outage_timeout=60.0)
+    first = ex.submit(_square, 3)
+    assert first.result(timeout=30) == 9
+    flaky.go_down(float("inf"))
+    futures = [ex.submit(_square, i) for i in range(10)]
+    for fut in futures:
+        with pytest.raises(StoreUnavailableError) as info:
+            fut.result(timeout=30)
+        message = str(info.value)
+        assert flaky.url in message and "unreachable for" in message
+        assert "store_outage_timeout=60 s" in message
+    ex.shutdown(wait=True)
+
+
+def test_an_outage_policy_answers_are_not_retried_and_listings_resume() -> None:
+    clock = FakeClock()
+    flaky = FlakyStore(clock)
+    for i in range(5):
+        flaky.put(f"k/{i}", b"x")
+    tolerant = OutageTolerantStore(flaky, sleep=_sleeper(clock), clock=clock, outage_timeout=30)
+    seen: list[ObjectInfo] = []
+    for info in tolerant.list("k/"):
+        seen.append(info)
+        if len(seen) == 2:
+            flaky.go_down(10.0)  # mid-listing: resumes after k/1, no key twice or missed
+    assert [i.key for i in seen] == [f"k/{i}" for i in range(5)]
+    assert tolerant.unreachable_for() is None
+    from starburst_executor.errors import ObjectNotFoundError
+
+    calls = flaky.failures
+    with pytest.raises(ObjectNotFoundError):
+        tolerant.get("missing")  # an answer, not an outage: no retry
+    assert flaky.failures == calls
