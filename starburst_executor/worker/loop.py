@@ -65,6 +65,7 @@ from starburst_executor.serialization import (
     name_pickling_error,
 )
 from starburst_executor.stores.base import Store
+from starburst_executor.stores.outage import tolerate_outages
 from starburst_executor.worker.liveness import ClientWatch
 from starburst_executor.worker.signals import on_signal
 
@@ -199,11 +200,15 @@ class Worker:
     ) -> None:
         self._on_exit = on_exit
         self._on_restart = on_restart
+        # Every store call of the worker waits out an outage of the store (for the session's
+        # store_outage_timeout) instead of failing the batch it runs.
+        store = tolerate_outages(store)
         try:
             self.session = Session.open(store, session_id, codec)
         except SessionError:
             raise SessionError(f"session {session_id} does not exist in {store.url}") from None
-        self.store = store
+        store.outage_timeout = self.session.manifest.store_outage_timeout
+        self.store: Store = store
         self.keys = self.session.keys
         self.manifest = self.session.manifest
         self.worker_id = worker_id
