@@ -15,6 +15,13 @@ Operations are classified as S3 sees them:
 - ``DELETE``: ``DELETE`` and ``POST ?delete`` (DeleteObjects, up to 1,000 keys);
 - ``OTHER``: anything else.
 
+Faults can be injected (``slowdown``/``reset`` fractions, settable later): a request is
+answered ``503 SlowDown`` as S3 does when throttling, or its connection is reset (RST), half
+the time before the request reaches the server and half the time after (the server acted,
+the answer is lost: the case that makes an SDK's retry of a conditional write meet its own
+first attempt). Injected faults are tallied as ``injected:503`` / ``injected:reset-before`` /
+``injected:reset-after`` in the detail counts.
+
 Requests are attributed to a *role* from the User-Agent: botocore appends ``app/<id>`` when
 ``AWS_SDK_UA_APP_ID`` is set, so the benchmark gives the client and the workers different ids.
 
@@ -30,8 +37,10 @@ import argparse
 import http.client
 import json
 import os
+import random
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -57,6 +66,10 @@ _HOP_BY_HOP = frozenset(
     }  # the proxy answers 100-continue itself and forwards the whole body at once
 )
 _CONTROL = "/__proxy__/"
+_SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
 _APP_ID = re.compile(r"\bapp/([A-Za-z0-9._-]+)")
 
 
@@ -170,7 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _control(self) -> None:
-        """``/__proxy__/{snapshot,reset,delay?seconds=S,trace-start,trace-take}``: the API the
+        """``/__proxy__/{snapshot,reset,delay?seconds=S,faults?slowdown=F&reset=F,trace-start,
+        trace-take}``: the API the
         benchmark uses to drive a proxy in another process. Never forwarded (S3 bucket names
         cannot contain ``_``) and never counted."""
         self._read_body()
@@ -186,6 +200,10 @@ class _Handler(BaseHTTPRequestHandler):
             stats.reset()
         elif action == "delay":
             self.server.delay = float(parse_qs(parts.query)["seconds"][0])
+        elif action == "faults":
+            query = parse_qs(parts.query)
+            self.server.slowdown = float(query.get("slowdown", ["0"])[0])
+            self.server.reset = float(query.get("reset", ["0"])[0])
         elif action == "trace-start":
             with stats.lock:
                 stats.trace = []
@@ -203,10 +221,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _reset_connection(self) -> None:
+        """Abort the client's connection with a TCP RST (linger 0), as a dropped network path
+        or a load balancer does; the client sees ``ConnectionResetError``."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+
+    def _slow_down(self) -> None:
+        self.send_response_only(503, "Slow Down")
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(_SLOWDOWN_BODY)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(_SLOWDOWN_BODY)
+
     def _forward(self) -> None:
         if self.path.startswith(_CONTROL):
             self._control()
             return
+        roll = random.random()  # fault injection: [reset | slowdown | forward]
+        reset_before = roll < self.server.reset / 2
+        reset_after = self.server.reset / 2 <= roll < self.server.reset
+        slowdown = self.server.reset <= roll < self.server.reset + self.server.slowdown
         t_start = time.time()
         body = self._read_body()
         op = classify(self.command, self.path)
@@ -229,6 +266,14 @@ class _Handler(BaseHTTPRequestHandler):
             headers.append(("Content-Length", str(len(body))))
         if self.server.delay:
             time.sleep(self.server.delay)
+        if reset_before or slowdown:
+            tag = "injected:reset-before" if reset_before else "injected:503"
+            self.server.stats.add(role, op, [*detail, tag], len(body), 0)
+            if reset_before:
+                self._reset_connection()
+            else:
+                self._slow_down()
+            return
         resp = None
         for attempt in (1, 2):  # a kept-alive upstream connection may have been closed
             try:
@@ -249,6 +294,10 @@ class _Handler(BaseHTTPRequestHandler):
                     return
         assert resp is not None
         detail.append(f"status:{resp.status}")
+        if reset_after:  # the server acted on the request; its answer is lost
+            self.server.stats.add(role, op, [*detail, "injected:reset-after"], len(body), 0)
+            self._reset_connection()
+            return
         self.send_response_only(resp.status, resp.reason)
         have_length = False
         for k, v in resp.getheaders():
@@ -302,6 +351,8 @@ class _Server(ThreadingHTTPServer):
     upstream_host: str
     upstream_port: int
     delay: float
+    slowdown: float  # fraction of requests answered 503 SlowDown
+    reset: float  # fraction of requests whose connection is reset
     stats: _Stats
 
 
@@ -311,12 +362,16 @@ class CountingProxy:
     Args:
         upstream: the S3 endpoint to forward to.
         delay: seconds added to every request (models network latency); settable later.
+        slowdown: fraction of requests answered ``503 SlowDown``; see :meth:`set_faults`.
+        reset: fraction of requests whose connection is reset.
 
     Use as a context manager; ``endpoint_url`` is the proxy's address, ``snapshot()`` the
     tallies so far and ``reset()`` clears them.
     """
 
-    def __init__(self, upstream: str, *, delay: float = 0.0) -> None:
+    def __init__(
+        self, upstream: str, *, delay: float = 0.0, slowdown: float = 0.0, reset: float = 0.0
+    ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise ValueError(f"upstream must be http://host:port, not {upstream!r}")
@@ -324,6 +379,8 @@ class CountingProxy:
         self._server.upstream_host = parts.hostname
         self._server.upstream_port = parts.port
         self._server.delay = delay
+        self._server.slowdown = slowdown
+        self._server.reset = reset
         self._server.stats = _Stats()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -341,6 +398,12 @@ class CountingProxy:
     @delay.setter
     def delay(self, value: float) -> None:
         self._server.delay = value
+
+    def set_faults(self, slowdown: float = 0.0, reset: float = 0.0) -> None:
+        """From now on, answer ``slowdown`` of requests 503 SlowDown and reset ``reset`` of
+        connections (fractions; 0 turns injection off)."""
+        self._server.slowdown = slowdown
+        self._server.reset = reset
 
     def start(self) -> CountingProxy:
         self._thread.start()
@@ -445,6 +508,10 @@ class ProxyProcess:
 
     def reset(self) -> None:
         self._call("reset")
+
+    def set_faults(self, slowdown: float = 0.0, reset: float = 0.0) -> None:
+        """As :meth:`CountingProxy.set_faults`."""
+        self._call(f"faults?slowdown={slowdown}&reset={reset}")
 
     def start_trace(self) -> None:
         self._call("trace-start")

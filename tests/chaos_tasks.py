@@ -1,0 +1,19 @@
+"""The task the chaos tests run (``tests/test_chaos.py``): workers import it by name.
+
+Each execution leaves a marker file, so the test counts how often every task ran, including
+runs whose worker was killed before it could deliver.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+
+def square_and_mark(i: int, markers: str, seconds: float = 0.0) -> int:
+    """``i * i``, after leaving a marker file ``{i}-{random}`` in ``markers`` and sleeping
+    ``seconds`` (so that a run lasts long enough for workers to be killed during it)."""
+    Path(markers, f"{i}-{uuid.uuid4().hex[:8]}").touch()
+    time.sleep(seconds)
+    return i * i
