@@ -13,6 +13,7 @@ the store's clock, both zero-padded so that keys sort by time)::
     sessions/{sid}/batches/{b}/{ts}-requeue-{bid}   "run bid again" (JSON)
     sessions/{sid}/claims/{bid}                Claim with its lease (JSON) compare-and-swap
     sessions/{sid}/results/{bid}               the batch's results (pickle), created once
+    sessions/{sid}/partial/{bid}               results of its finished tasks, while it runs
     sessions/{sid}/done/{b}/{ts}-{bid}.{nfailed}  "bid finished" event; small results inline
     sessions/{sid}/logs/{wid}                  a worker's log, uploaded when it exits
     sessions/{sid}/workers/{wid}               WorkerRecord (JSON)
@@ -274,6 +275,7 @@ class SessionKeys:
         self.batches = self.root + "batches/"
         self.claims = self.root + "claims/"
         self.results = self.root + "results/"
+        self.partials = self.root + "partial/"
         self.done = self.root + "done/"
         self.workers = self.root + "workers/"
         self.blobs = self.root + "blobs/"
@@ -291,6 +293,9 @@ class SessionKeys:
 
     def result(self, bid: str) -> str:
         return self.results + bid
+
+    def partial(self, bid: str) -> str:
+        return self.partials + bid
 
     def done_event(self, ts_ms: int, bid: str, failed: int) -> str:
         return f"{self.done}{ts_key(ts_ms)}-{bid}.{failed}"

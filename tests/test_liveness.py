@@ -19,12 +19,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import executor_tasks as tasks
+import liveness_tasks
 import pytest
 from detached_support import session_processes, subprocess_env, wait_until
 
-from starburst_executor import StarburstExecutor, open_store
+from starburst_executor import DetachedExecutor, StarburstExecutor, WorkerLostError, open_store
 from starburst_executor._session import Session
 from starburst_executor.config import SECRET_ENV, secret_key
 from starburst_executor.launchers import LocalLauncher
@@ -157,3 +159,55 @@ def test_workers_of_a_detached_session_outlive_their_client(
     assert sorted(session_processes(sid)) == sorted(workers)
     claims = claims_of(store_url, sid)
     assert [c.state for c in claims] == [ClaimState.RUNNING] * 2
+
+
+def run_batch_with_a_fatal_task(
+    store_url: str, marks: Path, executors: list[StarburstExecutor], **kwargs: Any
+) -> tuple[Iterator[int], str]:
+    """Twenty tasks in two batches of ten on one worker; task 6 kills its worker (once,
+    or on every attempt when ``max_attempts`` is given); tasks 0-5 take 0.4 s each, more
+    than a sixth of the lease, so each is saved as it finishes."""
+    (marks / "runs").mkdir(parents=True)
+    always = kwargs.get("max_attempts") is not None
+    # A detached map goes up at once, in batches of half of it per worker.
+    ex = DetachedExecutor(store=store_url, max_workers=1, lease_seconds=LEASE, **kwargs)
+    executors.append(ex)
+    n = 20
+    results = ex.map(
+        liveness_tasks.run_or_die,
+        [str(marks)] * n,
+        range(n),
+        [6] * n,
+        [always] * n,
+        [0.4 if i < 6 else 0.0 for i in range(n)],
+        timeout=RESULT_TIMEOUT,
+    )
+    batches = Session.open(open_store(store_url), ex.session_id, Codec(secret_key())).batch_ids()
+    assert [int(b.rsplit("-", 1)[1]) for b in batches] == [10, 10]
+    return results, ex.session_id
+
+
+@pytest.mark.slow
+def test_a_retried_batch_reruns_only_the_tasks_that_did_not_finish(
+    store_url: str, tmp_path: Path, executors: list[StarburstExecutor]
+) -> None:
+    marks = tmp_path / "marks"
+    results, _ = run_batch_with_a_fatal_task(store_url, marks, executors)
+    assert list(results) == [2 * i for i in range(20)]
+    # Before: the retry ran the whole batch again (tasks 0-5 twice).
+    assert runs(marks / "runs") == Counter(range(20))
+
+
+@pytest.mark.slow
+def test_tasks_finished_before_the_last_lost_attempt_keep_their_results(
+    store_url: str, tmp_path: Path, executors: list[StarburstExecutor]
+) -> None:
+    marks = tmp_path / "marks"
+    results, _ = run_batch_with_a_fatal_task(store_url, marks, executors, max_attempts=2)
+    assert [next(results) for _ in range(6)] == [2 * i for i in range(6)]
+    with pytest.raises(WorkerLostError) as info:
+        next(results)
+    message = str(info.value)
+    assert "lost 2 times" in message and "max_attempts=2" in message, message
+    first_batch = Counter({i: n for i, n in runs(marks / "runs").items() if i < 10})
+    assert first_batch == Counter(range(6))  # each ran once, over the two attempts

@@ -21,7 +21,7 @@ import time
 import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from starburst_executor._claims import ClaimHandle
@@ -46,7 +46,6 @@ from starburst_executor.protocol import (
     ExitCode,
     ResultRecord,
     SessionKeys,
-    SessionManifest,
     SessionState,
     TaskKind,
     TaskOutcome,
@@ -67,6 +66,9 @@ from starburst_executor.serialization import (
 from starburst_executor.stores.base import Store
 from starburst_executor.stores.outage import tolerate_outages
 from starburst_executor.worker.liveness import ClientWatch
+from starburst_executor.worker.pacing import LeaseClock as _LeaseClock
+from starburst_executor.worker.pacing import Scan as _Scan
+from starburst_executor.worker.progress import BatchProgress, fill_unfinished
 from starburst_executor.worker.signals import on_signal
 
 __all__ = ["Worker", "WorkerOptions"]
@@ -218,14 +220,15 @@ class Worker:
         self._blobs = _BlobCache(_BLOB_CACHE_BYTES)
         self._stop = threading.Event()
         self._terminating = threading.Event()
+        # Why the lease thread hands the claim back and ends the worker, with the exit code.
+        self._leaving: tuple[str, int] = ("SIGTERM", ExitCode.SIGTERM)
+        self._client = ClientWatch.for_lease(self.claims.lease_seconds)
+        self._progress = BatchProgress(self.session, worker_id, self.claims.lease_seconds / 6)
         self._lock = threading.Lock()
         self._handle: ClaimHandle | None = None  # the claim being run, renewed in background
         self._tasks_run = 0
         self._task_started: float | None = None  # monotonic start of the running task
         self._outcomes: list[TaskOutcome] = []  # of the running batch, for the watchdog
-        # Why the lease thread hands the claim back and ends the worker, with the exit code.
-        self._leaving: tuple[str, int] = ("SIGTERM", ExitCode.SIGTERM)
-        self._client = ClientWatch.for_lease(self.claims.lease_seconds)
         self._outputs: dict[int, str] = {}
         self._chunk_failures = 0  # map chunks of the running batch that stopped on an error
         self._current_batch: BatchRecord | None = None
@@ -339,12 +342,12 @@ class Worker:
             self._enforce_timeouts()
             if lease.renewal_due():
                 self._renew_lease()
+                self._watch_client()
 
     def _renew_lease(self) -> None:
         with self._lock:
             handle = self._handle
         if handle is None:
-                self._watch_client()
             return
         try:
             renewed = self.claims.renew(handle)
@@ -366,11 +369,6 @@ class Worker:
                 handle.bid,
             )
 
-    def _enforce_timeouts(self) -> None:
-        """Stop a task past ``task_timeout`` or the session's deadline (``session_timeout``).
-
-        A running task cannot be interrupted from this thread: its error (and one for each
-        task of the batch that did not finish) is delivered, then the process is replaced by
     def _watch_client(self) -> None:
         """A plain session's client stamps the control record while it lives; once it is
         gone (killed, its machine lost), leave and hand the batch back: nobody is left to
@@ -391,6 +389,11 @@ class Worker:
             self._leaving = ("its client's death (no heartbeat)", ExitCode.OK)
             self.request_stop()
 
+    def _enforce_timeouts(self) -> None:
+        """Stop a task past ``task_timeout`` or the session's deadline (``session_timeout``).
+
+        A running task cannot be interrupted from this thread: its error (and one for each
+        task of the batch that did not finish) is delivered, then the process is replaced by
         a fresh worker (task timeout; exec keeps the pid, so the launcher keeps tracking it)
         or exits (session expired).
         """
@@ -451,13 +454,8 @@ class Worker:
         self, handle: ClaimHandle, done: list[TaskOutcome], error: BaseException, reason: str = ""
     ) -> None:
         """Deliver ``error`` for the batch's unfinished tasks and record the exit."""
-        payload = dumps(capture_exception(error))
-        finished = {o.index for o in done}
         tasks = self._current_batch.tasks if self._current_batch is not None else ()
-        outcomes = done + [
-            TaskOutcome(t.index, False, payload) for t in tasks if t.index not in finished
-        ]
-        self._deliver(handle, outcomes, None)
+        self._deliver(handle, fill_unfinished(done, tasks, dumps(capture_exception(error))), None)
         self.claims.finish(handle)
         if reason:
             self._record_exit(reason)
@@ -595,6 +593,7 @@ class Worker:
             with self._lock:
                 handle = self._handle or handle
             self._deliver(handle, outcomes, batch_error)
+            self._progress.discard(handle.bid)
         finally:
             with self._lock:
                 current, self._handle = self._handle, None
@@ -617,6 +616,8 @@ class Worker:
             return [], dumps(capture_exception(exc))
         if self._mismatch:
             return [], dumps(capture_exception(ProtocolMismatchError(self._mismatch)))
+        # A retry starts after the tasks an earlier attempt finished (see progress.py).
+        done, outputs = self._progress.restore(handle.bid, handle.claim.attempt)
         if handle.exhausted:
             history = ", ".join(handle.claim.history) or "unknown"
             error = WorkerLostError(
@@ -625,13 +626,19 @@ class Worker:
                 f"{self.claims.max_attempts}. A task that kills its worker (out of memory, "
                 "segfault, os._exit) fails this way: check the worker logs"
             )
-            return [], dumps(capture_exception(error))
+            return fill_unfinished(done, batch.tasks, dumps(capture_exception(error))), None
         self._current_batch = batch
-        for task in batch.tasks:
+        with self._lock:
+            self._outcomes = list(done)
+            self._outputs.update(outputs)
+        finished = {o.index for o in done}
+        for task in (t for t in batch.tasks if t.index not in finished):
             outcome = self._capture(task, batch.inline)
             with self._lock:
                 self._outcomes.append(outcome)
             self._tasks_run += 1
+            attempt = handle.claim.attempt
+            self._progress.save_if_due(handle.bid, attempt, self._outcomes, self._outputs)
         return list(self._outcomes), None
 
     def _capture(self, task: TaskSpec, inline: dict[str, bytes]) -> TaskOutcome:
@@ -756,79 +763,3 @@ class Worker:
                 record, outcomes=(), batch_error=dumps(capture_exception(exc)), outputs={}
             )
             self.session.write_result(refused, BatchId.parse(handle.bid).ntasks)
-
-
-@dataclass
-class _Scan:
-    """The worker loop's state between turns: where it is in the batch listing, what it
-    has listed but not tried yet, and when it next re-reads the control record, looks for
-    lost claims, and gives up as idle."""
-
-    cursor: KeyCursor
-    old_before_ms: int
-    options: WorkerOptions
-    state: SessionState
-    pending: list[str] = field(default_factory=list)
-    interval: float = 0.0
-    last_work: float = field(default_factory=time.monotonic)
-    next_control: float = 0.0
-    next_takeover: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.interval = self.options.poll_min
-        self.next_control = time.monotonic() + self.options.control_every
-
-    def control_due(self) -> bool:
-        now = time.monotonic()
-        if now < self.next_control:
-            return False
-        self.next_control = now + self.options.control_every
-        return True
-
-    def takeover_due(self, every: float) -> bool:
-        now = time.monotonic()
-        if now < self.next_takeover:
-            return False
-        self.next_takeover = now + every
-        return True
-
-    def worked(self) -> None:
-        self.interval = self.options.poll_min
-        self.last_work = time.monotonic()
-
-    def idle_for(self) -> float:
-        return time.monotonic() - self.last_work
-
-    def backoff(self, longest: float) -> float:
-        """The wait before the next look for work: doubling while none comes."""
-        wait, self.interval = self.interval, min(self.interval * 2, longest)
-        return wait
-
-
-@dataclass
-class _LeaseClock:
-    """When the lease thread wakes and renews.
-
-    It renews every third of the lease: two renewals may fail (a store hiccup) before the
-    lease expires and another worker takes the batch over. It wakes at least every half
-    second when a task or session deadline must be watched, so a timeout is acted on within
-    that.
-    """
-
-    interval: float
-    tick: float
-    next_renewal: float
-
-    @classmethod
-    def for_worker(cls, lease_seconds: float, manifest: SessionManifest) -> _LeaseClock:
-        interval = lease_seconds / 3
-        watch = manifest.task_timeout or manifest.deadline
-        tick = min(interval, 0.5) if watch else interval
-        return cls(interval, tick, time.monotonic() + interval)
-
-    def renewal_due(self) -> bool:
-        now = time.monotonic()
-        if now < self.next_renewal:
-            return False
-        self.next_renewal = now + self.interval
-        return True

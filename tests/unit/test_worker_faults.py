@@ -17,10 +17,11 @@ from starburst_executor._manager import Pacing
 from starburst_executor._session import Session
 from starburst_executor.config import secret_key
 from starburst_executor.launchers.thread import ThreadLauncher
-from starburst_executor.protocol import Codec, SessionKeys
+from starburst_executor.protocol import Codec, SessionKeys, TaskKind, TaskOutcome, TaskSpec
 from starburst_executor.stores.base import Store
 from starburst_executor.stores.memory import FakeClock
 from starburst_executor.worker.liveness import ClientWatch
+from starburst_executor.worker.progress import BatchProgress, fill_unfinished
 
 from .fakes import RecordingStore, use_launcher, wait_until
 
@@ -157,3 +158,26 @@ def test_a_plain_sessions_client_beats_and_a_detached_one_does_not(
     assert detached.submit(double, 1).result(timeout=10) == 2
     assert stamp(detached) is None
     detached.shutdown(wait=True)
+
+
+def test_progress_is_saved_when_due_restored_on_a_retry_and_discarded(
+    store: RecordingStore, executors: list[StarburstExecutor]
+) -> None:
+    ex = StarburstExecutor(store=store, pacing=FAST, max_workers=1)
+    executors.append(ex)
+    session = Session.open(store, ex.session_id, Codec(secret_key()))
+    bid = "1800000000000-c0ffee-000001-3"
+    done = [TaskOutcome(0, True, b"a"), TaskOutcome(1, False, b"b")]
+    progress = BatchProgress(session, "w1", every=0.0)
+    assert progress.restore(bid, 1) == ([], {})  # a first attempt reads nothing
+    progress.save_if_due(bid, 1, done[:1], {})
+    progress.save_if_due(bid, 1, done, {1: "printed"})
+    retry = BatchProgress(session, "w2", every=3600.0)
+    assert retry.restore(bid, 2) == (done, {1: "printed"})
+    retry.save_if_due(bid, 2, [*done, TaskOutcome(2, True, b"c")], {})  # not due: no write
+    assert retry.restore(bid, 2) == (done, {1: "printed"})
+    retry.discard(bid)
+    assert retry.restore(bid, 3) == ([], {})
+    assert fill_unfinished(
+        done, [TaskSpec(i, TaskKind.CALL, "fn", (), {}) for i in range(3)], b"lost"
+    )[2] == (TaskOutcome(2, False, b"lost"))
