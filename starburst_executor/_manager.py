@@ -54,6 +54,13 @@ _START_FAILURES_MAX = 3
 _EXPIRY_GRACE = 5.0
 
 
+def _saying(ended: WorkerExit) -> str:
+    """``, saying: <its log's last line>``: what a worker that died said last (a full disk, a
+    missing module), put before its whole log so that the caller reads the cause first."""
+    lines = [line.strip() for line in ended.log_tail.splitlines() if line.strip()]
+    return f", saying: {lines[-1]}" if lines else ""
+
+
 @dataclass(frozen=True)
 class _BatchResult:
     """A batch's decoded outcomes (or its batch-wide error) and how long its worker ran it."""
@@ -553,7 +560,8 @@ class Manager:
                 self._break(
                     BrokenStarburstExecutor(
                         f"{self._start_failures} workers in a row exited before starting "
-                        f"(last: {ended.worker}, {ended.reason}). Its log:\n{ended.log_tail}"
+                        f"(last: {ended.worker}, {ended.reason}){_saying(ended)}. "
+                        f"Its log:\n{ended.log_tail}"
                     )
                 )
                 return

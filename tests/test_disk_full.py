@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import chaos_tasks
 import pytest
 
 import starburst_executor.stores.local as local_module
-from starburst_executor import StarburstExecutor, StoreConfigError
+from starburst_executor import BrokenStarburstExecutor, StarburstExecutor, StoreConfigError
 from starburst_executor.stores.local import LocalStore
 
 _MB = 1 << 20
@@ -169,11 +170,10 @@ def test_results_that_fill_the_disk_fail_their_futures_with_the_full_disk(
     files filling the disk)."""
     root = small_disk / "store"
     with StarburstExecutor(store=root.as_uri(), max_workers=1) as ex:
-        futures = [ex.submit(os.urandom, 2 * _MB) for _ in range(4)]
         outcomes: list[int | str] = []
-        for fut in futures:
+        for _ in range(4):  # one at a time: submits close together travel in one batch
             try:
-                outcomes.append(len(fut.result(timeout=30)))
+                outcomes.append(len(ex.submit(os.urandom, 2 * _MB).result(timeout=30)))
             except StoreConfigError as exc:
                 outcomes.append(str(exc))
     assert outcomes[0] == 2 * _MB
@@ -184,4 +184,24 @@ def test_results_that_fill_the_disk_fail_their_futures_with_the_full_disk(
         assert str(root / "sessions") in message
         assert "could not start" not in message
     assert all(o == 2 * _MB for o in outcomes if not isinstance(o, str))
+    assert _temp_files(root) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor_store", ["local"], indirect=True)
+def test_workers_that_cannot_register_on_a_full_disk_say_so(
+    small_disk: Path, executor_store: str
+) -> None:
+    """A task fills the disk and kills its worker: its replacements cannot even register.
+    The caller's error leads with the full disk and the path (before: only 'workers exited
+    before starting', the cause buried in the last of 20 log lines)."""
+    del executor_store  # only its environment: workers import chaos_tasks
+    root = small_disk / "store"
+    with StarburstExecutor(store=root.as_uri(), max_workers=1) as ex:
+        future = ex.submit(chaos_tasks.fill_disk_and_die, str(small_disk / "filler"))
+        with pytest.raises(BrokenStarburstExecutor) as caught:
+            future.result(timeout=60)
+    cause = str(caught.value).split("Its log:", 1)[0]
+    assert "no space left" in cause
+    assert str(root / "sessions") in cause
     assert _temp_files(root) == []
