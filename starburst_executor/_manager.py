@@ -29,6 +29,7 @@ from starburst_executor._session import BATCH_BYTES_MAX, Call, Session
 from starburst_executor.errors import (
     BrokenStarburstExecutor,
     CorruptRecordError,
+    ProtocolMismatchError,
     SessionExpiredError,
     StarburstError,
     StoreUnavailableError,
@@ -541,6 +542,9 @@ class Manager:
             return self._session_over
         try:
             self._session_over = self._session.control().state.terminal
+        except (CorruptRecordError, ProtocolMismatchError) as exc:
+            self._break(self._unreadable(exc))  # no worker could run in it either
+            return True
         except StarburstError as exc:  # deleted, or unreachable: start nothing this round
             logger.warning("session %s: cannot read its state: %s", self.session_id, exc)
             return True
@@ -551,19 +555,22 @@ class Manager:
         # container) or a lost code must not turn a worker that cannot start into an
         # endless relaunch. One GET per ended worker.
         record = self._session.worker(ended.worker)
-        if record is None:
+        # A worker that registered, then failed before running any task (it recorded its
+        # exit, then crashed: e.g. it could not read the control record) cannot start either:
+        # counted too, or a damaged record had workers replaced without limit (139-170).
+        failed_early = (
+            record is not None
+            and record.state is WorkerState.EXITED
+            and record.tasks == 0
+            and ended.code not in (ExitCode.OK, ExitCode.SIGTERM)
+        )
+        if record is None or failed_early:
             # It died before registering: it cannot even start (no module, bad interpreter,
             # image that does not run). Replacing it forever would hide that; give up after
             # a few in a row.
             self._start_failures += 1
             if self._start_failures >= _START_FAILURES_MAX:
-                self._break(
-                    BrokenStarburstExecutor(
-                        f"{self._start_failures} workers in a row exited before starting "
-                        f"(last: {ended.worker}, {ended.reason}){_saying(ended)}. "
-                        f"Its log:\n{ended.log_tail}"
-                    )
-                )
+                self._break(self._start_failure_error(ended))
                 return
         # The exit code alone does not say what happened: a task may call os._exit(3) or
         # os._exit(0). The worker's own record does: it says "init-failed" when the
@@ -594,6 +601,33 @@ class Manager:
             )
             self._start_io("release", "", self._claims.release_worker, ended.worker, ended.reason)
 
+    def _start_failure_error(self, ended: WorkerExit) -> BaseException:
+        """Why workers keep failing to start: a session record they cannot read (the error
+        names its key), else what the last one said."""
+        try:
+            Session.open(self._session.store, self.session_id, self._session.codec)
+            self._session.control()
+        except (CorruptRecordError, ProtocolMismatchError) as exc:
+            return self._unreadable(exc)
+        except StarburstError as exc:  # unreachable or deleted: the worker's log says more
+            logger.warning("session %s: cannot read its records: %s", self.session_id, exc)
+        return BrokenStarburstExecutor(
+            f"{self._start_failures} workers in a row exited before starting "
+            f"(last: {ended.worker}, {ended.reason}){_saying(ended)}. "
+            f"Its log:\n{ended.log_tail}"
+        )
+
+    def _unreadable(self, exc: CorruptRecordError | ProtocolMismatchError) -> BaseException:
+        """The error that breaks the executor when a session record cannot be read."""
+        if isinstance(exc, ProtocolMismatchError):
+            return exc
+        error = CorruptRecordError(
+            f"session {self.session_id} cannot go on: {exc}. Its tasks cannot run; submit "
+            "them to a new session"
+        )
+        error.__cause__ = exc
+        return error
+
     def _update_watermark(self) -> None:
         if not self._outstanding or time.monotonic() < self._next_watermark:
             return
@@ -605,6 +639,9 @@ class Manager:
         ):
             try:
                 self._session.update_control(lambda record: record.raise_watermark(mark))
+            except (CorruptRecordError, ProtocolMismatchError) as exc:
+                self._break(self._unreadable(exc))
+                return
             except StarburstError as exc:  # only an optimisation for workers that start late
                 logger.warning(
                     "session %s: could not update the watermark: %s", self.session_id, exc

@@ -4,18 +4,29 @@ key, or replayed from another session, is refused with ``CorruptRecordError`` na
 
 from __future__ import annotations
 
+from concurrent.futures import wait
 from pathlib import Path
+from typing import Any
 
 import executor_tasks as tasks
 import pytest
 from detached_support import subprocess_env
+from unit.fakes import use_launcher
 
-from starburst_executor import CorruptRecordError, DetachedExecutor, ProtocolMismatchError
-from starburst_executor._manager import Pacing
+from starburst_executor import (
+    CorruptRecordError,
+    DetachedExecutor,
+    ProtocolMismatchError,
+    StarburstExecutor,
+)
+from starburst_executor._manager import _START_FAILURES_MAX, Pacing
 from starburst_executor.config import secret_key
+from starburst_executor.launchers.thread import ThreadLauncher
 from starburst_executor.protocol import Codec, SessionKeys, SessionManifest
 from starburst_executor.sessions import SessionReader
 from starburst_executor.stores import open_store
+from starburst_executor.stores.memory import FakeClock, MemoryStore
+from starburst_executor.worker.loop import WorkerOptions
 
 FAST = Pacing(poll_max=0.1)
 
@@ -112,3 +123,51 @@ def test_a_record_signed_for_one_key_is_refused_at_another() -> None:
     for elsewhere in (b.manifest, a.index):
         with pytest.raises(CorruptRecordError, match=elsewhere):
             SessionManifest.decode(codec, blob, elsewhere)
+
+
+# -- a corrupt control record (issue 10, item 4): in-thread workers on a memory store ------
+
+
+class _CountingLauncher(ThreadLauncher):
+    """Counts the workers it was asked to start."""
+
+    started = 0
+
+    def start(self, count: int) -> list[str]:
+        type(self).started += count
+        return super().start(count)
+
+
+def _counting_launcher(store: Any, manifest: Any, codec: Codec) -> _CountingLauncher:
+    return _CountingLauncher(
+        store,
+        manifest.session_id,
+        codec,
+        options=WorkerOptions(poll_min=0.001, poll_max=0.01, control_every=0.01),
+    )
+
+
+def test_a_corrupt_control_record_breaks_the_executor_with_bounded_restarts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_launcher(monkeypatch, _counting_launcher)
+    store = MemoryStore(clock=FakeClock())
+    fast = Pacing(linger=0.001, poll_min=0.001, poll_max=0.01, maintain_every=0.005)
+    # One task per worker: every later task needs a new worker, which reads the control
+    # record as it starts.
+    ex = StarburstExecutor(max_workers=2, store=store, pacing=fast, max_tasks_per_child=1)
+    try:
+        assert ex.submit(tasks.square, 2).result(timeout=10) == 4
+        key = SessionKeys(ex.session_id).control
+        store.put(key, store.get(key).data[:-1] + b"!")  # damaged in the store
+        before = _CountingLauncher.started
+        futures = [ex.submit(tasks.square, i) for i in range(30)]
+        done, pending = wait(futures, timeout=10)
+        assert not pending, f"{len(pending)} of 30 Futures never resolved"
+        for future in futures:
+            error = future.exception()
+            assert isinstance(error, CorruptRecordError), error
+            assert key in str(error)
+        assert _CountingLauncher.started - before <= 2 + _START_FAILURES_MAX
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
