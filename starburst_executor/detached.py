@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from starburst_executor._commit import GroupCommit
@@ -33,7 +34,7 @@ from starburst_executor.sessions import (
     session_status,
 )
 from starburst_executor.stores import Store, open_store
-from starburst_executor.stores.outage import tolerate_outages
+from starburst_executor.stores.outage import OutageTolerantStore, is_outage, tolerate_outages
 
 __all__ = ["DetachedExecutor", "list_sessions"]
 
@@ -270,8 +271,28 @@ class DetachedExecutor(StarburstExecutor):
     # -- inspection --------------------------------------------------------------------------
 
     def status(self) -> SessionStatus:
-        """Counts by state, workers, progress, creation and last activity (prints as a table)."""
-        return session_status(self._writer)
+        """Counts by state, workers, progress, creation and last activity (prints as a table).
+
+        While the store is unreachable (the run pauses for up to ``store_outage_timeout``),
+        it returns the last counts it saw, with ``store_unreachable_for`` set.
+
+        Raises:
+            StoreUnavailableError: the store is unreachable and no earlier status is known.
+        """
+        if not isinstance(self._store, OutageTolerantStore):
+            return session_status(self._writer)
+        # Read past the outage wrapper: status() answers now rather than wait out an outage.
+        direct = Session(self._store.inner, self._writer.manifest, self._writer.codec)
+        try:
+            status = session_status(direct)
+        except Exception as exc:
+            last: SessionStatus | None = getattr(self, "_last_status", None)
+            if not is_outage(exc) or last is None:
+                raise
+            away = self._store.unreachable_for() or 0.0
+            return replace(last, store_unreachable_for=away)
+        self._last_status = status
+        return status
 
     def collect(
         self,

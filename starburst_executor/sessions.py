@@ -119,6 +119,9 @@ class SessionStatus:
     store_url: str
     worker_states: dict[str, int] = field(default_factory=dict)
     cost: dict[str, Any] | None = None  # AWS sessions: measured worker runtime and its cost
+    # Seconds the store has been unreachable (the run is paused, the counts are the last
+    # known ones), or None while it answers.
+    store_unreachable_for: float | None = None
 
     @property
     def finished(self) -> int:
@@ -134,6 +137,16 @@ class SessionStatus:
         """Every task is terminal: nothing more will change."""
         return self.finished >= self.total
 
+    @property
+    def store_unreachable(self) -> bool:
+        """Whether the store did not answer when this status was taken (the run pauses)."""
+        return self.store_unreachable_for is not None
+
+    def _unreachable_note(self) -> str:
+        if self.store_unreachable_for is None:
+            return ""
+        return f" (store unreachable for {self.store_unreachable_for:.0f} s: paused)"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["progress"] = round(self.progress, 2)
@@ -144,7 +157,7 @@ class SessionStatus:
         rows = [
             ("Session", f"{self.session_id}" + (f" ({cell(self.name)})" if self.name else "")),
             ("State", self.state),
-            ("Store", self.store_url),
+            ("Store", self.store_url + self._unreachable_note()),
             ("Created", _fmt_time(self.created)),
             ("Last activity", _fmt_time(self.last_activity)),
             ("Total tasks", str(self.total)),

@@ -20,7 +20,7 @@ from starburst_executor.stores.base import ObjectInfo, StoredObject
 from starburst_executor.stores.memory import FakeClock, MemoryStore
 from starburst_executor.stores.outage import OutageTolerantStore
 from starburst_executor.worker.loop import WorkerOptions
-from tests.unit.fakes import use_launcher
+from tests.unit.fakes import use_launcher, wait_until
 from tests.unit.test_manager import FAST
 
 
@@ -84,6 +84,14 @@ def _sleeper(clock: FakeClock) -> Any:
 
 
 def _square(x: int) -> int:
+    return x * x
+
+
+_GATE = threading.Event()  # the workers are threads of this process: a task can wait on it
+
+
+def _gated(x: int) -> int:
+    _GATE.wait(30)
     return x * x
 
 
@@ -164,3 +172,40 @@ def test_an_outage_policy_answers_are_not_retried_and_listings_resume() -> None:
     with pytest.raises(ObjectNotFoundError):
         tolerant.get("missing")  # an answer, not an outage: no retry
     assert flaky.failures == calls
+
+
+def test_status_says_the_store_is_unreachable_while_the_run_pauses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from starburst_executor import DetachedExecutor
+
+    clock = FakeClock()
+    flaky = FlakyStore(clock)
+    pause = threading.Event()
+
+    def tolerant() -> OutageTolerantStore:
+        # Real (tiny) pauses and a clock that stands still: the outage lasts until the test
+        # ends it, however many retries it takes.
+        return OutageTolerantStore(
+            flaky, sleep=lambda _s: None if pause.wait(0.001) else None, clock=clock
+        )
+
+    def launcher(_store: Any, manifest: Any, codec: Codec) -> ThreadLauncher:
+        options = WorkerOptions(poll_min=0.001, poll_max=0.01)
+        return ThreadLauncher(tolerant(), manifest.session_id, codec, options=options)
+
+    use_launcher(monkeypatch, launcher)
+    ex = DetachedExecutor(store=tolerant(), max_workers=1, pacing=FAST)
+    assert ex.submit(_square, 2).result(timeout=30) == 4
+    assert not ex.status().store_unreachable
+    late = ex.submit(_gated, 5)  # a detached submit writes to the store: before the outage
+    flaky.go_down(float("inf"))
+    _GATE.set()  # the task ends; delivering its result meets the outage
+    status = wait_until(lambda: ex.status().store_unreachable and ex.status(), what="status")
+    assert "store unreachable" in str(status)
+    assert not late.done()
+    flaky.down_until = clock()  # the store is back
+    assert late.result(timeout=30) == 25
+    assert not ex.status().store_unreachable
+    ex.shutdown(wait=True)
+    ex.cleanup(delete_data=True)
