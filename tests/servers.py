@@ -226,6 +226,7 @@ class SeaweedServer(_S3Server):
         self._tmp: Path | None = None
         self.endpoint_url = ""
         self.s3_port = 0
+        self._args: list[str] = []  # the running server's command line, for resume()
 
     @property
     def log_path(self) -> Path:
@@ -272,6 +273,13 @@ class SeaweedServer(_S3Server):
             f"-master.port={master}", f"-volume.port={volume}",
             f"-filer.port={filer}", f"-admin.port={admin}",
         ]  # fmt: skip
+        self._args = args
+        self._popen(f"attempt {attempt}")
+        self.s3_port = s3
+        self.endpoint_url = f"http://{_LOOPBACK}:{s3}"
+        self._wait_ready()
+
+    def _popen(self, what: str) -> None:
         # Without credentials in its environment SeaweedFS accepts any signature.
         env = {
             k: v
@@ -279,10 +287,10 @@ class SeaweedServer(_S3Server):
             if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
         }
         with open(self.log_path, "ab") as log:
-            log.write(f"\n--- attempt {attempt}: {' '.join(args)}\n".encode())
+            log.write(f"\n--- {what}: {' '.join(self._args)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                args,
+                self._args,
                 cwd=self._tmp,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -290,9 +298,32 @@ class SeaweedServer(_S3Server):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches pytest, which stops us
             )
-        self.s3_port = s3
-        self.endpoint_url = f"http://{_LOOPBACK}:{s3}"
-        self._wait_ready()
+
+    def halt(self) -> None:
+        """Stop the server gracefully (SIGTERM) and keep its ports and data directory, so
+        that :meth:`resume` brings the same server back: an outage, not a new server."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def resume(self) -> None:
+        """Start the server :meth:`halt` stopped, on the same ports and data directory, and
+        wait until its S3 API answers."""
+        if self._proc is not None:
+            raise RuntimeError("the server is running: halt() it first")
+        if not self._args:
+            raise RuntimeError("the server was never started")
+        self._popen("resume")
+        try:
+            self._wait_ready()
+        except _StartupFailed as exc:
+            raise RuntimeError(str(exc)) from None
 
     def _wait_ready(self) -> None:
         assert self._proc is not None

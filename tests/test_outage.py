@@ -7,6 +7,7 @@ fake time, and every retry's sleep moves that clock, so a 60 s outage passes in 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -209,3 +210,74 @@ def test_status_says_the_store_is_unreachable_while_the_run_pauses(
     assert not ex.status().store_unreachable
     ex.shutdown(wait=True)
     ex.cleanup(delete_data=True)
+
+
+# -- the real one: SeaweedFS stopped for 30 s in the middle of a run ---------------------------
+
+_OUTAGE_SECONDS = 30.0
+
+
+def _count(deliveries: list[int], _future: Any) -> None:
+    deliveries.append(1)
+
+
+_TASKS = 300
+
+
+def _run_on_seaweed(url: str, server: Any, *, outage: bool) -> tuple[float, float, list[Any]]:
+    """300 tasks of 0.05 s on 2 workers; with ``outage``, the server is stopped for 30 s once
+    a third of the results are in. Returns (wall time, outage length, per-task deliveries)."""
+    import time
+
+    import executor_tasks as tasks
+
+    deliveries: list[list[int]] = [[] for _ in range(_TASKS)]
+    lasted = 0.0
+    start = time.monotonic()
+    with StarburstExecutor(store=url, max_workers=2) as ex:
+        futures = [ex.submit(tasks.sleep_and_return, 0.05, i) for i in range(_TASKS)]
+        for i, fut in enumerate(futures):
+            fut.add_done_callback(functools.partial(_count, deliveries[i]))
+        if outage:
+            wait_until(
+                lambda: sum(f.done() for f in futures) >= _TASKS // 3, timeout=60, what="a third"
+            )
+            down = time.monotonic()
+            server.halt()
+            threading.Event().wait(_OUTAGE_SECONDS)  # the outage itself: nothing to wait for
+            server.resume()
+            lasted = time.monotonic() - down
+            assert sum(f.done() for f in futures) < _TASKS, "the run ended during the outage"
+        results = [f.result(timeout=300) for f in futures]
+    assert results == list(range(_TASKS))
+    return time.monotonic() - start, lasted, deliveries
+
+
+@pytest.mark.slow
+def test_a_run_survives_seaweedfs_stopped_for_30_seconds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import uuid
+
+    from conftest import _REPO_DIR, _TESTS_DIR, TEST_BUCKET
+    from servers import SeaweedServer
+
+    paths = [str(_REPO_DIR), str(_TESTS_DIR), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+    with SeaweedServer(keep_dir=False) as server:
+        server.create_bucket(TEST_BUCKET)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.endpoint_url)
+        base, _, _ = _run_on_seaweed(
+            f"s3://{TEST_BUCKET}/outage/{uuid.uuid4().hex}", server, outage=False
+        )
+        wall, lasted, deliveries = _run_on_seaweed(
+            f"s3://{TEST_BUCKET}/outage/{uuid.uuid4().hex}", server, outage=True
+        )
+    assert lasted >= _OUTAGE_SECONDS
+    assert all(len(d) == 1 for d in deliveries)  # every Future resolved once, none failed
+    with capsys.disabled():
+        print(
+            f"\n[outage] {_TASKS} tasks on SeaweedFS: {wall:.1f} s with a {lasted:.1f} s "
+            f"outage, {base:.1f} s without"
+        )
