@@ -76,6 +76,7 @@ EXECUTOR_KEYWORDS = {
     "code_files",
     "keep_logs",
     "pacing",
+    "store_outage_timeout",
 }
 
 
