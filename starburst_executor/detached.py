@@ -112,11 +112,10 @@ class DetachedExecutor(StarburstExecutor):
             ProtocolMismatchError: the session was written by an incompatible version.
         """
         validate_session_id(session_id)  # before it becomes part of a key or a file name
-        store_obj = tolerate_outages(
-            open_store(store if store is not None else remembered_store(session_id))
-        )
+        store_obj = open_store(store if store is not None else remembered_store(session_id))
         session = Session.open(store_obj, session_id, codec_for(store_obj))
-        store_obj.outage_timeout = session.manifest.store_outage_timeout
+        # Unreachable now: reported at once; gone later: an outage, waited out.
+        session.store = tolerate_outages(store_obj, session.manifest.store_outage_timeout)
         self = cls.__new__(cls)
         self._wire(session, max_workers or session.manifest.max_workers, pacing)
         if isinstance(self._launcher, LocalLauncher):

@@ -209,14 +209,12 @@ class StarburstExecutor(Executor):
 
             plan = prepare(backend_obj, max_workers=max_workers, store=store)
             max_workers = plan.max_workers
-            store_obj = tolerate_outages(
-                open_store(store if store is not None else plan.store_url), store_outage_timeout
-            )
+            store_obj = open_store(store if store is not None else plan.store_url)
             codec = Codec(plan.secret_key)
             backend_config = plan.session_backend(backend_obj)
         else:
             max_workers = max_workers or os.cpu_count() or 1
-            store_obj = tolerate_outages(open_store(store), store_outage_timeout)
+            store_obj = open_store(store)
             codec = Codec(secret_key())
             backend_config = backend_obj
         manifest = SessionManifest(
@@ -247,6 +245,9 @@ class StarburstExecutor(Executor):
             writer.manifest = replace(writer.manifest, code=writer.upload_blob(code))
         writer.create()
         remember_session(manifest.session_id, store_obj.url)  # attach(session_id) finds it
+        # A store never reached is a configuration problem, reported at once (above); one that
+        # goes away during the run is an outage, waited out for store_outage_timeout.
+        writer.store = tolerate_outages(store_obj, store_outage_timeout)
         self._wire(writer, max_workers, pacing)
         self._keep_logs = keep_logs_default() if keep_logs is None else bool(keep_logs)
         self._data_removed = False
