@@ -13,6 +13,8 @@ import threading
 from typing import Any
 
 import pytest
+from unit.fakes import use_launcher, wait_until
+from unit.test_manager import FAST
 
 from starburst_executor import StarburstExecutor, StoreUnavailableError
 from starburst_executor.launchers.thread import ThreadLauncher
@@ -21,8 +23,6 @@ from starburst_executor.stores.base import ObjectInfo, StoredObject
 from starburst_executor.stores.memory import FakeClock, MemoryStore
 from starburst_executor.stores.outage import OutageTolerantStore
 from starburst_executor.worker.loop import WorkerOptions
-from tests.unit.fakes import use_launcher, wait_until
-from tests.unit.test_manager import FAST
 
 
 class FlakyStore(MemoryStore):
@@ -281,3 +281,25 @@ def test_a_run_survives_seaweedfs_stopped_for_30_seconds(
             f"\n[outage] {_TASKS} tasks on SeaweedFS: {wall:.1f} s with a {lasted:.1f} s "
             f"outage, {base:.1f} s without"
         )
+
+
+def test_s3_retries_any_5xx_but_no_4xx() -> None:
+    import boto3
+    from botocore.stub import Stubber
+
+    from starburst_executor.errors import StoreConfigError
+    from starburst_executor.stores.s3 import S3Store
+
+    client = boto3.client(
+        "s3", region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s"
+    )
+    store = S3Store("bkt", client=client, retry_sleep=lambda _s: None)
+    with Stubber(client) as stub:
+        # A code no list names, on a 507: still the server's trouble, so retried.
+        stub.add_client_error("list_objects_v2", "XInsufficientStorage", http_status_code=507)
+        stub.add_response("list_objects_v2", {"IsTruncated": False, "KeyCount": 0})
+        assert list(store.list("p/")) == []
+        stub.add_client_error("list_objects_v2", "AccessDenied", http_status_code=403)
+        with pytest.raises(StoreConfigError):
+            list(store.list("p/"))  # an answer: one call, no retry (the stub would run dry)
+        stub.assert_no_pending_responses()

@@ -77,8 +77,21 @@ _AUTH_CODES = frozenset(
 )
 
 
+def _http_status(exc: BaseException) -> int:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return 0
+
+
 def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, CONNECTION_ERRORS) or error_code(exc) in _TRANSIENT_CODES
+    """Worth retrying: a connection error, a throttling or server-side code, or any 5xx (a
+    server on its way down or up answers 5xx under codes no list can foresee). Never a 4xx
+    answer such as 403, 404 or 412."""
+    return (
+        isinstance(exc, CONNECTION_ERRORS)
+        or error_code(exc) in _TRANSIENT_CODES
+        or _http_status(exc) >= 500
+    )
 
 
 def _drop_expect_header(request: Any, **_: Any) -> None:
@@ -207,7 +220,7 @@ class S3Store:
                 "credentials (AWS_PROFILE / keys, not expired) and that their policy allows "
                 f"s3:{_PERMISSION.get(action, 'GetObject')} on this bucket and prefix"
             )
-        if code in _TRANSIENT_CODES:
+        if code in _TRANSIENT_CODES or _http_status(exc) >= 500:
             return StoreUnavailableError(
                 f"S3 kept failing to {action} {key!r} in {self.url} ({code}) after retries"
             )
