@@ -303,3 +303,22 @@ def test_s3_retries_any_5xx_but_no_4xx() -> None:
         with pytest.raises(StoreConfigError):
             list(store.list("p/"))  # an answer: one call, no retry (the stub would run dry)
         stub.assert_no_pending_responses()
+
+
+def test_a_network_filesystem_that_stops_answering_is_an_outage(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from starburst_executor.stores import local
+    from starburst_executor.stores.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    store.put("k", b"v")
+
+    def stale(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError(errno.ESTALE, "Stale file handle")
+
+    monkeypatch.setattr(local, "open", stale, raising=False)
+    with pytest.raises(StoreUnavailableError, match="network filesystem"):
+        store.get("k")

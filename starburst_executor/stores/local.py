@@ -31,6 +31,7 @@ from starburst_executor.errors import (
     PreconditionFailedError,
     StoreConfigError,
     StoreError,
+    StoreUnavailableError,
 )
 from starburst_executor.stores.base import ObjectInfo, StoredObject
 
@@ -43,6 +44,20 @@ _NO_SPACE = {
     errno.EDQUOT: "disk quota exceeded on the disk holding store {root}",
     errno.EFBIG: "file too large (the filesystem's limit, or the process's ulimit -f)",
 }
+# A directory on a network filesystem (NFS, SMB) whose server or network went away: an outage
+# that the run waits out (store_outage_timeout), not a broken store.
+_UNREACHABLE = frozenset(
+    {
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+    }
+)
 
 
 def _etag(st: os.stat_result) -> str:
@@ -126,6 +141,12 @@ class LocalStore:
             return StoreConfigError(
                 f"cannot {action} {key!r} at {self._root / key}: {what} ({exc.strerror}). "
                 "Free space there, or use a store on a larger disk"
+            )
+        if exc.errno in _UNREACHABLE:
+            return StoreUnavailableError(
+                f"cannot {action} {key!r} in store {self._root}: {exc.strerror}. The directory "
+                "is on a network filesystem that stopped answering: check the mount and the "
+                "network"
             )
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return StoreConfigError(

@@ -36,6 +36,7 @@ from starburst_executor.errors import (
     SessionExpiredError,
     StarburstError,
     StoreConfigError,
+    StoreUnavailableError,
     WorkerLostError,
 )
 from starburst_executor.protocol import (
@@ -259,6 +260,11 @@ class Worker:
         reason = "error"
         try:
             reason = self._loop()
+        except StoreUnavailableError as exc:
+            # Unreachable for longer than store_outage_timeout: nothing can be claimed or
+            # delivered, and the client fails its Futures the same way.
+            logger.error("worker %s: %s", self.worker_id, exc)
+            reason = "store unreachable"
         finally:
             self._stop.set()
             renewer.join()
@@ -269,7 +275,10 @@ class Worker:
                     self.keys.session_id,
                     reason,
                 )
-                self._record_exit(reason)
+                try:
+                    self._record_exit(reason)
+                except StoreUnavailableError as exc:
+                    logger.warning("worker %s: could not record its exit: %s", self.worker_id, exc)
                 self._upload_log()
             # A worker in a thread must not leave its handler on the shared logger.
             logging.getLogger("starburst_executor").removeHandler(self._ring)
