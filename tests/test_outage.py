@@ -253,6 +253,9 @@ def _run_on_seaweed(url: str, server: Any, *, outage: bool) -> tuple[float, floa
     return time.monotonic() - start, lasted, deliveries
 
 
+_BUCKET = "starburst-outage"
+
+
 @pytest.mark.slow
 def test_a_run_survives_seaweedfs_stopped_for_30_seconds(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
@@ -260,19 +263,20 @@ def test_a_run_survives_seaweedfs_stopped_for_30_seconds(
     import os
     import uuid
 
-    from conftest import _REPO_DIR, _TESTS_DIR, TEST_BUCKET
+    # Not from conftest: in a whole-suite run "conftest" is tests/aws/conftest.py.
+    from detached_support import REPO_DIR, TESTS_DIR
     from servers import SeaweedServer
 
-    paths = [str(_REPO_DIR), str(_TESTS_DIR), os.environ.get("PYTHONPATH", "")]
+    paths = [str(REPO_DIR), str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     with SeaweedServer(keep_dir=False) as server:
-        server.create_bucket(TEST_BUCKET)
+        server.create_bucket(_BUCKET)
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.endpoint_url)
         base, _, _ = _run_on_seaweed(
-            f"s3://{TEST_BUCKET}/outage/{uuid.uuid4().hex}", server, outage=False
+            f"s3://{_BUCKET}/outage/{uuid.uuid4().hex}", server, outage=False
         )
         wall, lasted, deliveries = _run_on_seaweed(
-            f"s3://{TEST_BUCKET}/outage/{uuid.uuid4().hex}", server, outage=True
+            f"s3://{_BUCKET}/outage/{uuid.uuid4().hex}", server, outage=True
         )
     assert lasted >= _OUTAGE_SECONDS
     assert all(len(d) == 1 for d in deliveries)  # every Future resolved once, none failed
