@@ -91,35 +91,12 @@ def moto_aws_client(moto_one_account: str, _shared_boto3_session: object) -> Aws
 
 @pytest.fixture
 def moto_serves_tls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let object requests through a bucket whose policy denies plain HTTP.
-
-    moto serves plain HTTP, and it evaluates a bucket-policy statement whose condition it
-    cannot check as a denial (``moto/iam/access_control.py`` returns DENIED when a condition
-    fails, whatever the Effect). So after ``starburst setup`` writes the TLS-only policy,
-    moto refuses every object request on the bucket. Real clients use HTTPS, where that
-    statement does not apply: this evaluates bucket policies without it, as AWS would for a
-    TLS request. Other statements are still enforced by moto as usual.
-    """
-    from moto.iam.access_control import IAMPolicy, PermissionResult
+    """Let object requests through a bucket whose policy denies plain HTTP, as AWS does for
+    the TLS requests real clients make (:func:`iam_world.bucket_permission_over_tls`)."""
+    from iam_world import bucket_permission_over_tls
     from moto.s3.models import FakeBucket
 
-    def is_tls_rule(statement: dict[str, object]) -> bool:
-        return statement.get("Effect") == "Deny" and statement.get("Condition") == {
-            "Bool": {"aws:SecureTransport": "false"}
-        }
-
-    def get_permission(self: FakeBucket, action: str, resource: str) -> PermissionResult:
-        if self.policy is None:
-            return PermissionResult.NEUTRAL
-        document = json.loads(self.policy)
-        statements = document.get("Statement", [])
-        statements = [statements] if isinstance(statements, dict) else statements
-        document["Statement"] = [s for s in statements if not is_tls_rule(s)]
-        if not document["Statement"]:
-            return PermissionResult.NEUTRAL
-        return IAMPolicy(json.dumps(document)).is_action_permitted(action, resource)
-
-    monkeypatch.setattr(FakeBucket, "get_permission", get_permission)
+    monkeypatch.setattr(FakeBucket, "get_permission", bucket_permission_over_tls)
 
 
 # Appended: Docker and the project's worker image (tests/containers.py).

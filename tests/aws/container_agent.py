@@ -38,7 +38,6 @@ without tag or digest) to a local image; the container runs with ``--pull never`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -51,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from ecs_agent import LocalEcsAgent, _Task
+from ecs_agent import LocalEcsAgent, _Task, send_json
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -144,12 +143,7 @@ class ContainerEcsAgent(LocalEcsAgent):
                 if answer is None:
                     self.send_error(404)
                     return
-                body = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(self, answer)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -82,6 +82,7 @@ __all__ = [
     "LocalEcsAgent",
     "docker_argv",
     "provision_world",
+    "send_json",
     "strict_list_tasks",
 ]
 
@@ -147,6 +148,16 @@ class _Task:
     kill_after: float | None = None  # the task's own stopTimeout (None: the agent's)
 
 
+def send_json(handler: BaseHTTPRequestHandler, answer: object) -> None:
+    """Answer an HTTP request with ``answer`` as JSON (the agents' emulated ECS endpoints)."""
+    body = json.dumps(answer).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class LocalEcsAgent:
     """Runs moto's ECS tasks as local processes (see the module docstring).
 
@@ -207,14 +218,9 @@ class LocalEcsAgent:
                 if task is None:
                     self.send_error(404)
                     return
-                body = json.dumps(
-                    {"TaskARN": task.arn, "Cluster": task.cluster, "KnownStatus": "RUNNING"}
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(
+                    self, {"TaskARN": task.arn, "Cluster": task.cluster, "KnownStatus": "RUNNING"}
+                )
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

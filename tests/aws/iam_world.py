@@ -143,10 +143,8 @@ class EnforcedIam:
 
     def start(self) -> Self:
         from moto.iam.access_control import (
-            IAMPolicy,
             IAMPolicyStatement,
             IAMRequestBase,
-            PermissionResult,
         )
         from moto.s3.models import FakeBucket
 
@@ -167,23 +165,7 @@ class EnforcedIam:
 
         self._patch.setattr(IAMRequestBase, "check_action_permitted", check_as_iam)
 
-        def is_tls_rule(statement: dict[str, Any]) -> bool:
-            return statement.get("Effect") == "Deny" and statement.get("Condition") == {
-                "Bool": {"aws:SecureTransport": "false"}
-            }
-
-        def get_permission(self: Any, action: str, resource: str) -> PermissionResult:
-            if self.policy is None:
-                return PermissionResult.NEUTRAL
-            document = json.loads(self.policy)
-            statements = document.get("Statement", [])
-            statements = [statements] if isinstance(statements, dict) else statements
-            document["Statement"] = [s for s in statements if not is_tls_rule(s)]
-            if not document["Statement"]:
-                return PermissionResult.NEUTRAL
-            return IAMPolicy(json.dumps(document)).is_action_permitted(action, resource)
-
-        self._patch.setattr(FakeBucket, "get_permission", get_permission)
+        self._patch.setattr(FakeBucket, "get_permission", bucket_permission_over_tls)
         # From now on every request is authenticated and authorised.
         _reset_auth(self.endpoint, "0")
         return self
@@ -202,3 +184,30 @@ class EnforcedIam:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def bucket_permission_over_tls(bucket: Any, action: str, resource: str) -> Any:
+    """moto's ``FakeBucket.get_permission``, as AWS evaluates it for a TLS request.
+
+    moto serves plain HTTP, and it evaluates a statement whose condition it cannot check as
+    a denial (``moto/iam/access_control.py`` returns DENIED when a condition fails, whatever
+    the Effect). So after ``starburst setup`` writes its TLS-only bucket policy, moto would
+    refuse every object request. Real clients use HTTPS, where that statement does not
+    apply: this evaluates the bucket policy without it; every other statement still counts.
+    """
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    def is_tls_rule(statement: dict[str, Any]) -> bool:
+        return statement.get("Effect") == "Deny" and statement.get("Condition") == {
+            "Bool": {"aws:SecureTransport": "false"}
+        }
+
+    if bucket.policy is None:
+        return PermissionResult.NEUTRAL
+    document = json.loads(bucket.policy)
+    statements = document.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    document["Statement"] = [s for s in statements if not is_tls_rule(s)]
+    if not document["Statement"]:
+        return PermissionResult.NEUTRAL
+    return IAMPolicy(json.dumps(document)).is_action_permitted(action, resource)
