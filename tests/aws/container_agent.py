@@ -360,17 +360,7 @@ class ContainerEcsAgent(LocalEcsAgent):
             return
         client_env = {k: v for k, v in os.environ.items() if k in _DOCKER_ENV}
         client_env.update(env)
-        log = self.log_dir / f"{task_id}.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                env=client_env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
+        proc, log = self._spawn(argv, client_env, task_id)
         stop_timeout = float(container.get("stopTimeout", DEFAULT_STOP_TIMEOUT))
         recorded = dict(env, __definition=task["taskDefinitionArn"])
         with self._lock:

@@ -204,6 +204,24 @@ class LocalEcsAgent:
         self.errors: list[str] = []  # what went wrong in the agent's thread
         self.mirrors_exit_codes = True  # becomes False if moto's model is out of reach
 
+    def _spawn(
+        self, argv: list[str], env: dict[str, str], task_id: str
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start one task's process, its output in ``{log_dir}/{task id}.log``, in a process
+        session of its own (as a container is isolated from the agent)."""
+        log = self.log_dir / f"{task_id}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        return proc, log
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> Self:
@@ -506,17 +524,7 @@ class LocalEcsAgent:
             with self._lock:
                 self._ignored.add(arn)
             return
-        log = self.log_dir / f"{task_id}.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
+        proc, log = self._spawn(command, env, task_id)
         with self._lock:
             self._tasks[arn] = _Task(
                 arn, cluster, proc, log, env=env, log_group=log_group, log_stream=log_stream
