@@ -644,7 +644,9 @@ def test_an_installed_wheel_builds_a_working_image(docker: str, tmp_path: Path) 
     )
     python = venv / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+        # --ignore-installed: where this interpreter already has the package (CI installs it
+        # with `pip install .`), pip would otherwise call it satisfied and install nothing.
+        [str(python), "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", str(wheel)],
         check=True,
         timeout=300,
     )
