@@ -1,36 +1,6 @@
-"""The store protocol: key layout, record encoding, versions. One place owns all of it.
+"""The store protocol: record encoding and versions. One place owns all of it.
 
-Key layout under a store's root (``{b}`` is a 100-second time bucket, ``{ts}`` milliseconds on
-the store's clock, both zero-padded so that keys sort by time)::
-
-    sessions/{sid}/manifest                    SessionManifest (JSON)  written once
-    sessions/{sid}/control                     ControlRecord (JSON)    compare-and-swap
-    sessions/{sid}/blobs/{hash}                a large pickled part, content-addressed
-    index/{sid}                                SessionManifest again: one key per session, listed
-                                               by ``list_sessions`` without touching sessions/
-    sessions/{sid}/batches/{b}/{bid}           a batch of tasks (pickle);
-                                               bid = {ts}-{origin}-{seq}[-{shape}]-{tasks}
-    sessions/{sid}/batches/{b}/{ts}-requeue-{bid}   "run bid again" (JSON)
-    sessions/{sid}/claims/{bid}                Claim with its lease (JSON) compare-and-swap
-    sessions/{sid}/results/{bid}               the batch's results (pickle), created once
-    sessions/{sid}/partial/{bid}               results of its finished tasks, while it runs
-    sessions/{sid}/done/{b}/{ts}-{bid}.{nfailed}  "bid finished" event; small results inline
-    sessions/{sid}/logs/{wid}                  a worker's log, uploaded when it exits
-    sessions/{sid}/workers/{wid}               WorkerRecord (JSON)
-
-Why this shape (DESIGN.md, "Requirements on the store protocol"):
-
-- Work and completions are *time-ordered* keys, so workers and pollers follow them with a
-  start-after cursor (:mod:`starburst_executor._cursor`): a tick costs O(new keys / 1000)
-  requests, not O(session). Time buckets let the directory store skip old subtrees too.
-- ``claims/`` holds one object per claimed batch; its LastModified is the last lease renewal,
-  so one listing finds expired leases.
-- A batch's *shape* (``s1``: submitted calls; ``m{n}``: ``map`` chunks of ``n`` items each)
-  tells a reader where every task's items stand in submission order without reading the
-  batch (a partial ``collect`` numbers its results so). Batches formed by the plain
-  executor's manager mix kinds and carry no shape.
-- ``results/{bid}`` is created with create-if-absent: a retried duplicate of a batch can never
-  replace a delivered result.
+The key layout is in :mod:`starburst_executor.keys` (re-exported here).
 
 Every record is wrapped in a signed envelope (:class:`Codec`, in ``_envelope.py``): magic,
 protocol version, kind, HMAC-SHA256 over all of it. Records are verified before anything is
@@ -55,9 +25,19 @@ from starburst_executor.errors import (
     CorruptRecordError,
     SerializationError,
 )
+from starburst_executor.keys import (
+    BUCKET_MS,
+    INDEX,
+    SessionKeys,
+    key_time_ms,
+    time_bucket,
+    ts_key,
+)
 from starburst_executor.serialization import ChunkResult, RemoteException, loads
 
 __all__ = [
+    "BUCKET_MS",
+    "INDEX",
     "PROTOCOL_VERSION",
     "BatchId",
     "BatchRecord",
@@ -78,11 +58,11 @@ __all__ = [
     "TaskSpec",
     "WorkerRecord",
     "WorkerState",
+    "key_time_ms",
     "runtime_versions",
+    "time_bucket",
+    "ts_key",
 ]
-
-BUCKET_MS = 100_000  # one time bucket = 100 s of keys
-INDEX = "index/"  # one key per session, listed without touching sessions/
 
 
 def runtime_versions() -> dict[str, str]:
@@ -108,21 +88,6 @@ def version_mismatch(theirs: dict[str, str]) -> str | None:
         + "): run the client and the workers on the same Python minor version and "
         "cloudpickle major version (rebuild the worker image from the client's environment)"
     )
-
-
-def time_bucket(ts_ms: int) -> str:
-    return f"{ts_ms // BUCKET_MS:08d}"
-
-
-def ts_key(ts_ms: int) -> str:
-    """``{bucket}/{ts}``: the sortable stem of every time-ordered key."""
-    return f"{time_bucket(ts_ms)}/{ts_ms:013d}"
-
-
-def key_time_ms(name: str) -> int:
-    """The milliseconds of a time-ordered key's leaf (``.../{ts}-...``)."""
-    leaf = name.rsplit("/", 1)[-1]
-    return int(leaf[:13])
 
 
 class SessionState(StrEnum):
@@ -262,71 +227,6 @@ class DoneEvent:
     @property
     def time_ms(self) -> int:
         return key_time_ms(self.key)
-
-
-class SessionKeys:
-    """Builds every key of one session."""
-
-    def __init__(self, session_id: str) -> None:
-        self.session_id = session_id
-        self.root = f"sessions/{session_id}/"
-        self.manifest = self.root + "manifest"
-        self.control = self.root + "control"
-        self.batches = self.root + "batches/"
-        self.claims = self.root + "claims/"
-        self.results = self.root + "results/"
-        self.partials = self.root + "partial/"
-        self.done = self.root + "done/"
-        self.workers = self.root + "workers/"
-        self.blobs = self.root + "blobs/"
-        self.logs = self.root + "logs/"
-        self.index = INDEX + session_id
-
-    def batch(self, bid: str) -> str:
-        return f"{self.batches}{time_bucket(key_time_ms(bid))}/{bid}"
-
-    def requeue(self, ts_ms: int, bid: str, attempt: int) -> str:
-        return f"{self.batches}{ts_key(ts_ms)}-requeue-{attempt}-{bid}"
-
-    def claim(self, bid: str) -> str:
-        return self.claims + bid
-
-    def result(self, bid: str) -> str:
-        return self.results + bid
-
-    def partial(self, bid: str) -> str:
-        return self.partials + bid
-
-    def done_event(self, ts_ms: int, bid: str, failed: int) -> str:
-        return f"{self.done}{ts_key(ts_ms)}-{bid}.{failed}"
-
-    def log(self, wid: str) -> str:
-        return self.logs + wid
-
-    def worker(self, wid: str) -> str:
-        return self.workers + wid
-
-    def blob(self, digest: str) -> str:
-        return self.blobs + digest
-
-    @staticmethod
-    def bid_of(key: str) -> str:
-        """The batch id a batch, requeue, claim, result or done key refers to."""
-        leaf = key.rsplit("/", 1)[-1]
-        if "-requeue-" in leaf:  # {ts}-requeue-{attempt}-{bid}
-            return leaf.split("-requeue-", 1)[1].split("-", 1)[1]
-        if key.split("/")[2] == "done":  # {ts}-{bid}.{failed}
-            return leaf.split("-", 1)[1].rsplit(".", 1)[0]
-        return leaf
-
-    @staticmethod
-    def leaf(key: str) -> str:
-        """The id a claim, worker, log or index key names (its last segment)."""
-        return key.rsplit("/", 1)[-1]
-
-    @staticmethod
-    def is_requeue(key: str) -> bool:
-        return "-requeue-" in key.rsplit("/", 1)[-1]
 
 
 def digest(data: bytes) -> str:
