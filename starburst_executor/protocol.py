@@ -580,11 +580,17 @@ class BatchRecord:
 
 @dataclass(frozen=True)
 class TaskOutcome:
-    """One task's pickled outcome: its value (``ok``), or a pickled ``RemoteException``."""
+    """One task's pickled outcome: its value (``ok``), or a pickled ``RemoteException``.
+
+    ``started`` (store clock, POSIX seconds) and ``seconds`` (how long it ran) say when the
+    worker ran it, for the dashboard; ``None`` in records of workers older than them.
+    """
 
     index: int
     ok: bool
     payload: bytes
+    started: float | None = None
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -629,6 +635,10 @@ class ResultRecord:
             "batch_error": self.batch_error,
             "outputs": self.outputs,
             "seconds": self.seconds,
+            # Its own entry, not a longer outcome tuple: readers that predate it ignore it.
+            "timings": {
+                o.index: (o.started, o.seconds) for o in self.outcomes if o.seconds is not None
+            },
         }
         return codec.encode_pickle(record, key)
 
@@ -645,7 +655,11 @@ class ResultRecord:
         if not isinstance(record, dict) or "outcomes" not in record:
             raise CorruptRecordError(f"{where} does not hold a result record")
         try:
-            outcomes = tuple(TaskOutcome(int(i), s == "ok", p) for i, s, p in record["outcomes"])
+            timings = record.get("timings") or {}
+            outcomes = tuple(
+                TaskOutcome(int(i), s == "ok", p, *_timing(timings.get(i)))
+                for i, s, p in record["outcomes"]
+            )
             return cls(
                 str(record.get("bid", "")),
                 str(record.get("worker", "")),
@@ -667,6 +681,14 @@ class ResultRecord:
         if self.batch_error is not None:
             return _rebuild(self.batch_error)
         return [_outcome(o) for o in sorted(self.outcomes, key=lambda o: o.index)]
+
+
+def _timing(entry: Any) -> tuple[float | None, float | None]:
+    """``(started, seconds)`` of one task, from a record's ``timings`` (absent: unknown)."""
+    if entry is None:
+        return None, None
+    started, seconds = entry
+    return (None if started is None else float(started)), float(seconds)
 
 
 def _rebuild(payload: bytes) -> BaseException:

@@ -655,13 +655,17 @@ class Worker:
         out, err = _Tee(sys.stdout), _Tee(sys.stderr)
         buffer = io.StringIO()
         out.buffer_ = err.buffer_ = buffer
+        started, began = self.session.store.now(), time.monotonic()
         with self._lock:
-            self._task_started = time.monotonic()
+            self._task_started = began
         try:
             if not self.options.capture_output:
-                return self._run_task(task, inline)
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                return self._run_task(task, inline)
+                outcome = self._run_task(task, inline)
+            else:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    outcome = self._run_task(task, inline)
+            # When and how long it ran: the dashboard's timeline and duration histogram.
+            return replace(outcome, started=started, seconds=time.monotonic() - began)
         finally:
             with self._lock:
                 self._task_started = None
