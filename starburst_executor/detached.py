@@ -34,6 +34,7 @@ from starburst_executor.sessions import (
     session_status,
 )
 from starburst_executor.stores import Store, open_store
+from starburst_executor.stores.counting import count_requests
 from starburst_executor.stores.outage import OutageTolerantStore, is_outage, tolerate_outages
 
 __all__ = ["DetachedExecutor", "list_sessions"]
@@ -112,7 +113,9 @@ class DetachedExecutor(StarburstExecutor):
             ProtocolMismatchError: the session was written by an incompatible version.
         """
         validate_session_id(session_id)  # before it becomes part of a key or a file name
-        store_obj = open_store(store if store is not None else remembered_store(session_id))
+        store_obj = count_requests(
+            open_store(store if store is not None else remembered_store(session_id))
+        )
         session = Session.open(store_obj, session_id, codec_for(store_obj))
         # Unreachable now: reported at once; gone later: an outage, waited out.
         session.store = tolerate_outages(store_obj, session.manifest.store_outage_timeout)

@@ -17,6 +17,8 @@ the store's clock, both zero-padded so that keys sort by time)::
     sessions/{sid}/done/{b}/{ts}-{bid}.{nfailed}  "bid finished" event; small results inline
     sessions/{sid}/logs/{wid}                  a worker's log, uploaded when it exits
     sessions/{sid}/workers/{wid}               WorkerRecord (JSON)
+    sessions/{sid}/usage/{writer}              UsageRecord (JSON): one client's or worker's
+                                               store requests so far, rewritten as they grow
 
 Why this shape (DESIGN.md, "Requirements on the store protocol"):
 
@@ -72,6 +74,7 @@ class SessionKeys:
         self.workers = self.root + "workers/"
         self.blobs = self.root + "blobs/"
         self.logs = self.root + "logs/"
+        self.usages = self.root + "usage/"
         self.index = INDEX + session_id
 
     def batch(self, bid: str) -> str:
@@ -97,6 +100,9 @@ class SessionKeys:
 
     def worker(self, wid: str) -> str:
         return self.workers + wid
+
+    def usage(self, writer: str) -> str:
+        return self.usages + writer
 
     def blob(self, digest: str) -> str:
         return self.blobs + digest

@@ -34,6 +34,7 @@ from starburst_executor.keys import (
     ts_key,
 )
 from starburst_executor.serialization import ChunkResult, RemoteException, loads
+from starburst_executor.stores.counting import RequestCounts
 
 __all__ = [
     "BUCKET_MS",
@@ -56,6 +57,7 @@ __all__ = [
     "TaskKind",
     "TaskOutcome",
     "TaskSpec",
+    "UsageRecord",
     "WorkerRecord",
     "WorkerState",
     "key_time_ms",
@@ -505,6 +507,47 @@ class WorkerRecord(_JsonRecord):
         data = dict(data)
         data["state"] = _enum(WorkerState, data.get("state"), "worker record")
         return _from_dict(cls, data)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class UsageRecord(_JsonRecord):
+    """The store requests one process of a session has made so far, as S3 bills them.
+
+    Each client and each worker rewrites its own record (``SessionKeys.usage``) now and then
+    and when it leaves; a reader sums them (:mod:`starburst_executor.usage`). The counts are
+    cumulative and include the write of this record.
+
+    Attributes:
+        writer: the worker id, or ``client-...`` for a client process.
+        role: "client" or "worker".
+        requests: the counts by kind (:class:`~starburst_executor.stores.counting.
+            RequestCounts`).
+        written: store-clock time of this write.
+    """
+
+    _WHAT = "a usage record"
+
+    writer: str
+    role: str
+    requests: RequestCounts
+    written: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "writer": self.writer,
+            "role": self.role,
+            "requests": self.requests.to_dict(),
+            "written": self.written,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UsageRecord:
+        try:
+            requests = RequestCounts.from_dict(dict(data.get("requests") or {}))
+            written = float(data.get("written", 0))
+            return cls(str(data["writer"]), str(data["role"]), requests, written)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptRecordError(f"not a usage record: {exc!r}") from None
 
 
 @dataclass(frozen=True)

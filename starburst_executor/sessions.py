@@ -44,6 +44,7 @@ from starburst_executor.protocol import (
     WorkerState,
 )
 from starburst_executor.stores.base import Store
+from starburst_executor.usage import session_usage
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ class SessionStatus:
     last_activity: float
     store_url: str
     worker_states: dict[str, int] = field(default_factory=dict)
-    cost: dict[str, Any] | None = None  # AWS sessions: measured worker runtime and its cost
+    # What the session cost so far: {"cost": USD, "text": one line, "requests": ...}; AWS
+    # sessions add their workers' measured runtime (see session_cost).
+    cost: dict[str, Any] | None = None
     # Seconds the store has been unreachable (the run is paused, the counts are the last
     # known ones), or None while it answers.
     store_unreachable_for: float | None = None
@@ -171,6 +174,9 @@ class SessionStatus:
         ]
         if self.cost is not None:
             rows.append(("Cost", str(self.cost.get("text", ""))))
+            requests = self.cost.get("requests")
+            if requests:
+                rows.append(("Store requests", str(requests.get("text", ""))))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)
 
@@ -290,16 +296,45 @@ def _running_batches(session: Session, bids: list[str], live_workers: set[str]) 
 def session_cost(
     session: Session, workers: list[WorkerRecord] | None = None
 ) -> dict[str, Any] | None:
-    """The cost so far of an AWS session from its workers' measured runtime (``None`` for
-    other backends): ``{"cost": USD, "worker_seconds": ..., "text": one line}``."""
+    """The cost so far of a session: its store requests (counted by its client and workers,
+    :mod:`starburst_executor.usage`) and, for AWS sessions, its workers' measured runtime.
+
+    Returns:
+        ``{"cost": USD, "compute": USD, "s3_cost": USD, "requests": RequestUsage.to_dict(),
+        "text": one line}`` (AWS sessions add the bill's fields, see
+        :class:`~starburst_executor.aws.billing.CostReport`). Store requests are billed only
+        on an S3 store; elsewhere ``requests`` says what S3 would charge. ``None`` only for
+        an AWS session without a recorded rate.
+    """
     if session.manifest.backend != "aws":
-        return None
+        usage = session_usage(session)
+        total = usage.total
+        text = (
+            f"{_usd(usage.cost)} (local workers: no compute charge; store requests "
+            f"{_usd(usage.cost)} for {total.class_a:,} PUT/LIST and {total.class_b:,} GET"
+            + ("" if usage.on_s3 else f", {_usd(usage.s3_price)} if it were S3")
+            + ")"
+        )
+        return {
+            "cost": usage.cost,
+            "compute": 0.0,
+            "s3_cost": usage.cost,
+            "requests": usage.to_dict(),
+            "text": text,
+        }
     from starburst_executor.aws.sessions import session_cost as aws_session_cost
 
     workers = session.workers() if workers is None else workers
+    usage = session_usage(session)
     return aws_session_cost(
-        session.manifest, workers, len(session.batch_ids()), session.store.now()
+        session.manifest, workers, len(session.batch_ids()), session.store.now(), usage
     )
+
+
+def _usd(amount: float) -> str:
+    if amount == 0 or amount >= 0.01:
+        return f"${amount:,.2f}"
+    return f"${amount:.4f}" if amount >= 0.0001 else "under $0.0001"
 
 
 def codec_for(store: Store) -> Codec:

@@ -10,9 +10,11 @@
   record to its end, or until now while it is "running" (erring high).
 - The per-worker-hour rate recorded at launch (:class:`~starburst_executor.aws.cost.
   CostEstimate.per_worker_hour`) includes a Fargate task's public IPv4 address.
-- S3 requests: the session does not count its requests yet, so they are *estimated* from its
-  batches and its worker and client time (``S3_*`` figures in :mod:`~starburst_executor.aws.
-  cost`), and the report says so.
+- S3 requests: counted by the session's client and workers (:mod:`starburst_executor.usage`:
+  each writes its count to the store) and priced at S3 Standard prices of the session's
+  region. A session none of whose processes counted (written by an older version) has them
+  *estimated* from its batches and its worker and client time (``S3_*`` figures in
+  :mod:`~starburst_executor.aws.cost`), and the report says so.
 
 ECS answers are cached per process for stopped tasks (their times no longer change), so a
 status polled every few seconds describes only the tasks still running.
@@ -25,7 +27,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.cost import (
@@ -42,6 +44,9 @@ from starburst_executor.aws.cost import (
 from starburst_executor.aws.options import EcsOptions
 from starburst_executor.errors import AwsError
 from starburst_executor.protocol import WorkerState
+
+if TYPE_CHECKING:
+    from starburst_executor.usage import RequestUsage
 
 __all__ = ["CostReport", "TaskTimes", "ecs_task_times", "report", "session_report", "worker_spans"]
 
@@ -163,8 +168,9 @@ class CostReport:
         workers: how many workers ran; ``running``: how many still run (their time counts
             until the report's ``now``).
         s3_cost: of ``cost``, S3 requests; ``s3_put_requests``/``s3_get_requests`` the
-            PUT/LIST-class and GET-class counts it prices; ``s3_estimated``: counts are an
-            estimate (the session does not count its requests).
+            PUT/LIST-class (class A) and GET-class (class B) counts it prices;
+            ``s3_estimated``: counts are an estimate (no process of the session counted).
+        compute: of ``cost``, the workers' runtime.
     """
 
     cost: float
@@ -180,6 +186,10 @@ class CostReport:
     @property
     def worker_hours(self) -> float:
         return self.worker_seconds / 3600
+
+    @property
+    def compute(self) -> float:
+        return self.cost - self.s3_cost
 
     def __str__(self) -> str:
         head = "Actual cost so far" if self.running else "Actual cost"
@@ -199,6 +209,7 @@ class CostReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["worker_hours"] = self.worker_hours
+        data["compute"] = self.compute
         return data
 
 
@@ -209,6 +220,7 @@ def report(
     *,
     s3_requests: tuple[int, int] = (0, 0),
     s3_estimated: bool = True,
+    region: str | None = None,
 ) -> CostReport:
     """What the workers cost: summed runtime times ``per_worker_hour``, plus S3 requests.
 
@@ -219,6 +231,7 @@ def report(
         now: the time of the report.
         s3_requests: ``(put_like, get_like)`` request counts.
         s3_estimated: whether those counts are an estimate.
+        region: the region whose S3 prices apply (default us-east-1).
     """
     seconds = 0.0
     count = running = 0
@@ -229,7 +242,7 @@ def report(
             ended = now
         # Clock skew between hosts can put an end before its start: bill the minimum.
         seconds += max(_MINIMUM_BILLED_SECONDS, ended - started)
-    s3 = s3_request_cost(*s3_requests)
+    s3 = s3_request_cost(*s3_requests, region=region)
     return CostReport(
         cost=seconds / 3600 * per_worker_hour + s3,
         worker_seconds=seconds,
@@ -267,6 +280,7 @@ def session_report(
     batches: int,
     now: float,
     aws: Aws | None = None,
+    usage: RequestUsage | None = None,
 ) -> CostReport:
     """The cost of an AWS session so far (see the module docstring).
 
@@ -278,6 +292,8 @@ def session_report(
         batches: how many batches it holds.
         now: the store's time.
         aws: the AWS access (default: one for ``options.region``).
+        usage: the session's counted store requests; estimated when ``None`` or when no
+            process counted (``usage.writers == 0``).
     """
     ids = [w.worker[len(_ECS_WORKER) :] for w in workers if w.worker.startswith(_ECS_WORKER)]
     tasks: dict[str, TaskTimes] = {}
@@ -287,6 +303,16 @@ def session_report(
         except AwsError as exc:  # the records still give a bill, erring high
             logger.info("cannot read the ECS tasks of the session's workers: %s", exc)
     spans = worker_spans(workers, tasks=tasks)
+    if usage is not None and usage.writers:
+        counted = (usage.total.class_a, usage.total.class_b)
+        return report(
+            per_worker_hour,
+            spans,
+            now,
+            s3_requests=counted,
+            s3_estimated=False,
+            region=usage.region,
+        )
     measured = report(per_worker_hour, spans, now)
     last = max((end if end is not None else now for _, end in spans), default=now)
     requests = estimated_s3_requests(

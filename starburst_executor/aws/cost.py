@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from starburst_executor.aws.client import Aws
 from starburst_executor.aws.options import EcsOptions
 from starburst_executor.errors import AwsError, CostLimitError
+from starburst_executor.stores.counting import S3_REQUEST_PRICES, request_cost
 
 __all__ = [
     "DEFAULT_EC2_INSTANCE_TYPE",
@@ -85,12 +86,9 @@ _FARGATE_SPOT_FRACTION = 0.30
 # Spot does not run ARM64.
 _FARGATE_ARM_FRACTION = 0.80
 
-# S3 Standard request prices in us-east-1, recorded 2026-11 from
-# https://aws.amazon.com/s3/pricing/: PUT, COPY, POST and LIST requests $0.005 per 1,000;
-# GET and all other requests $0.0004 per 1,000 (most regions charge the same or up to ~30 %
-# more). DELETE is free.
-S3_PUT_PER_1000 = 0.005
-S3_GET_PER_1000 = 0.0004
+# S3 Standard request prices live with the request counter (stores/counting.py, by region):
+# class A (PUT, COPY, POST, LIST) and class B (GET and the rest) per 1,000 in us-east-1.
+S3_PUT_PER_1000, S3_GET_PER_1000 = S3_REQUEST_PRICES["us-east-1"]
 # A public IPv4 address costs $0.005 per hour since 2024-02 (VPC pricing page); a Fargate task
 # with assignPublicIp ENABLED holds one for its whole life.
 PUBLIC_IPV4_HOUR = 0.005
@@ -516,9 +514,10 @@ def _duration(hours: float) -> str:
     return "1 hour" if hours == 1 else f"{_hours(hours)} hours"
 
 
-def s3_request_cost(put_like: float, get_like: float) -> float:
-    """USD for S3 requests: PUT/COPY/POST/LIST and GET-class counts at the Standard prices."""
-    return put_like / 1000 * S3_PUT_PER_1000 + get_like / 1000 * S3_GET_PER_1000
+def s3_request_cost(put_like: float, get_like: float, region: str | None = None) -> float:
+    """USD for S3 requests: PUT/COPY/POST/LIST and GET-class counts at the Standard prices
+    of ``region`` (us-east-1's by default)."""
+    return request_cost(put_like, get_like, region)
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,14 @@ AWS modules only through here."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from starburst_executor.errors import AwsError
 from starburst_executor.protocol import Codec, SessionManifest, WorkerRecord
+
+if TYPE_CHECKING:
+    from starburst_executor.usage import RequestUsage
 
 __all__ = ["codec_for", "session_cost"]
 
@@ -40,10 +44,16 @@ def codec_for(store_url: str) -> Codec | None:
 
 
 def session_cost(
-    manifest: SessionManifest, workers: Sequence[WorkerRecord], batches: int, now: float
+    manifest: SessionManifest,
+    workers: Sequence[WorkerRecord],
+    batches: int,
+    now: float,
+    usage: RequestUsage | None = None,
 ) -> dict[str, Any] | None:
-    """The cost so far of an AWS session from its workers' measured runtime:
-    ``{"cost": USD, "worker_seconds": ..., "text": one line}``, or ``None`` without a rate.
+    """The cost so far of an AWS session from its workers' measured runtime and its store
+    requests (``usage``, counted; estimated when no process of the session counted):
+    ``{"cost": USD, "worker_seconds": ..., "requests": ..., "text": one line}``, or ``None``
+    without a rate.
 
     Raises:
         SessionError: the session was not started on ECS.
@@ -54,6 +64,8 @@ def session_cost(
     backend = session_backend(manifest)
     if not backend.rate:
         return None
+    if usage is not None:
+        usage = replace(usage, region=backend.options.region)  # S3 prices of its region
     cost = session_report(
         backend.options,
         backend.rate,
@@ -61,5 +73,7 @@ def session_cost(
         created=manifest.created,
         batches=batches,
         now=now,
+        usage=usage,
     )
-    return {**cost.to_dict(), "text": str(cost)}
+    extra = {"requests": usage.to_dict()} if usage is not None and usage.writers else {}
+    return {**cost.to_dict(), **extra, "text": str(cost)}

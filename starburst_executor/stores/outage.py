@@ -168,6 +168,9 @@ def tolerate_outages(store: Store, outage_timeout: float | None = None) -> Outag
 
 
 def unwrapped(store: Store) -> Store:
-    """The store under an ``OutageTolerantStore`` (``store`` itself otherwise): for code that
-    asks which kind of store it has."""
-    return store.inner if isinstance(store, OutageTolerantStore) else store
+    """The store under an ``OutageTolerantStore`` and a request counter (``store`` itself
+    otherwise): for code that asks which kind of store it has."""
+    from starburst_executor.stores.counting import CountingStore
+
+    store = store.inner if isinstance(store, OutageTolerantStore) else store
+    return store.inner if isinstance(store, CountingStore) else store

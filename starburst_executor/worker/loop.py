@@ -65,7 +65,9 @@ from starburst_executor.serialization import (
     name_pickling_error,
 )
 from starburst_executor.stores.base import Store
+from starburst_executor.stores.counting import count_requests
 from starburst_executor.stores.outage import tolerate_outages
+from starburst_executor.usage import UsageReporter
 from starburst_executor.worker.liveness import ClientWatch
 from starburst_executor.worker.pacing import LeaseClock as _LeaseClock
 from starburst_executor.worker.pacing import Scan as _Scan
@@ -205,7 +207,9 @@ class Worker:
         self._on_restart = on_restart
         # Every store call of the worker waits out an outage of the store (for the session's
         # store_outage_timeout) instead of failing the batch it runs.
-        store = tolerate_outages(store)
+        # Counted apart from any other user of the same store object (a thread launcher's
+        # client): the worker's own requests, for the session's bill (usage.py).
+        store = tolerate_outages(count_requests(store))
         try:
             self.session = Session.open(store, session_id, codec)
         except SessionError:
@@ -240,6 +244,7 @@ class Worker:
         self._record = WorkerRecord(
             worker_id, WorkerState.RUNNING, socket.gethostname(), os.getpid(), self._started
         )
+        self._usage = UsageReporter(self.session, worker_id, "worker")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -290,6 +295,7 @@ class Worker:
             self.session.write_log(self.worker_id, text)
         except StarburstError as exc:
             logger.warning("worker %s: could not upload its log: %s", self.worker_id, exc)
+        self._usage.write()  # the worker's last store request: its count is complete
 
     def _run_initializer(self) -> bool:
         """Install the session's shipped code, then run its initializer; report failures."""
@@ -352,6 +358,7 @@ class Worker:
             if lease.renewal_due():
                 self._renew_lease()
                 self._watch_client()
+            self._usage.write_when_due()
 
     def _renew_lease(self) -> None:
         with self._lock:
