@@ -42,6 +42,7 @@ from starburst_executor.protocol import (
     Outcome,
     WorkerState,
 )
+from starburst_executor.usage import UsageReporter, client_writer_id
 
 __all__ = ["Manager", "Shared", "WorkItem"]
 
@@ -171,6 +172,8 @@ class Manager:
         self._lost: set[str] = set()  # workers holding an expired lease (frozen, cut off)
         self._next_lease_scan = 0.0
         self._next_beat = 0.0
+        # This client's store requests, recorded for the session's bill (usage.py).
+        self._usage = UsageReporter(session, client_writer_id(), "client")
         self.thread = threading.Thread(target=self._run, name="starburst-manager", daemon=True)
         self.closed = threading.Event()
 
@@ -231,6 +234,7 @@ class Manager:
             moved += self._poll_completions()
             self._heartbeat_when_due()
             self._maintain_workers_when_due()
+            self._usage.write_when_due()
             self._follow_pace(moved)
             if self._time_to_leave():
                 return
@@ -726,4 +730,5 @@ class Manager:
                     self._launcher.stop()
         finally:
             self._io.shutdown(wait=True)
+            self._usage.write()  # after the launcher stopped: nothing this client makes is left
             self.closed.set()

@@ -46,6 +46,7 @@ from starburst_executor.serialization import (
 )
 from starburst_executor.sessions import session_cost
 from starburst_executor.stores import Store, open_store
+from starburst_executor.stores.counting import count_requests
 from starburst_executor.stores.local import LocalStore
 from starburst_executor.stores.outage import DEFAULT_OUTAGE_TIMEOUT, tolerate_outages, unwrapped
 
@@ -209,12 +210,12 @@ class StarburstExecutor(Executor):
 
             plan = prepare(backend_obj, max_workers=max_workers, store=store)
             max_workers = plan.max_workers
-            store_obj = open_store(store if store is not None else plan.store_url)
+            store_obj = count_requests(open_store(store if store is not None else plan.store_url))
             codec = Codec(plan.secret_key)
             backend_config = plan.session_backend(backend_obj)
         else:
             max_workers = max_workers or os.cpu_count() or 1
-            store_obj = open_store(store)
+            store_obj = count_requests(open_store(store))
             codec = Codec(secret_key())
             backend_config = backend_obj
         manifest = SessionManifest(
@@ -431,12 +432,11 @@ class StarburstExecutor(Executor):
             self._ensure_started()  # let the manager close the session and exit
         if wait:
             self._manager.thread.join()
-            if self._writer.manifest.backend != "local":
-                report = self.cost()
-                # Kept: the session's records are deleted next, and cost() must still answer.
-                self._final_cost = report
-                if report is not None:
-                    logger.info("session %s: %s", self.session_id, report["text"])
+            report = self._cost_at_shutdown()
+            # Kept: the session's records are deleted next, and cost() must still answer.
+            self._final_cost = report
+            if report is not None:
+                logger.info("session %s: %s", self.session_id, report["text"])
             self._remove_session_data()
 
     def _remove_session_data(self) -> None:
@@ -470,12 +470,21 @@ class StarburstExecutor(Executor):
     _final_cost: dict[str, Any] | None = None  # cost() measured at a clean shutdown
 
     def cost(self) -> dict[str, Any] | None:
-        """What the session's workers cost so far, from their measured runtime (AWS backend;
-        ``None`` for local workers): ``{"cost": USD, "worker_seconds": ..., "text": ...}``.
-        After a clean shutdown, the figure measured then (the session's data is gone)."""
+        """What the session cost so far: its store requests (counted by the client and the
+        workers, billed on S3) and, on AWS, its workers' measured runtime:
+        ``{"cost": USD, "compute": USD, "s3_cost": USD, "requests": {...}, "text": ...}``
+        (see :func:`~starburst_executor.sessions.session_cost`). After a clean shutdown, the
+        figure measured then (the session's data is gone)."""
         if self._final_cost is not None:
             return self._final_cost
         return session_cost(self._writer)
+
+    def _cost_at_shutdown(self) -> dict[str, Any] | None:
+        try:
+            return self.cost()
+        except StarburstError as exc:  # the bill must not fail a shutdown that worked
+            logger.warning("session %s: could not measure its cost: %s", self.session_id, exc)
+            return None
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)
