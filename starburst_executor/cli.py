@@ -49,6 +49,8 @@ examples:
   starburst sessions                         list sessions in the default store
   starburst sessions --store s3://bkt/runs   ... in another store
   starburst status 20261121-081500-3fa9c2    counts, workers, progress
+  starburst status SID --watch               ... refreshed until the session ends
+  starburst dashboard                        live web page of the sessions (127.0.0.1)
   starburst collect SID -o results.pkl       what is done so far, as a pickled list
   starburst collect SID --wait -o all.pkl    wait for everything (Ctrl-C to stop waiting)
   starburst logs SID --follow                worker logs as they grow
@@ -101,7 +103,27 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     add("sessions", "List the sessions in a store.", "starburst sessions --json", session=False)
-    add("status", "Show a session's counts, workers and progress.", "starburst status SID")
+    p = add("status", "Show a session's counts, workers and progress.", "starburst status SID")
+    p.add_argument(
+        "--watch",
+        "-w",
+        action="store_true",
+        help="refresh until the session finishes (Ctrl-C stops watching)",
+    )
+    p.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="with --watch: seconds (2)"
+    )
+    p = add(
+        "dashboard",
+        "Serve a live web page of the store's sessions on 127.0.0.1.",
+        "starburst dashboard SID --port 8050",
+        session=False,
+    )
+    p.add_argument(
+        "session", metavar="SID", nargs="?", type=_session_id, help="open on this session"
+    )
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="only print the page's address")
     p = add(
         "collect",
         "Write the results of finished tasks to a pickle file.",
@@ -292,8 +314,48 @@ def _fmt(ts: float) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch_status(args)
     status: SessionStatus = _reader(args).status()
     _emit(args, status.to_dict(), str(status))
+    return EXIT_OK
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    from starburst_executor.dashboard.watch import watch
+
+    reader = _reader(args)
+
+    def render(status: SessionStatus) -> str:  # one JSON line per reading with --json
+        return json.dumps(status.to_dict(), default=str) if args.json else str(status)
+
+    try:
+        watch(
+            reader.status,
+            render,
+            sys.stdout,
+            interval=args.interval,
+            tty=False if args.json else None,
+        )
+    except KeyboardInterrupt:
+        pass  # Ctrl-C only stops watching: not an error
+    return EXIT_OK
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from starburst_executor.dashboard import serve
+
+    store = _store(args)
+    try:
+        serve(
+            store,
+            port=args.port,
+            session_id=args.session,
+            open_browser=not args.no_browser,
+            as_json=args.json,
+        )
+    except KeyboardInterrupt:
+        pass  # the way to stop it
     return EXIT_OK
 
 
@@ -506,6 +568,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "sessions": _cmd_sessions,
     "status": _cmd_status,
+    "dashboard": _cmd_dashboard,
     "collect": _cmd_collect,
     "logs": _cmd_logs,
     "cancel": _cmd_cancel,

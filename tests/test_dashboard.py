@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future
-from typing import Any
 
 import pytest
 from unit.fakes import use_launcher, wait_until
@@ -154,17 +153,20 @@ def test_watch_estimates_untimed_tasks_and_finds_the_item_that_stopped_a_chunk()
 
 
 @pytest.fixture
-def live(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[StarburstExecutor, list[Future[int]]]]:
+def live(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[StarburstExecutor, list[Future[int]], MemoryStore]]:
     """A session on two thread workers: 3 tasks done, 1 failed, 1 still running."""
     use_launcher(monkeypatch, lambda s, m, c: ThreadLauncher(s, m.session_id, c))
     RELEASE.clear()
-    ex = StarburstExecutor(store=MemoryStore(), max_workers=2, pacing=FAST, name="dash <i>")
+    store = MemoryStore()
+    ex = StarburstExecutor(store=store, max_workers=2, pacing=FAST, name="dash <i>")
     try:
         futures = [ex.submit(quick, i) for i in range(3)]
         futures.append(ex.submit(boom, 7))
         futures.append(ex.submit(held, 9))
         wait_until(lambda: all(f.done() for f in futures[:4]), 10, "the first four tasks")
-        yield ex, futures
+        yield ex, futures, store
     finally:
         RELEASE.set()
         ex.shutdown(wait=True, cancel_futures=True)
@@ -179,14 +181,19 @@ def _get(url: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]
         return exc.code, dict(exc.headers), exc.read()
 
 
-def test_the_api_shows_a_running_session(live: tuple[StarburstExecutor, list[Any]]) -> None:
-    ex, futures = live
-    with DashboardServer(ex._store) as server:  # type: ignore[attr-defined]
+Live = tuple[StarburstExecutor, list[Future[int]], MemoryStore]
+
+
+def test_the_api_shows_a_running_session(live: Live) -> None:
+    ex, futures, store = live
+    with DashboardServer(store) as server:
         assert server.url.startswith("http://127.0.0.1:") and server.port > 0
         view = wait_until(
-            lambda: (v := json.loads(_get(server.url + f"api/sessions/{ex.session_id}")[2]))
-            and v["progress"]["running"] == 1
-            and v,
+            lambda: (
+                (v := json.loads(_get(server.url + f"api/sessions/{ex.session_id}")[2]))
+                and v["progress"]["running"] == 1
+                and v
+            ),
             10,
             "the held task to show as running",
         )
@@ -201,6 +208,7 @@ def test_the_api_shows_a_running_session(live: tuple[StarburstExecutor, list[Any
         workers = {w["id"] for w in view["workers"]}
         assert workers and {r[0] for r in view["timeline"]} <= workers
         assert len(view["timeline"]) == 4 and all(r[5] for r in view["timeline"])  # measured
+        assert sum(w["tasks"] for w in view["workers"]) == 4  # before they exit and say so
         assert view["durations"]["count"] == 4
         assert sum(b[2] for b in view["durations"]["bins"]) == 4
         assert sum(view["throughput"]["rates"]) > 0
@@ -216,12 +224,12 @@ def test_the_api_shows_a_running_session(live: tuple[StarburstExecutor, list[Any
         assert len(done["timeline"]) == 5  # only the new batch's result was read
 
 
-def test_the_page_and_the_refusals(live: tuple[StarburstExecutor, list[Any]]) -> None:
-    ex, _ = live
-    with DashboardServer(ex._store) as server:  # type: ignore[attr-defined]
+def test_the_page_and_the_refusals(live: Live) -> None:
+    ex, _, store = live
+    with DashboardServer(store) as server:
         status, headers, body = _get(server.url)
         assert status == 200 and headers["Content-Type"].startswith("text/html")
-        assert b"<svg id=\"timeline\"" in body and b"innerHTML" not in body
+        assert b'<svg id="timeline"' in body and b"innerHTML" not in body
         csp = headers["Content-Security-Policy"]
         assert "script-src 'sha256-" in csp and "connect-src 'self'" in csp
         assert "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]

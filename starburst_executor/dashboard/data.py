@@ -218,6 +218,9 @@ class SessionWatch:
         series = throughput([r.ended for r in self._runs], start, max(now, start))
         recent = sorted(self._runs, key=lambda r: r.ended)[-TIMELINE_MAX:]
         ordered = sorted(durations)
+        ran: dict[str, int] = {}  # a worker's record counts its tasks only when it exits
+        for r in self._runs:
+            ran[r.worker] = ran.get(r.worker, 0) + 1
         return {
             "session": {
                 "id": status.session_id,
@@ -261,7 +264,7 @@ class SessionWatch:
                     "state": str(w.state),
                     "started": w.started,
                     "ended": w.ended or None,
-                    "tasks": w.tasks,
+                    "tasks": max(w.tasks, ran.get(w.worker, 0)),
                     "reason": w.reason,
                 }
                 for w in sorted(workers, key=lambda w: (w.started, w.worker))

@@ -20,6 +20,11 @@ __all__ = ["watch"]
 _UP_AND_CLEAR = "\x1b[{n}F\x1b[J"  # cursor to the start of the line n lines up; erase below
 
 
+def _pause(seconds: float) -> None:
+    """Wait between two readings (an event's wait: Ctrl-C interrupts it at once)."""
+    threading.Event().wait(seconds)
+
+
 def watch(
     read: Callable[[], SessionStatus],
     render: Callable[[SessionStatus], str],
@@ -38,7 +43,7 @@ def watch(
         out: where to print.
         interval: seconds between readings (> 0).
         tty: redraw in place; default: whether ``out`` is a terminal.
-        wait: sleeps between readings (default: an ``Event.wait``); tests pass a fake clock.
+        wait: waits between readings (default: :func:`_pause`); tests pass a fake clock.
         max_updates: stop after this many readings (``None``: until the session finishes).
 
     Returns:
@@ -52,7 +57,7 @@ def watch(
         raise ValueError(f"--interval must be a positive number of seconds, not {interval}")
     if tty is None:
         tty = out.isatty()
-    pause = wait or threading.Event().wait
+    pause = wait or _pause
     drawn = 0  # lines of the block on screen
     updates = 0
     while True:
