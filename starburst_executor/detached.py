@@ -169,6 +169,7 @@ class DetachedExecutor(StarburstExecutor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool = False,
     ) -> Iterator[T]:
         """As ``StarburstExecutor.map``; returns once every chunk is in the store (the input
         is read at once, as the stdlib's ``map`` does). A chunk that cannot be pickled is
@@ -191,7 +192,9 @@ class DetachedExecutor(StarburstExecutor):
         self._bulk.calls, self._bulk.taken, self._bulk.chunksize = calls, taken, chunksize
         try:
             columns = [column(k) for k in range(len(iterables))]
-            results = super().map(fn, *columns, timeout=timeout, chunksize=chunksize)
+            results = super().map(
+                fn, *columns, timeout=timeout, chunksize=chunksize, progress=progress
+            )
         finally:
             self._bulk.calls = None
         if calls:

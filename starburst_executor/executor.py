@@ -366,6 +366,7 @@ class StarburstExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool = False,
     ) -> Iterator[T]:
         """Like ``ProcessPoolExecutor.map``: results in order, ``chunksize`` items per task.
 
@@ -375,6 +376,8 @@ class StarburstExecutor(Executor):
         A chunk that cannot be pickled (or an ``fn`` that cannot) raises the pickler's own
         exception, naming the item, when the iterator reaches that chunk, as the stdlib's
         ``map`` does; the iterator keeps no reference to the values it has yielded.
+        ``progress=True`` draws a tqdm bar of the items on stderr as results arrive (nothing
+        when stderr is not a terminal; see ``starburst_executor.progress``).
 
         Raises:
             TypeError: ``chunksize`` is not an int.
@@ -393,11 +396,13 @@ class StarburstExecutor(Executor):
         except Exception as exc:  # every chunk fails with it, as each stdlib submit would
             fn_error: Exception = exc
         futures: list[Future[Any]] = []
+        sizes: list[int] = []  # items per chunk, for the progress bar
         items = zip(*iterables)
         for start in itertools.count(0, chunksize):
             chunk = list(itertools.islice(items, chunksize))
             if not chunk:
                 break
+            sizes.append(len(chunk))
             if fn_bytes is None:
                 futures.append(_failed_future(fn_error))
                 continue
@@ -409,6 +414,10 @@ class StarburstExecutor(Executor):
             futures.append(
                 self._enqueue(Call("chunk", {"fn": fn_bytes, "args": [args], "kwargs": {}}))
             )
+        if progress:
+            from starburst_executor.progress import track_map
+
+            return track_map(_chain_results(futures, end_time), futures, sizes, f"map({name})")
         return _chain_results(futures, end_time)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
