@@ -199,6 +199,7 @@ class CostReport:
         )
         if self.s3_put_requests or self.s3_get_requests:
             how = "~" if self.s3_estimated else ""
+            text += f" = {_usd(self.compute)} compute"
             text += (
                 f"; S3 requests {how}{_usd(self.s3_cost)} for {how}{self.s3_put_requests:,} "
                 f"PUT/LIST and {how}{self.s3_get_requests:,} GET"

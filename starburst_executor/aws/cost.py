@@ -34,6 +34,7 @@ __all__ = [
     "PUBLIC_IPV4_HOUR",
     "S3_GET_PER_1000",
     "S3_PUT_PER_1000",
+    "S3_REQUESTS_PER_BATCH",
     "CostEstimate",
     "Ec2Packing",
     "check_budget",
@@ -166,17 +167,22 @@ _ENIS: dict[str, int] = {
 # a fourth would wait for a second instance, and the estimate counts that instance.
 _ECS_MEMORY_FRACTION = 0.94
 
-# S3 requests of a running session, for the estimate and (until the session counts its own
-# requests) the report; from the worker loop and the manager: an idle worker lists the batches
-# every poll interval (2 s on S3), reads the control record every 4 s and scans the claims
-# every half lease (about 120 times an hour); per batch, one PUT to upload it, one to claim it,
-# one for the result and one for its completion event, and two GETs (the batch, the result);
-# the client lists completions every poll interval while tasks are outstanding.
+# S3 requests of a running session, for the estimate before launch and for the bill of a
+# session whose processes did not count their requests (sessions count them since usage.py;
+# the counted figures replace these). Two parts, both assumptions, named here:
+# - idle polling (S3_*_PER_*_HOUR): an idle worker lists the batches every poll interval (2 s
+#   on S3), reads the control record every 4 s and scans the claims every half lease (about
+#   120 times an hour); the client lists completions every poll interval while it waits;
+# - S3_REQUESTS_PER_BATCH, about 8 per batch: 5 class A (upload the batch, claim it, write its
+#   result and its completion event, close the claim) and 3 class B (the worker reads the
+#   batch, the client the result, and one read of the claim or control record). Measured on
+#   SeaweedFS through a counting proxy (tests/test_request_usage.py prints it): 5 to 10.
 S3_LIST_PER_WORKER_HOUR = 3600 / 2.0 + 120
 S3_GET_PER_WORKER_HOUR = 3600 / 4.0
 S3_LIST_PER_CLIENT_HOUR = 3600 / 2.0
-S3_PUTS_PER_BATCH = 4
-S3_GETS_PER_BATCH = 2
+S3_PUTS_PER_BATCH = 5
+S3_GETS_PER_BATCH = 3
+S3_REQUESTS_PER_BATCH = S3_PUTS_PER_BATCH + S3_GETS_PER_BATCH
 
 # Fargate and Linux EC2 both bill per second with a one-minute minimum.
 _MINIMUM_BILLED_SECONDS = 60.0
@@ -542,6 +548,9 @@ class CostEstimate:
         s3_hourly: of ``hourly``, S3 requests (polling; an estimate: per-batch requests come
             on top and depend on the work).
         architecture: "X86_64" or "ARM64".
+        s3_per_batch: USD of S3 requests per batch (``S3_REQUESTS_PER_BATCH`` assumed).
+        batches: the batches the estimate was asked for, if any; ``s3_batches``: their S3
+            requests' USD, in ``total`` (not in ``hourly``).
     """
 
     workers: int
@@ -561,6 +570,12 @@ class CostEstimate:
     ipv4_hourly: float = 0.0
     s3_hourly: float = 0.0
     architecture: str = "X86_64"
+    s3_per_batch: float = 0.0
+    batches: int | None = None
+
+    @property
+    def s3_batches(self) -> float:
+        return (self.batches or 0) * self.s3_per_batch
 
     def __str__(self) -> str:
         kind = "Fargate" if self.launch_type == "FARGATE" else "EC2"
@@ -585,6 +600,16 @@ class CostEstimate:
             extras.append(f"S3 requests ~{_usd(self.s3_hourly)}")
         if extras:
             line += ", incl. " + " and ".join(extras)
+        if self.batches is not None:
+            line += (
+                f"; S3 requests of {self.batches:,} batches ~{_usd(self.s3_batches)} "
+                f"(~{S3_REQUESTS_PER_BATCH} per batch)"
+            )
+        elif self.s3_per_batch:
+            line += (
+                f"; S3 requests ~{_usd(1000 * self.s3_per_batch)} per 1,000 batches "
+                f"(~{S3_REQUESTS_PER_BATCH} per batch)"
+            )
         if self.total is not None and self.expected_hours is not None:
             line += f", ~{_usd(self.total)} for {_duration(self.expected_hours)}"
         return f"{line} (rates: {self.source}, {self.region})"
@@ -600,6 +625,7 @@ def estimate(
     expected_hours: float | None = None,
     *,
     at_once: int | None = None,
+    batches: int | None = None,
 ) -> CostEstimate:
     """Estimate the hourly cost of ``workers`` workers sized and placed as ``options`` says.
 
@@ -607,7 +633,9 @@ def estimate(
     quota allows, see :mod:`starburst_executor.aws.quota`). Fargate: ``cpu * vcpu_rate +
     memory_gb * gb_rate`` per worker, plus a public IPv4 address per task when
     ``assign_public_ip``. EC2: whole instances as packed by :func:`ec2_packing`. Both: the S3
-    requests of polling (``S3_*_PER_*_HOUR``).
+    requests of polling (``S3_*_PER_*_HOUR``) in ``hourly``, and per batch
+    (``S3_REQUESTS_PER_BATCH``) in ``s3_per_batch``; with ``batches``, those batches' requests
+    are added to ``total`` (``expected_hours`` given) and shown.
 
     Raises:
         ValueError: ``workers < 1``, ``expected_hours <= 0``, a worker larger than the
@@ -617,6 +645,8 @@ def estimate(
         raise ValueError(f"workers must be at least 1, got {workers}")
     if expected_hours is not None and expected_hours <= 0:
         raise ValueError(f"expected_hours must be positive, got {expected_hours}")
+    if batches is not None and batches < 0:
+        raise ValueError(f"batches must be >= 0, got {batches}")
     running = workers if at_once is None else max(1, min(workers, at_once))
     instance_type = ""
     instances = 0
@@ -643,10 +673,14 @@ def estimate(
         instances = math.ceil(running / fit)
         per_worker = rate / fit
         compute = instances * rate
-    s3 = running * s3_request_cost(S3_LIST_PER_WORKER_HOUR, S3_GET_PER_WORKER_HOUR)
-    s3 += s3_request_cost(S3_LIST_PER_CLIENT_HOUR, 0)
+    region = options.region
+    s3 = running * s3_request_cost(S3_LIST_PER_WORKER_HOUR, S3_GET_PER_WORKER_HOUR, region)
+    s3 += s3_request_cost(S3_LIST_PER_CLIENT_HOUR, 0, region)
+    per_batch = s3_request_cost(S3_PUTS_PER_BATCH, S3_GETS_PER_BATCH, region)
     hourly = compute + s3
     total = hourly * expected_hours if expected_hours is not None else None
+    if total is not None and batches:
+        total += batches * per_batch
     return CostEstimate(
         workers=running,
         per_worker_hour=per_worker,
@@ -665,6 +699,8 @@ def estimate(
         ipv4_hourly=running * ipv4,
         s3_hourly=s3,
         architecture=options.cpu_architecture,
+        s3_per_batch=per_batch,
+        batches=batches,
     )
 
 

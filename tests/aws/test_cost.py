@@ -154,7 +154,8 @@ def test_fargate_estimate_falls_back_to_the_table_when_the_pricing_api_fails(mot
     assert est.total is None and est.instances == 0
     assert str(est) == (
         "Estimated cost: $0.65/hour for 10 Fargate workers (1 vCPU, 2 GB), "
-        "incl. public IPv4 $0.05 and S3 requests ~$0.11 "
+        "incl. public IPv4 $0.05 and S3 requests ~$0.11"
+        "; S3 requests ~$0.03 per 1,000 batches (~8 per batch) "
         "(rates: built-in table, 2026-11, us-east-1)"
     )
 
@@ -189,7 +190,8 @@ def test_fargate_spot_uses_the_table_spot_rates_and_says_so(moto_aws: Aws) -> No
     assert est.source == f"{TABLE_SOURCE} (Fargate Spot)"
     assert str(est) == (
         "Estimated cost: $3.47/hour for 50 Fargate Spot workers (4 vCPU, 8 GB), "
-        "incl. S3 requests ~$0.51, ~$1.16 for 20 minutes (rates: built-in "
+        "incl. S3 requests ~$0.51; S3 requests ~$0.03 per 1,000 batches (~8 per batch), "
+        "~$1.16 for 20 minutes (rates: built-in "
         "table, 2026-11 (Fargate Spot), us-east-1)"
     )
 
@@ -304,7 +306,8 @@ def test_ec2_estimate_packs_workers_onto_whole_instances(offline_aws: Aws) -> No
     assert est.per_worker_hour == pytest.approx(C7A_XLARGE / 3, rel=1e-12)
     assert str(est) == (
         "Estimated cost: $0.93/hour for 10 EC2 workers (1 vCPU, 2 GB) on 4 "
-        "c7a.xlarge instances, incl. S3 requests ~$0.11 (rates: AWS Pricing API, "
+        "c7a.xlarge instances, incl. S3 requests ~$0.11; S3 requests ~$0.03 per 1,000 "
+        "batches (~8 per batch) (rates: AWS Pricing API, "
         "us-east-1)"
     )
 
@@ -584,8 +587,8 @@ def test_the_bill_runs_from_the_image_pull_to_the_tasks_stop(offline_aws: Aws) -
     # (no pull yet reported) until now, 7,200 s.
     assert rep.worker_seconds == pytest.approx(3600 + 1800 + 7200)
     assert (rep.workers, rep.running) == (3, 1)
-    put_like = 10 * 4 + 3.5 * 1920 + (7_200 + 10) / 3600 * 1800
-    get_like = 10 * 2 + 3.5 * 900
+    put_like = 10 * 5 + 3.5 * 1920 + (7_200 + 10) / 3600 * 1800  # 8 requests per batch:
+    get_like = 10 * 3 + 3.5 * 900  # 5 class A, 3 class B
     assert (rep.s3_put_requests, rep.s3_get_requests) == (round(put_like), round(get_like))
     assert rep.cost == pytest.approx(
         3.5 * 0.1 + put_like * 0.005 / 1000 + get_like * 0.0004 / 1000, rel=1e-3
@@ -624,3 +627,45 @@ def test_without_ecs_the_bill_falls_back_to_the_records(offline_aws: Aws) -> Non
             aws=offline_aws,
         )
     assert rep.worker_seconds == 600.0
+
+
+def test_the_estimate_prices_the_requests_of_a_batch_count(moto_aws: Aws) -> None:
+    est = estimate(moto_aws, fargate(assign_public_ip=False), 2, expected_hours=1.0, batches=20_000)
+    per_batch = (5 * 0.005 + 3 * 0.0004) / 1000  # S3_REQUESTS_PER_BATCH: 8, 5 of them class A
+    assert est.s3_per_batch == pytest.approx(per_batch)
+    assert est.total == pytest.approx(est.hourly + 20_000 * per_batch)
+    assert "S3 requests of 20,000 batches ~$0.52 (~8 per batch)" in str(est)
+
+
+def test_counted_requests_replace_the_estimate_in_the_bill(offline_aws: Aws) -> None:
+    from starburst_executor.aws import billing
+    from starburst_executor.stores.counting import RequestCounts
+    from starburst_executor.usage import RequestUsage
+
+    usage = RequestUsage(
+        RequestCounts(gets=382, puts=700, lists=19),
+        RequestCounts(gets=1000, puts=1500, lists=500),
+        3,
+        "s3://b/p",
+        "eu-central-1",
+    )
+    stubber = Stubber(offline_aws.client("ecs"))
+    stubber.add_client_error("describe_tasks", service_error_code="AccessDeniedException")
+    with stubber:
+        rep = billing.session_report(
+            fargate(),
+            0.1,
+            [_record("ecs-y", 0.0, WorkerState.EXITED, 600.0)],
+            created=0.0,
+            batches=1,
+            now=700.0,
+            aws=offline_aws,
+            usage=usage,
+        )
+    assert (rep.s3_put_requests, rep.s3_get_requests, rep.s3_estimated) == (2719, 1382, False)
+    assert rep.s3_cost == pytest.approx((2719 * 0.0054 + 1382 * 0.00043) / 1000)
+    assert rep.compute == pytest.approx(600 / 3600 * 0.1)
+    assert str(rep) == (
+        "Actual cost: $0.03 (0.2 worker-hours at $0.100/hour = $0.02 compute; "
+        "S3 requests $0.02 for 2,719 PUT/LIST and 1,382 GET)"
+    )
