@@ -13,6 +13,7 @@ The screenshot of the running session is saved to ``$STARBURST_ARTIFACTS/dashboa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -127,6 +128,16 @@ def _count(
     )
 
 
+@contextlib.contextmanager
+def _opened_at_exit(gate: Path) -> Iterator[None]:
+    """Open the gate however the test ends, so the held task does not keep its worker (and
+    the executor's shutdown) waiting for its own timeout after a failure."""
+    try:
+        yield
+    finally:
+        gate.write_text("open")
+
+
 @pytest.mark.parametrize("executor_store", ["local"], indirect=True)
 def test_the_dashboard_shows_a_running_session_in_chromium(
     browser: Any, make_executor: Callable[..., Any], executor_store: str, tmp_path: Path
@@ -145,7 +156,7 @@ def test_the_dashboard_shows_a_running_session_in_chromium(
     reader = SessionReader(store, ex.session_id, codec_for(store))
     assert not held.done()
 
-    with DashboardServer(store) as server:
+    with DashboardServer(store) as server, _opened_at_exit(gate):
         browser.get(f"{server.url}#{ex.session_id}")
         until = WebDriverWait(browser, 20).until
 
@@ -165,10 +176,16 @@ def test_the_dashboard_shows_a_running_session_in_chromium(
         assert "in raise_at" in traceback and 'raise ValueError("bad item", x)' in traceback
         assert "<script>alert(1)</script>" in text("#session-title")
         assert browser.find_elements(By.CSS_SELECTOR, "#session-title script") == []
+
         # One timeline row per worker the store knows, with the finished tasks' bars.
-        rows = browser.find_elements(By.CSS_SELECTOR, "#timeline g.worker-row")
-        workers = {w.worker for w in reader.workers()}
-        assert {r.get_attribute("data-worker") for r in rows} == workers and workers
+        # (a worker may register after a poll: wait until the page shows the store's set)
+        def rows_match(_: Any) -> set[str] | None:
+            rows = browser.find_elements(By.CSS_SELECTOR, "#timeline g.worker-row")
+            workers = {w.worker for w in reader.workers()}
+            shown = {str(r.get_attribute("data-worker")) for r in rows}
+            return workers if shown == workers and workers else None
+
+        workers = until(rows_match)
         assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline rect.run")) == 5
         table = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr")
         assert {r.get_attribute("data-worker") for r in table} == workers
