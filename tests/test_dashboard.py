@@ -7,12 +7,15 @@ wait on the state they need.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
 
 import pytest
 from unit.fakes import use_launcher, wait_until
@@ -241,3 +244,57 @@ def test_the_page_and_the_refusals(live: Live) -> None:
         status, _, body = _get(server.url + "api/sessions/..%2Fetc")
         assert status == 404 and "not a session id" in json.loads(body)["error"]
         assert _get(server.url + "nothing-here")[0] == 404
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+def test_serve_prints_the_address_opens_the_browser_and_stops(
+    monkeypatch: pytest.MonkeyPatch, free_port: int
+) -> None:
+    from starburst_executor.dashboard import serve
+
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    out, stop = io.StringIO(), threading.Event()
+    store = MemoryStore()
+    sid = "20300101-000000-abcdef"
+    kwargs: dict[str, Any] = {"port": free_port, "session_id": sid, "out": out, "stop": stop}
+    thread = threading.Thread(target=serve, args=(store,), kwargs=kwargs)
+    thread.start()
+    try:
+        wait_until(lambda: opened, 10, "the browser to be opened")
+        url = f"http://127.0.0.1:{free_port}/"
+        assert opened == [f"{url}#{sid}"]
+        assert out.getvalue() == f"starburst dashboard: {url}#{sid}  (Ctrl-C to stop)\n"
+        assert json.loads(_get(url + "api/sessions")[2]) == []
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    with pytest.raises(urllib.error.URLError):  # the port is released
+        urllib.request.urlopen(f"http://127.0.0.1:{free_port}/", timeout=5)
+
+
+def test_the_dashboard_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from starburst_executor import cli, dashboard
+
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def serve(store: Any, **kwargs: Any) -> None:
+        calls.append((store, kwargs))
+        raise KeyboardInterrupt  # how a user stops it
+
+    monkeypatch.setattr(dashboard, "serve", serve)
+    url = (tmp_path / "store").as_uri()
+    sid = "20300101-000000-abcdef"
+    argv = ["dashboard", sid, "--store", url, "--port", "8123", "--no-browser", "--json"]
+    assert cli.main(argv) == cli.EXIT_OK
+    ((store, kwargs),) = calls
+    assert store.url == url
+    assert kwargs == {
+        "port": 8123,
+        "session_id": sid,
+        "open_browser": False,
+        "as_json": True,
+    }
