@@ -19,9 +19,10 @@ from starburst_executor.config import secret_key
 from starburst_executor.protocol import Codec
 from starburst_executor.sessions import SessionReader
 from starburst_executor.stores import open_store
-from starburst_executor.stores.counting import RequestCounts, counter_of
+from starburst_executor.stores.counting import RequestCounts, count_requests, counter_of
 from starburst_executor.stores.memory import MemoryStore
-from starburst_executor.usage import session_usage
+from starburst_executor.stores.outage import tolerate_outages
+from starburst_executor.usage import UsageReporter, session_usage
 
 
 @pytest.fixture
@@ -128,10 +129,32 @@ def test_the_counts_match_a_counting_proxy_on_seaweedfs(
     reader = SessionReader(open_store(url), ex.session_id, Codec(secret_key()))
     usage = session_usage(reader)  # read after the snapshot: not in the proxy's counts
     counted = usage.workers + mine
+    batches = len(reader.batch_ids())
     with capsys.disabled():
         print(
-            f"\nSeaweedFS, map of 400 items (chunksize 10) on 2 workers: proxy {seen}, "
-            f"counted {counted} (client {mine}, workers {usage.workers}); "
+            f"\nSeaweedFS, map of 400 items (chunksize 10) on 2 workers, {batches} batches: "
+            f"proxy {seen}, counted {counted} (client {mine}, workers {usage.workers}); "
+            f"{counted.total / batches:.1f} requests per batch; "
             f"${counted.cost():.5f} at S3 us-east-1 prices"
         )
     assert counted == seen
+
+
+def test_a_reporter_writes_when_due_and_counts_its_own_write() -> None:
+    from starburst_executor._session import Session
+    from starburst_executor.protocol import SessionManifest
+
+    store = tolerate_outages(count_requests(MemoryStore()))
+    manifest = SessionManifest(session_id="20300101-000000-abcdef", created=0.0, versions={})
+    session = Session(store, manifest, Codec(b"k" * 32))
+    quiet = UsageReporter(session, "w1", "worker", every=3600)
+    quiet.write_when_due()  # not due: no request
+    assert counter_of(store) is not None and counter_of(store).counts() == RequestCounts()  # type: ignore[union-attr]
+    due = UsageReporter(session, "w1", "worker", every=0)
+    due.write_when_due()  # due: one PUT, counted in the record it writes
+    counter = counter_of(store)
+    assert counter is not None
+    # Read past the counter: the reader's own live count would stand in for w1's record.
+    usage = session_usage(Session(counter.inner, manifest, session.codec))
+    assert usage.workers == RequestCounts(puts=1) and usage.writers == 1
+    assert str(usage).startswith("1 class A (PUT/LIST) + 0 class B (GET): under $0.0001 on S3")
