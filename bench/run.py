@@ -67,6 +67,8 @@ class Plan:
             return 20 if self.quick else 40
         if workload.name == "latency-idle":
             return 4 if self.quick else 6
+        if workload.name == "wakeup":
+            return 2 if self.quick else 4
         return 0
 
     def workloads(self, backend: str) -> list[str]:
@@ -225,6 +227,49 @@ def patched_env(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def measure_rss(target: str, progress: Callable[[str], None]) -> dict[str, Any] | None:
+    """The client's peak RSS growth for one fat-arg repetition, in a fresh process
+    (``bench/rss.py``): ``target`` is "ppe" or a store URL."""
+    progress(f"fat-arg peak RSS ({target}) ...")
+    try:
+        done = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "rss.py"), target],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+        print(f"fat-arg RSS measurement failed for {target}: {exc}", file=sys.stderr)
+        return None
+
+
+def rss_line(backend: str, sb: dict[str, Any] | None, ppe: dict[str, Any] | None) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "workload": "fat-arg-rss",
+        "backend": backend,
+        "rss": sb,
+        "ppe_rss": ppe,
+    }
+    if sb is None:
+        line.update(seconds=None, error="the RSS measurement failed (see stderr)")
+    return line
+
+
+def print_rss(line: dict[str, Any]) -> None:
+    sb, pp = line.get("rss") or {}, line.get("ppe_rss") or {}
+    if not sb:
+        print(f"{'fat-arg RSS':<13} {line['backend']:<13} FAILED", flush=True)
+        return
+    print(
+        f"{'fat-arg RSS':<13} {line['backend']:<13} {sb['growth_mib']:>8.1f}MB "
+        f"{pp.get('growth_mib', float('nan')):>8.1f}MB {'':>7} {'':>7}  client peak RSS growth "
+        "for 20 submits sharing one 20 MB argument (fresh process, bench/rss.py)",
+        flush=True,
+    )
+
+
 # -- reporting -------------------------------------------------------------------------------
 
 
@@ -379,22 +424,31 @@ def build_lines(
                 "steady state on warm workers, start-up excluded; "
                 + (
                     f"median trip of {m.samples[0].extra.get('trips')}"
-                    if m.workload.startswith("latency")
+                    if m.workload.startswith("latency") or m.workload == "wakeup"
                     else f"median of {len(m.samples)}"
                 )
             ),
             samples=[round(s.seconds, 5) for s in m.samples],
             extra=m.samples[-1].extra if m.samples else {},
         )
-        if p is not None and p.samples and m.workload.startswith("latency"):
+        if p is not None and p.samples and "trips" in p.samples[-1].extra:
             line["ppe_extra"] = p.samples[-1].extra
+        if m.requests.get("steady") and m.workload == "wakeup":
+            # What the client asks while it waits: its requests per second of the window.
+            client = sum(
+                n
+                for (role, _), n in m.requests["steady"].get("ops", {}).items()
+                if role == CLIENT_APP
+            )
+            window = sum(wl.WAKE_NAP + s.seconds for s in m.samples) * m.samples[0].extra["trips"]
+            line["client_requests_per_s"] = round(client / max(window, 1e-9), 3)
         if m.requests.get("steady"):
             line["requests"] = per_task(m.requests["steady"], m.tasks)
             line["requests_unit"] = (
-                "per map chunk (100 items)"
+                f"per map chunk ({wl.MAP_CHUNK} items)"
                 if m.workload == "map"
                 else "per round trip"
-                if m.workload.startswith("latency")
+                if m.workload.startswith("latency") or m.workload == "wakeup"
                 else "per task"
             )
             line["requests_shutdown"] = per_task(m.requests.get("shutdown", {}), 1)["raw"]
@@ -442,11 +496,18 @@ def print_line(line: dict[str, Any]) -> None:
         f"{ratio(sb, pp):>7} {('n/a' if last is None else f'{last:.2f}'):>7}  {line.get('includes', '')}"
     )
     extra = line.get("extra") or {}
-    if "p90_s" in extra:
+    if "p90_s" in extra and name != "wakeup":
         pe = line.get("ppe_extra") or {}
         text += f"; p90 {fmt_s(extra['p90_s'])} (ppe p90 {fmt_s(pe.get('p90_s', float('nan')))})"
     if name == "sleepy":
-        text += "; ideal 5.000s"
+        text += f"; ideal 5.000s; efficiency {5.0 / sb:.3f}"
+        if pp:
+            text += f" (ppe {5.0 / pp:.3f})"
+    if name in ("tiny", "map") and sb:
+        n = 2000 if name == "tiny" else 20_000
+        text += f"; {n / sb:,.0f} {'tasks' if name == 'tiny' else 'items'}/s"
+    if name == "wakeup" and line.get("client_requests_per_s") is not None:
+        text += f"; client {line['client_requests_per_s']:.2f} requests/s while waiting"
     print(text, flush=True)
     if line.get("requests"):
         print(
@@ -529,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             }
             print(HEADER, flush=True)
+            want_rss = not only or "fat-arg" in only
+            ppe_rss = measure_rss("ppe", progress) if want_rss else None
             if "local" in backends:
                 store = home / "store"
                 lines = build_lines(
@@ -549,12 +612,18 @@ def main(argv: list[str] | None = None) -> int:
                 for line in lines:
                     print_line(line)
                 all_lines += lines
+                if want_rss:
+                    rss = rss_line(
+                        "local", measure_rss((home / "store-rss").as_uri(), progress), ppe_rss
+                    )
+                    print_rss(rss)
+                    all_lines.append(rss)
             if "seaweed" in backends:
                 from tests.servers import WeedNotFoundError
 
                 try:
                     all_lines += run_seaweed(
-                        plan, ppe, previous, only, latency_ms, args.timeout, progress
+                        plan, ppe, previous, only, latency_ms, args.timeout, progress, ppe_rss
                     )
                 except WeedNotFoundError as exc:
                     print(f"seaweed backend skipped: {exc}", flush=True)
@@ -580,6 +649,7 @@ def run_seaweed(
     latency_ms: float,
     timeout: float,
     progress: Callable[[str], None],
+    ppe_rss: dict[str, Any] | None,
 ) -> list[dict[str, Any]]:
     from tests.servers import SeaweedServer
 
@@ -625,6 +695,13 @@ def run_seaweed(
                 for line in lines:
                     print_line(line)
                 out += lines
+                if not only or "fat-arg" in only:
+                    rss_url = (
+                        f"s3://{BUCKET}/rss-{name.replace('+', '-')}-{time.strftime('%H%M%S')}"
+                    )
+                    rss = rss_line(name, measure_rss(rss_url, progress), ppe_rss)
+                    print_rss(rss)
+                    out.append(rss)
         progress("stopping SeaweedFS ...")
     return out
 

@@ -75,9 +75,12 @@ def run_tiny(ex: Executor, _trips: int) -> Sample:
     return Sample(time.perf_counter() - t0, {"submit_s": round(submitted, 4)})
 
 
+MAP_CHUNK = 1000
+
+
 def run_map(ex: Executor, _trips: int) -> Sample:
     t0 = time.perf_counter()
-    total = sum(ex.map(tasks.square, range(20_000), chunksize=100))
+    total = sum(ex.map(tasks.square, range(20_000), chunksize=MAP_CHUNK))
     seconds = time.perf_counter() - t0
     if total != sum(x * x for x in range(20_000)):
         raise AssertionError(f"map returned a wrong total {total}")
@@ -115,6 +118,19 @@ def run_latency(ex: Executor, trips: int) -> Sample:
 
 
 IDLE_GAP = 2.5
+WAKE_NAP = 2.0
+
+
+def run_wakeup(ex: Executor, trips: int) -> Sample:
+    """``submit(nap, WAKE_NAP).result()``: how long after the task's end the client has its
+    result, when it has waited (backing off) for the whole nap: the figure is the median of
+    (round trip - nap)."""
+    late = []
+    for _ in range(trips):
+        t0 = time.perf_counter()
+        ex.submit(tasks.nap, WAKE_NAP).result()
+        late.append(time.perf_counter() - t0 - WAKE_NAP)
+    return Sample(statistics.median(late), {**_spread(late), "nap_s": WAKE_NAP})
 
 
 def run_latency_idle(ex: Executor, trips: int) -> Sample:
@@ -145,7 +161,11 @@ WORKLOADS: dict[str, Workload] = {
     for w in [
         Workload("tiny", "2,000 no-op submits, then wait for all", 2000, 2000, run_tiny),
         Workload(
-            "map", "map(square, range(20,000), chunksize=100): 200 chunks", 200, 20_000, run_map
+            "map",
+            f"map(square, range(20,000), chunksize={MAP_CHUNK}): {20_000 // MAP_CHUNK} chunks",
+            20_000 // MAP_CHUNK,
+            20_000,
+            run_map,
         ),
         Workload(
             "sleepy", "40 x sleep(0.25) on 2 workers (ideal 5.0 s)", 40, 40, run_sleepy, cheap=False
@@ -168,6 +188,15 @@ WORKLOADS: dict[str, Workload] = {
             1,
             1,
             run_latency_idle,
+            cheap=False,
+        ),
+        Workload(
+            "wakeup",
+            f"submit(nap, {WAKE_NAP}).result(): the client waits (backing off) for the whole "
+            "nap; figure: median of (round trip - nap), how late the client wakes",
+            1,
+            1,
+            run_wakeup,
             cheap=False,
         ),
     ]

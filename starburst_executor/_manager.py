@@ -18,7 +18,8 @@ import math
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,12 @@ __all__ = ["Manager", "Shared", "WorkItem"]
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_TASKS = 1000
+# With this few batches awaited, the client asks for each one's result object directly (one
+# GET each, the result in hand) instead of listing the completion events and then reading
+# the event found (a LIST, then a GET): one request less on the critical path, and a GET
+# costs a twelfth of a LIST on S3.
+_DIRECT_READS_MAX = 1
+_RESOLVED_KEPT = 4096  # batches resolved here, remembered so their late events are ignored
 _START_FAILURES_MAX = 3
 # After the session's deadline, how long to wait for its workers to go before failing what
 # is still outstanding: a worker stops its task within a second of the deadline and writes
@@ -100,7 +107,14 @@ class Pacing:
     Attributes:
         linger: how long the first queued call waits for others to share its batch.
         poll_min: shortest wait between polls while results arrive.
-        poll_max: longest wait between polls while results are awaited.
+        poll_max: the workers' longest wait between looks for work (passed to them).
+        poll_ratio: while results are awaited, the wait between polls is this fraction of
+            the time since something last moved (a result, an upload): a client polls in
+            proportion to the rate results arrive, and notices a result within about this
+            fraction of the time it waited for it.
+        wait_max: the client's longest wait between polls for results (default:
+            ``poll_max``); with the heartbeat and the lease scan it bounds what a waiting
+            client costs when nothing arrives.
         maintain_every: how often the worker pool is checked.
         batch_seconds: how much work (at the measured task duration) one batch may hold.
         watermark_every: how often the low watermark (where late workers start) may be
@@ -108,7 +122,7 @@ class Pacing:
         rewind_after: after this long without a result, re-list completions from the start
             (catches an event stamped by a badly skewed clock); doubles each time.
         lease_scan_every: how often the claims are listed for expired leases, whose workers
-            then count as lost (default: half the session's lease).
+            then count as lost (default: the session's lease).
         heartbeat_every: how often the client of a plain session says it is alive
             (default: a third of the lease).
     """
@@ -116,6 +130,8 @@ class Pacing:
     linger: float = 0.002
     poll_min: float = 0.002
     poll_max: float = 0.5
+    poll_ratio: float = 0.25
+    wait_max: float | None = None
     maintain_every: float = 0.5
     watermark_every: float = 10.0
     batch_seconds: float = 1.0
@@ -139,7 +155,9 @@ class Manager:
         window: int | None,
         batch_limit: int | None,
         claims: Claims | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock  # monotonic seconds (a test passes a fake clock)
         self._executor_ref = weakref.ref(executor, lambda _: self._wake_for_gc())
         self._shared = shared
         self._session = session
@@ -164,7 +182,16 @@ class Manager:
         self._next_watermark = 0.0
         self._next_maintain = 0.0
         self._interval = pacing.poll_min  # the current wait between polls
-        self._last_result = time.monotonic()
+        self._last_result = self._clock()
+        self._moved_at = self._clock()  # when a result or an upload last finished
+        self._next_poll = 0.0
+        self._resolved: OrderedDict[str, None] = OrderedDict()  # recent, see _RESOLVED_KEPT
+        # A batch uploaded while no other was awaited (bid, when), and how long such a lone
+        # batch took from its upload to its result, less its run time (moving average): the
+        # first poll for the next lone batch waits for most of that instead of polling from
+        # the start (a lone submit -> result costs a few requests, not ten).
+        self._lone: tuple[str, float] | None = None
+        self._lone_latency = 0.0
         self._rewind_after = pacing.rewind_after
         self._left_open = False  # detached: exit without closing the session
         self._session_over = False  # another client ended the session: start no workers
@@ -228,17 +255,21 @@ class Manager:
     def _loop(self) -> None:
         while True:
             self._shared.wake.clear()
-            self._adopt_batches()
-            moved = self._process_finished_io()
-            self._upload_queued_calls()
-            moved += self._poll_completions()
-            self._heartbeat_when_due()
-            self._maintain_workers_when_due()
-            self._usage.write_when_due()
-            self._follow_pace(moved)
-            if self._time_to_leave():
+            if self.turn():
                 return
             self._wait_for_wakeup()
+
+    def turn(self) -> bool:
+        """One turn of the loop (every step that is due); whether it is time to leave."""
+        self._adopt_batches()
+        moved = self._process_finished_io()
+        self._upload_queued_calls()
+        moved += self._poll_completions()
+        self._heartbeat_when_due()
+        self._maintain_workers_when_due()
+        self._usage.write_when_due()
+        self._follow_pace(moved)
+        return self._time_to_leave()
 
     def _adopt_batches(self) -> None:
         """Take the batches handed over by attach and durable submission."""
@@ -251,10 +282,24 @@ class Manager:
                 self._fetch_result(event)
 
     def _poll_completions(self) -> int:
-        return self._poll_results() if self._outstanding else 0
+        """Look for results when the pace says so (see ``_follow_pace``)."""
+        if not self._outstanding:
+            return 0
+        now = self._clock()
+        if now < self._next_poll:
+            return 0
+        self._next_poll = now + self._poll_interval(now)
+        return self._poll_results()
+
+    def _poll_interval(self, now: float) -> float:
+        """The wait before the next poll: ``poll_ratio`` of the time since something moved,
+        between ``poll_min`` and ``wait_max``."""
+        longest = self._pacing.wait_max or self._pacing.poll_max
+        waited = now - self._moved_at
+        return max(self._pacing.poll_min, min(longest, self._pacing.poll_ratio * waited))
 
     def _maintain_workers_when_due(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now >= self._next_maintain:
             self._maintain_workers()
             self._next_maintain = now + self._pacing.maintain_every
@@ -270,11 +315,12 @@ class Manager:
         session (only workers marking it expired write there too) and are retried.
         Detached sessions do not beat: their client is meant to go away.
         """
-        now = time.monotonic()
+        now = self._clock()
         if self.detachable or now < self._next_beat:
             return
         if any(kind == "heartbeat" for kind, _ in self._inflight.values()):
-            return  # the last one is still trying (a slow store): no pile-up
+            self._next_beat = now + 1.0  # the last one is still trying (a slow store)
+            return
         self._next_beat = now + self._beat_every()
         stamp = self._session.store.now()
         self._start_io("heartbeat", "", self._session.update_control, lambda r: r.heartbeat(stamp))
@@ -286,10 +332,14 @@ class Manager:
         """Poll fast while things move; after ``rewind_after`` without a result, re-list the
         completions from the start (an event stamped by a badly skewed clock sits behind the
         cursor), doubling the wait each time so a quiet session costs ever less."""
-        now = time.monotonic()
+        now = self._clock()
         if moved:
             self._interval = self._pacing.poll_min
             self._last_result, self._rewind_after = now, self._pacing.rewind_after
+            self._moved_at = now
+            self._next_poll = now + self._pacing.poll_min
+            if self._lone is not None and self._lone[1] >= now - self._pacing.poll_min:
+                self._next_poll = now + max(self._pacing.poll_min, 0.7 * self._lone_latency)
         elif self._outstanding and now - self._last_result > self._rewind_after:
             self._cursor.rewind()
             self._last_result, self._rewind_after = now, self._rewind_after * 2
@@ -318,25 +368,30 @@ class Manager:
         return stopping and not queued and not self._busy()
 
     def _wait_for_wakeup(self) -> None:
-        """Sleep until a submit, a finished I/O job or shutdown wakes the thread; with work
-        in the store, at most the current polling interval (growing while nothing comes)."""
+        """Sleep until a submit, a finished I/O job or shutdown wakes the thread, or until
+        the next step is due (see ``wait_timeout``)."""
+        self._shared.wake.wait(self.wait_timeout())
+
+    def wait_timeout(self) -> float | None:
+        """How long the thread may sleep: with nothing outstanding, until the heartbeat
+        (forever in a detached session); while calls linger, until the linger ends; while
+        results are awaited, until the next poll (``None``: until woken)."""
         queued = self._queued()
         if not self._busy() and not queued:
             # Nothing to wait for: no polling at all, only the heartbeat of a plain session
             # (its idle workers are still there, and must not think it dead).
-            self._shared.wake.wait(None if self.detachable else self._beat_every())
-            self._interval = self._pacing.poll_min
-            return
+            return None if self.detachable else max(0.0, self._next_beat - self._clock())
         if queued and not self._window_full():
             # Linger: calls submitted in the next moments share the first one's batch.
             with self._shared.lock:
                 oldest = self._shared.queue[0].queued_at if self._shared.queue else None
-            now = time.monotonic()
+            now = time.monotonic()  # the clock of WorkItem.queued_at
             age = now - (oldest if oldest is not None else now)
-            self._shared.wake.wait(max(0.0, self._pacing.linger - age))
-            return
-        self._shared.wake.wait(self._interval)
-        self._interval = min(self._interval * 1.5, self._pacing.poll_max)
+            return max(0.0, self._pacing.linger - age)
+        if not self._outstanding:  # only I/O in flight: its callback wakes the thread
+            return self._beat_every()
+        due = min(self._next_poll, self._next_beat, self._next_maintain)
+        return max(0.0, due - self._clock())
 
     def _window_full(self) -> bool:
         return (
@@ -402,11 +457,12 @@ class Manager:
         job.add_done_callback(lambda _: self._shared.wake.set())
 
     def _process_finished_io(self) -> int:
-        """Handle finished I/O jobs (uploads, result reads, releases); returns how many."""
+        """Handle finished I/O jobs (uploads, result reads, heartbeats, releases); returns
+        how many moved the work on (an upload, a result): those set the polling pace."""
         finished = 0
         for job in [j for j in self._inflight if j.done()]:
             kind, bid = self._inflight.pop(job)
-            finished += 1
+            finished += kind in ("upload", "result")
             exc = job.exception()
             if kind == "upload":
                 if exc is not None:
@@ -414,6 +470,8 @@ class Manager:
                         "session %s: upload of batch %s failed: %s", self.session_id, bid, exc
                     )
                     self._fail_batch(bid, exc)
+                elif len(self._outstanding) == 1:
+                    self._lone = (bid, self._clock())
             elif kind == "result":
                 self._fetching.discard(bid)
                 if exc is not None:
@@ -421,7 +479,10 @@ class Manager:
                         "session %s: reading results of %s failed: %s", self.session_id, bid, exc
                     )
                     self._fail_batch(bid, exc)
+                elif job.result() is None:  # read directly, not there yet
+                    finished -= 1
                 else:
+                    self._learn_lone_latency(bid, job.result())
                     self._resolve(bid, job.result())
             elif exc is not None:
                 logger.warning("session %s: %s failed: %s", self.session_id, kind, exc)
@@ -435,10 +496,20 @@ class Manager:
     # -- results -----------------------------------------------------------------------------
 
     def _poll_results(self) -> int:
-        """Follow the completion events; read the results of our batches on the I/O pool."""
+        """Follow the completion events; read the results of our batches on the I/O pool.
+        With at most ``_DIRECT_READS_MAX`` batches awaited, read their results directly."""
+        uploading = {bid for kind, bid in self._inflight.values() if kind == "upload"}
+        awaited = [b for b in self._outstanding if b not in self._fetching and b not in uploading]
+        if len(self._outstanding) <= _DIRECT_READS_MAX:
+            for bid in awaited:
+                self._fetching.add(bid)
+                self._start_io("result", bid, self._read_result_directly, bid)
+            return 0
         got = 0
         for info in self._cursor.poll():
             event = DoneEvent.parse(info.key, info.size)
+            if event.bid in self._resolved:
+                continue  # read directly already
             if event.bid not in self._outstanding:
                 self._unfollowed.setdefault(event.bid, event)
                 continue
@@ -457,11 +528,27 @@ class Manager:
         record = self._session.read_result(event)
         return _BatchResult(record.decode_outcomes(), record.seconds)
 
+    def _learn_lone_latency(self, bid: str, result: _BatchResult) -> None:
+        if self._lone is None or self._lone[0] != bid:
+            return
+        sample = max(0.0, self._clock() - self._lone[1] - result.seconds)
+        self._lone = None
+        est = self._lone_latency
+        self._lone_latency = sample if not est else 0.7 * est + 0.3 * sample
+
+    def _read_result_directly(self, bid: str) -> _BatchResult | None:
+        """A batch's result if it is there yet (one GET), else ``None``."""
+        record = self._session.result_if_done(bid)
+        return None if record is None else _BatchResult(record.decode_outcomes(), record.seconds)
+
     def _resolve(self, bid: str, result: _BatchResult) -> None:
         self._start_failures = 0
         futures = self._outstanding.pop(bid, None)
         if futures is None:
             return
+        self._resolved[bid] = None
+        if len(self._resolved) > _RESOLVED_KEPT:
+            self._resolved.popitem(last=False)
         outcomes = result.outcomes
         if futures and result.seconds > 0:
             per_task = result.seconds / len(futures)
@@ -510,17 +597,17 @@ class Manager:
         yet they do no work; counting them as lost lets a replacement start, which takes
         their batches over (with no other worker, the run would hang on them for good).
 
-        One listing of the claims every half lease (plus a GET per stale claim). Once its
+        One listing of the claims every lease (plus a GET per stale claim). Once its
         batch is taken over, a lost worker counts as running again: if it comes back, it
         finds its claim gone and carries on with other work.
         """
         if not self._outstanding:
             self._lost = set()
             return self._lost
-        now = time.monotonic()
+        now = self._clock()
         if now < self._next_lease_scan:
             return self._lost
-        every = self._pacing.lease_scan_every or self._claims.lease_seconds / 2
+        every = self._pacing.lease_scan_every or self._claims.lease_seconds
         self._next_lease_scan = now + every
         try:
             lost = set(self._claims.expired_holders().values())
@@ -633,9 +720,9 @@ class Manager:
         return error
 
     def _update_watermark(self) -> None:
-        if not self._outstanding or time.monotonic() < self._next_watermark:
+        if not self._outstanding or self._clock() < self._next_watermark:
             return
-        self._next_watermark = time.monotonic() + self._pacing.watermark_every
+        self._next_watermark = self._clock() + self._pacing.watermark_every
         first = min(self._outstanding)
         mark = self._session.keys.batch(first)[:-1]  # just before the oldest unfinished batch
         if mark != self._last_watermark and (
@@ -672,7 +759,7 @@ class Manager:
             return False
         error = self._expiry_error()
         self._fail_queued(error)
-        waited = time.monotonic() - (self._expired_since or 0.0)
+        waited = self._clock() - (self._expired_since or 0.0)
         workers_left = self._launcher is not None and self._launcher.running()
         if self._outstanding and workers_left and waited < _EXPIRY_GRACE:
             return True
@@ -687,7 +774,7 @@ class Manager:
             return True
         if not self._session.expired():
             return False
-        self._expired_since = time.monotonic()
+        self._expired_since = self._clock()
         logger.warning(
             "session %s: its session_timeout (%gs) passed; tasks that did not run fail",
             self.session_id,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starburst_executor._claims import Claims
+from starburst_executor._parts import LargePart, part_bytes, part_digest
 from starburst_executor.errors import (
     CorruptRecordError,
     ObjectNotFoundError,
@@ -66,7 +67,9 @@ class Call:
     """A pickled call waiting to travel: ``kind`` is a ``TaskKind`` ("call" or "chunk")."""
 
     kind: str
-    parts: dict[str, Any]  # {"fn": bytes, "args": [bytes], "kwargs": {name: bytes}}
+    # {"fn": part, "args": [part], "kwargs": {name: part}}; a part is bytes, or a LargePart
+    # (shared by every call that carries the same large argument, see _parts.py)
+    parts: dict[str, Any]
     items: int = 1  # the items of a map chunk: its results' positions in submission order
 
     @property
@@ -236,9 +239,10 @@ class Session:
         kind = BatchShape(shape[0], int(shape[1:])) if shape else None
         return str(BatchId(int(self.store.now() * 1000), self._origin, seq, ntasks, kind))
 
-    def upload_blob(self, data: bytes) -> str:
-        """Store a large part once per session; returns its digest."""
-        ref = digest(data)
+    def upload_blob(self, data: bytes, ref: str | None = None) -> str:
+        """Store a large part once per session; returns its digest (``ref``, when the
+        caller knows it already: hashing a large part once is enough)."""
+        ref = ref or digest(data)
         if ref in self._blobs_uploaded:
             return ref
         # Batches are uploaded by several I/O threads: one uploads a shared blob while the
@@ -263,9 +267,9 @@ class Session:
         """Upload one batch object (large parts first, as blobs)."""
         inline: dict[str, bytes] = {}
 
-        def ref(part: bytes) -> str:
-            if len(part) > INLINE_PART_MAX:
-                return self.upload_blob(part)
+        def ref(part: bytes | LargePart) -> str:
+            if isinstance(part, LargePart) or len(part) > INLINE_PART_MAX:
+                return self.upload_blob(part_bytes(part), part_digest(part))
             h = digest(part)
             inline[h] = part
             return h
@@ -361,6 +365,21 @@ class Session:
                 f"{key} is missing from the store although batch {event.bid} finished"
             ) from None
         return ResultRecord.decode(self.codec, data, bound, where=key)
+
+    def result_if_done(self, bid: str) -> ResultRecord | None:
+        """A batch's result record if it was delivered, else ``None`` (one GET; a client
+        waiting for a few batches asks this instead of listing the completion events).
+
+        Raises:
+            CorruptRecordError: the record is damaged.
+            ProtocolMismatchError: it was written by another protocol version.
+        """
+        key = self.keys.result(bid)
+        try:
+            data = self.store.get(key).data
+        except ObjectNotFoundError:
+            return None
+        return ResultRecord.decode(self.codec, data, key)
 
     def read_results(self, events: Iterable[DoneEvent]) -> dict[str, ResultRecord | StarburstError]:
         """Read result records in parallel; one that cannot be read (damaged, signed with

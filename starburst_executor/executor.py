@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 from starburst_executor._claims import Claims
 from starburst_executor._manager import Manager, Pacing, Shared, WorkItem
-from starburst_executor._session import Call, Session, new_session_id
+from starburst_executor._parts import SharedParts
+from starburst_executor._session import INLINE_PART_MAX, Call, Session, new_session_id
 from starburst_executor.backends import AwsBackend, Backend, BackendConfig, resolve_backend
 from starburst_executor.code_files import pack_code
 from starburst_executor.config import (
@@ -38,7 +39,6 @@ from starburst_executor.launchers import Launcher, make_launcher
 from starburst_executor.launchers.local import LocalLauncher, process_started
 from starburst_executor.protocol import Codec, SessionManifest, runtime_versions
 from starburst_executor.serialization import (
-    call_parts,
     callable_name,
     dumps,
     dumps_part,
@@ -289,6 +289,8 @@ class StarburstExecutor(Executor):
         )
         self._started = False
         self._start_lock = threading.Lock()
+        # Large arguments shared by many calls are pickled and held once (memory).
+        self._parts = SharedParts(INLINE_PART_MAX)
 
     # -- properties --------------------------------------------------------------------------
 
@@ -325,7 +327,7 @@ class StarburstExecutor(Executor):
         """
         self._check_open()
         try:
-            parts = call_parts(fn, args, kwargs)
+            parts = self._parts.call_parts(fn, args, kwargs)
         except Exception as exc:  # the call's own failure, reported on its Future
             return _failed_future(exc)
         return self._enqueue(Call("call", parts))
@@ -605,5 +607,8 @@ def _chunk_outcome(
 def _default_pacing(store: Store) -> Pacing:
     if isinstance(unwrapped(store), LocalStore):
         return Pacing()
-    # Each S3 request costs money and tens of milliseconds: poll less eagerly.
-    return Pacing(linger=0.01, poll_min=0.05, poll_max=2.0)
+    # Each S3 request costs money and tens of milliseconds: while results are awaited the
+    # client polls in proportion to how long it has waited (a quarter of it, from 5 ms),
+    # at most every 20 s once nothing comes: with the heartbeat (a third of the lease) and
+    # the lease scan (every lease), under 0.2 requests/s for a client waiting on long tasks.
+    return Pacing(linger=0.01, poll_min=0.005, poll_max=2.0, wait_max=20.0)
