@@ -6,7 +6,8 @@ What it shows
 that differs from a stdlib version of this script is the one that creates the executor. Each
 simulation below is a plain top-level function of one seed; ``ex.map(simulate, seeds,
 chunksize=...)`` ships the seeds in chunks (one chunk = one task in the store) to worker
-processes and yields the results in seed order.
+processes and yields the results in seed order; ``progress=True`` draws a tqdm bar of the
+simulations done on stderr while they run (nothing when stderr is not a terminal, e.g. piped).
 
 The model: a buy-and-hold portfolio of four assets worth $1,000,000 today. Each asset follows
 a geometric Brownian motion over one year of 252 trading days; the daily shocks are
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     with StarburstExecutor(max_workers=args.workers, store=args.store) as ex:
-        finals = list(ex.map(simulate, seeds, chunksize=chunksize))
+        finals = list(ex.map(simulate, seeds, chunksize=chunksize, progress=True))
         store_url = ex.store.url
     elapsed = time.perf_counter() - started
 

@@ -72,11 +72,13 @@ MC_STATS = (
 
 
 def test_monte_carlo_report_is_plausible_and_verified(tmp_path: Path) -> None:
-    out = run_example(
+    proc = run_example(
         "monte_carlo.py",
         ["--simulations", "500", "--workers", "2", "--verify"],
         tmp_path / "home",
-    ).stdout
+    )
+    out = proc.stdout
+    assert "map(simulate)" not in proc.stderr  # its progress bar: only on a terminal
 
     assert "500 x 252 trading days" in out
     initial = report_value(out, "Initial value")
@@ -150,6 +152,22 @@ def test_grid_search_finds_a_grid_point(tmp_path: Path) -> None:
     assert 0 < best_rmse < baseline  # the winner beats predicting the mean
     assert f"{len(grid)} parameter sets" in out
     assert f"{len(grid)}/{len(grid)}" in proc.stderr  # the tqdm bar reached the end
+
+
+def test_sklearn_grid_search_through_joblib(tmp_path: Path) -> None:
+    """scikit-learn's GridSearchCV on the "starburst" joblib backend, embedded defaults."""
+    out = run_example(
+        "sklearn_grid_search.py", ["--workers", "2", "--folds", "2"], tmp_path / "home"
+    ).stdout
+    grid = load_example("sklearn_grid_search").GRID
+    match = re.search(r"^Best parameters:\s+(\{.*\})$", out, re.MULTILINE)
+    assert match, out
+    best = json.loads(match.group(1).replace("'", '"'))
+    assert best["svc__C"] in grid["svc__C"] and best["svc__gamma"] in grid["svc__gamma"]
+    assert report_value(out, "Fits") == 2 * len(grid["svc__C"]) * len(grid["svc__gamma"])
+    assert 0.9 < report_value(out, "Best CV accuracy") <= 1
+    assert 0.9 < report_value(out, "Held-out accuracy") <= 1
+    assert report_value(out, "Search wall time") > 0
 
 
 def test_monte_carlo_through_an_s3_store(tmp_path: Path, seaweed: SeaweedServer) -> None:
