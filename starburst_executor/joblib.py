@@ -187,6 +187,9 @@ class StarburstBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
             future.add_done_callback(callback)
         return future
 
+    # joblib before 1.5 dispatches through apply_async (same arguments and contract).
+    apply_async = submit
+
     def retrieve_result_callback(self, out: Future[Any]) -> Any:
         """The batch's results; a task's exception is raised with its remote traceback."""
         return out.result()
