@@ -35,6 +35,7 @@ Prices (:data:`S3_REQUEST_PRICES`) are S3 Standard's, by region, in one place:
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -235,10 +236,22 @@ def _bare(store: Store) -> Store:
     return store
 
 
-def count_requests(store: Store) -> CountingStore:
-    """A new counter over the store under ``store``'s wrappers: a worker in a thread of the
-    client's process, handed the client's store, counts its own requests, not the client's."""
-    return CountingStore(_bare(store))
+def count_requests(store: Store) -> Store:
+    """``store`` with a new counter right above the real store.
+
+    An outage-tolerant ``store`` stays one, over the counter, and keeps its policy (its
+    timeout, clock and outage state are shared with ``store``'s); any counter already there
+    is replaced, so a worker in a thread of the client's process, handed the client's store,
+    counts its own requests, not the client's. Find the counter with :func:`counter_of`.
+    """
+    from starburst_executor.stores.outage import OutageTolerantStore
+
+    counter = CountingStore(_bare(store))
+    if isinstance(store, OutageTolerantStore):
+        tolerant = copy.copy(store)
+        tolerant.inner = counter
+        return tolerant
+    return counter
 
 
 def counter_of(store: Store) -> CountingStore | None:

@@ -16,7 +16,7 @@ from starburst_executor.stores.counting import (
     request_cost,
 )
 from starburst_executor.stores.memory import MemoryStore
-from starburst_executor.stores.outage import tolerate_outages, unwrapped
+from starburst_executor.stores.outage import OutageTolerantStore, tolerate_outages, unwrapped
 
 
 def counting() -> CountingStore:
@@ -105,12 +105,17 @@ def test_wrappers_find_and_skip_the_counter() -> None:
     assert counter_of(client) is client.inner
     assert unwrapped(client) is bare  # "which kind of store" still sees the memory store
     assert counter_of(bare) is None
-    # A worker handed the client's wrapped store counts apart from the client.
+    # A worker handed the client's wrapped store counts apart from the client, behind the
+    # same outage policy (its clock and outage state).
     worker = count_requests(client)
-    assert worker.inner is bare and worker is not client.inner
+    assert isinstance(worker, OutageTolerantStore) and worker.policy is client.policy
+    mine = counter_of(worker)
+    assert mine is not None and mine.inner is bare and mine is not client.inner
     worker.put("x", b"")
+    assert mine.counts() == RequestCounts(puts=1)
     assert counter_of(client) is not None
     assert counter_of(client).counts() == RequestCounts()  # type: ignore[union-attr]
+    assert isinstance(count_requests(bare), CountingStore)
 
 
 def test_the_usage_record_round_trips_and_refuses_damage() -> None:
