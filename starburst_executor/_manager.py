@@ -55,6 +55,9 @@ MAX_BATCH_TASKS = 1000
 # the event found (a LIST, then a GET): one request less on the critical path, and a GET
 # costs a twelfth of a LIST on S3.
 _DIRECT_READS_MAX = 1
+# Batches expected to run longer than this (s) shrink toward the end of the work (see
+# _batch_size); shorter ones do not (they would only cost requests).
+_GUIDED_ABOVE = 0.1
 _RESOLVED_KEPT = 4096  # batches resolved here, remembered so their late events are ignored
 _START_FAILURES_MAX = 3
 # After the session's deadline, how long to wait for its workers to go before failing what
@@ -192,6 +195,7 @@ class Manager:
         # the start (a lone submit -> result costs a few requests, not ten).
         self._lone: tuple[str, float] | None = None
         self._lone_latency = 0.0
+        self._lone_missed = 0.0  # when the last direct read of the lone batch found nothing
         self._rewind_after = pacing.rewind_after
         self._left_open = False  # detached: exit without closing the session
         self._session_over = False  # another client ended the session: start no workers
@@ -295,8 +299,27 @@ class Manager:
         """The wait before the next poll: ``poll_ratio`` of the time since something moved,
         between ``poll_min`` and ``wait_max``."""
         longest = self._pacing.wait_max or self._pacing.poll_max
-        waited = now - self._moved_at
-        return max(self._pacing.poll_min, min(longest, self._pacing.poll_ratio * waited))
+        interval = self._pacing.poll_ratio * (now - self._moved_at)
+        interval = max(self._pacing.poll_min, min(longest, interval))
+        expected = self._expected_result()
+        if expected is not None:
+            # One poll when the next result should be there, and one a little after it
+            # (a tenth of the wait): the end of a run is noticed at once, not a quarter of
+            # a batch's duration late.
+            for due in (expected, expected + 0.1 * (expected - self._moved_at)):
+                if now < due < now + interval:
+                    return max(self._pacing.poll_min, due - now)
+        return interval
+
+    def _expected_result(self) -> float | None:
+        """When the next result should be there: the smallest batch awaited, at the task
+        duration measured so far, from the moment things last moved (then its worker was
+        free), plus the usual pick-up time. ``None`` until durations are known."""
+        est = self._task_seconds
+        if est is None or not self._outstanding:
+            return None
+        fewest = min(len(f) for f in self._outstanding.values())
+        return self._moved_at + est * fewest + self._lone_latency
 
     def _maintain_workers_when_due(self) -> None:
         now = self._clock()
@@ -449,6 +472,11 @@ class Manager:
             est = self._task_seconds
             by_time = 1 if est is None else int(self._pacing.batch_seconds / max(est, 1e-6))
             size = min(size, max(1, by_time))
+            if est is None or est * size > _GUIDED_ABOVE:
+                # Guided self-scheduling: a batch takes at most a share of the work left, so
+                # batches shrink toward the end and the workers finish together (equal
+                # batches of a second each left one worker idle for up to a second).
+                size = min(size, math.ceil(pending / (2 * self._max_workers)))
         return max(1, min(self._batch_limit, size))
 
     def _start_io(self, kind: str, bid: str, fn: Any, *args: Any) -> None:
@@ -472,6 +500,7 @@ class Manager:
                     self._fail_batch(bid, exc)
                 elif len(self._outstanding) == 1:
                     self._lone = (bid, self._clock())
+                    self._lone_missed = self._lone[1]
             elif kind == "result":
                 self._fetching.discard(bid)
                 if exc is not None:
@@ -481,6 +510,8 @@ class Manager:
                     self._fail_batch(bid, exc)
                 elif job.result() is None:  # read directly, not there yet
                     finished -= 1
+                    if self._lone is not None and self._lone[0] == bid:
+                        self._lone_missed = self._clock()
                 else:
                     self._learn_lone_latency(bid, job.result())
                     self._resolve(bid, job.result())
@@ -531,10 +562,15 @@ class Manager:
     def _learn_lone_latency(self, bid: str, result: _BatchResult) -> None:
         if self._lone is None or self._lone[0] != bid:
             return
-        sample = max(0.0, self._clock() - self._lone[1] - result.seconds)
+        # The result appeared between the last read that missed it and the one that found
+        # it: the middle of that span, so that a first poll that comes too late (a stale,
+        # high estimate: the first batch waited for cold workers) lowers the estimate.
+        ready = (self._lone_missed + self._clock()) / 2
+        sample = max(0.0, ready - self._lone[1] - result.seconds)
         self._lone = None
         est = self._lone_latency
-        self._lone_latency = sample if not est else 0.7 * est + 0.3 * sample
+        # Down at once, up slowly: polling a little early costs a request, late costs time.
+        self._lone_latency = sample if not est or sample < est else 0.7 * est + 0.3 * sample
 
     def _read_result_directly(self, bid: str) -> _BatchResult | None:
         """A batch's result if it is there yet (one GET), else ``None``."""
@@ -553,7 +589,9 @@ class Manager:
         if futures and result.seconds > 0:
             per_task = result.seconds / len(futures)
             est = self._task_seconds
-            self._task_seconds = per_task if est is None else 0.7 * est + 0.3 * per_task
+            # Half and half: a workload whose tasks got much shorter (or longer) than the
+            # last one's is sized right after a couple of results, not a dozen.
+            self._task_seconds = per_task if est is None else 0.5 * est + 0.5 * per_task
         if isinstance(outcomes, BaseException):
             for fut in futures:
                 fut.set_exception(outcomes)

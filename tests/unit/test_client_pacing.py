@@ -163,7 +163,7 @@ def test_a_client_waiting_for_nothing_makes_under_a_fifth_of_a_request_per_secon
 
 
 @pytest.mark.parametrize("waited", [0.05, 1.0, 30.0, 600.0])
-def test_a_waiting_client_notices_a_result_within_a_quarter_of_its_wait(
+def test_a_waiting_client_notices_a_result_within_half_its_wait(
     driver: Driver, waited: float
 ) -> None:
     (future,) = driver.submit(1)
@@ -178,8 +178,11 @@ def test_a_waiting_client_notices_a_result_within_a_quarter_of_its_wait(
         driver.turn()
     wake_up = resolved[0] - delivered
     assert future.result() == 1
-    # At most a quarter of the time it waited (at least the 5 ms floor), and 20 s at most.
-    assert wake_up <= max(0.005, min(20.0, 0.25 * (waited + 0.01))) + 1e-3, wake_up
+    # At most half the time it waited (poll_ratio; at least the 5 ms floor), 20 s at most.
+    pacing = driver.manager._pacing
+    bound = min(pacing.wait_max or pacing.poll_max, pacing.poll_ratio * (waited + 0.01))
+    assert pacing.poll_ratio <= 0.5
+    assert wake_up <= max(pacing.poll_min, bound) + 1e-3, wake_up
 
 
 def test_a_client_polls_in_proportion_to_the_rate_results_arrive(driver: Driver) -> None:
