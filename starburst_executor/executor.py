@@ -609,6 +609,7 @@ def _default_pacing(store: Store) -> Pacing:
         return Pacing()
     # Each S3 request costs money and tens of milliseconds: while results are awaited the
     # client polls in proportion to how long it has waited (half of it, from 5 ms), at
-    # most every 20 s once nothing comes: with the heartbeat (a third of the lease) and the
-    # lease scan (every lease), under 0.2 requests/s for a client waiting on long tasks.
-    return Pacing(linger=0.01, poll_min=0.005, poll_max=2.0, poll_ratio=0.5, wait_max=20.0)
+    # most every 30 s once nothing comes: with the heartbeat (a third of the lease), the
+    # lease scan (every lease) and the usage record (a minute), 0.18 requests/s for a
+    # client waiting on long tasks (issue 11: at most 0.2).
+    return Pacing(linger=0.01, poll_min=0.005, poll_max=2.0, poll_ratio=0.5, wait_max=30.0)

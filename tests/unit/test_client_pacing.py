@@ -25,6 +25,7 @@ from starburst_executor.protocol import ResultRecord, TaskOutcome
 from starburst_executor.serialization import dumps
 from starburst_executor.stores.base import ObjectInfo, StoredObject
 from starburst_executor.stores.memory import FakeClock, MemoryStore
+from starburst_executor.usage import WRITE_EVERY
 
 
 class CountingStore(MemoryStore):
@@ -154,7 +155,9 @@ def test_a_client_waiting_for_nothing_makes_under_a_fifth_of_a_request_per_secon
     before, start = driver.store.total(), driver.clock()
     driver.run_for(600.0)
     rate = (driver.store.total() - before) / (driver.clock() - start)
-    assert rate <= 0.2, f"{rate:.3f} requests/s: {driver.store.counts}"
+    # 0.2 at most, with room for the usage record (one PUT a minute, not counted here: this
+    # store is not wrapped by count_requests).
+    assert rate + 1 / WRITE_EVERY <= 0.2, f"{rate:.3f} requests/s: {driver.store.counts}"
     # ... and still every kind of request it owes: polls, heartbeats, lease scans.
     kinds = {key for key, n in driver.store.counts.items() if n}
     assert ("PUT", "control") in kinds  # heartbeats
@@ -178,7 +181,7 @@ def test_a_waiting_client_notices_a_result_within_half_its_wait(
         driver.turn()
     wake_up = resolved[0] - delivered
     assert future.result() == 1
-    # At most half the time it waited (poll_ratio; at least the 5 ms floor), 20 s at most.
+    # At most half the time it waited (poll_ratio; at least the 5 ms floor), wait_max at most.
     pacing = driver.manager._pacing
     bound = min(pacing.wait_max or pacing.poll_max, pacing.poll_ratio * (waited + 0.01))
     assert pacing.poll_ratio <= 0.5
