@@ -187,7 +187,7 @@ class StarburstBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[
             future.add_done_callback(callback)
         return future
 
-    # joblib before 1.5 dispatches through apply_async (same arguments and contract).
+    # joblib 1.4 dispatches through apply_async (same arguments and contract).
     apply_async = submit
 
     def retrieve_result_callback(self, out: Future[Any]) -> Any:
