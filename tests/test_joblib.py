@@ -170,3 +170,20 @@ def test_register_makes_the_backend_available_again() -> None:
     BACKENDS.pop("starburst")
     starburst_joblib.register()
     assert BACKENDS["starburst"] is starburst_joblib.StarburstBackend
+
+
+def test_a_call_with_more_jobs_gets_a_bigger_pool(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Within a block, a call asking for fewer jobs reuses the executor; one asking for more
+    replaces it by a bigger one (the smaller one is shut down first)."""
+    caplog.set_level(logging.INFO, logger="starburst_executor")
+    with joblib.parallel_config(backend="starburst", n_jobs=3, store=store_url):
+        assert Parallel()(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+        assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+        assert Parallel(n_jobs=4)(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    messages = [r.getMessage() for r in caplog.records]
+    started = [m for m in messages if "joblib backend with" in m]
+    assert [m.rsplit("with ", 1)[1] for m in started] == ["3 workers", "4 workers"]
+    assert sum("deleted its" in m for m in messages) == 2
+    assert stored_files(store_url) == []
