@@ -167,8 +167,10 @@ def live(
     try:
         futures = [ex.submit(quick, i) for i in range(3)]
         futures.append(ex.submit(boom, 7))
+        # Submitted once the others are done: calls submitted together travel in one batch,
+        # whose results come back together.
+        wait_until(lambda: all(f.done() for f in futures), 10, "the first four tasks")
         futures.append(ex.submit(held, 9))
-        wait_until(lambda: all(f.done() for f in futures[:4]), 10, "the first four tasks")
         yield ex, futures, store
     finally:
         RELEASE.set()

@@ -8,7 +8,8 @@ deadline (no sleeps), and it needs no WebSocket code of our own. The browser and
 come from ``tests/host-services`` (apt), never downloaded by Selenium: both paths are given.
 
 The screenshot of the running session is saved to ``$STARBURST_ARTIFACTS/dashboard.png``
-(default ``build/dashboard.png`` in the repository) and its path printed (``pytest -rP``).
+(default ``build/dashboard.png`` in the repository; ``dashboard-seaweed.png`` for the session
+on SeaweedFS, read over S3) and its path printed (``pytest -rP``).
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def _artifact() -> Path:
+def _artifact(kind: str) -> Path:
     folder = Path(os.environ.get("STARBURST_ARTIFACTS") or REPO / "build")
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / "dashboard.png"
+    return folder / ("dashboard.png" if kind == "local" else f"dashboard-{kind}.png")
 
 
 def _pixels(png: bytes) -> tuple[int, int, list[bytes]]:
@@ -138,9 +139,13 @@ def _opened_at_exit(gate: Path) -> Iterator[None]:
         gate.write_text("open")
 
 
-@pytest.mark.parametrize("executor_store", ["local"], indirect=True)
+@pytest.mark.parametrize("executor_store", ["local", "seaweed"], indirect=True)
 def test_the_dashboard_shows_a_running_session_in_chromium(
-    browser: Any, make_executor: Callable[..., Any], executor_store: str, tmp_path: Path
+    browser: Any,
+    make_executor: Callable[..., Any],
+    executor_store: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     import executor_tasks as tasks
     from selenium.webdriver.common.by import By
@@ -150,8 +155,10 @@ def test_the_dashboard_shows_a_running_session_in_chromium(
     ex = make_executor(max_workers=2, name="browser <script>alert(1)</script>")
     finished = [ex.submit(tasks.square, i) for i in range(4)]
     finished.append(ex.submit(tasks.raise_at, 3, 3))
-    held = ex.submit(tasks.wait_for_gate, str(gate), "held")
+    # Submitted once the others are done: calls submitted together travel in one batch, whose
+    # results come back together (the held task would hold the others' results back).
     assert not wait(finished, timeout=30).not_done
+    held = ex.submit(tasks.wait_for_gate, str(gate), "held")
     store = open_store(executor_store)
     reader = SessionReader(store, ex.session_id, codec_for(store))
     assert not held.done()
@@ -197,7 +204,7 @@ def test_the_dashboard_shows_a_running_session_in_chromium(
         assert text("#session-state") == "open"
 
         png = browser.get_screenshot_as_png()
-        path = _artifact()
+        path = _artifact(request.node.callspec.params["executor_store"])
         path.write_bytes(png)
         print(f"dashboard screenshot (running session): {path}")
         width, height, rows_px = _pixels(png)
