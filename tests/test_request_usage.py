@@ -59,11 +59,14 @@ def test_a_detached_sessions_reader_sees_the_workers_counts(tmp_path: Path) -> N
     ex.detach()
     # The client is gone; its workers go idle and leave, each writing its final count.
     reader = SessionReader(open_store(url), sid, Codec(secret_key()))
-    wait_until(
-        lambda: session_usage(reader).writers >= 2 and not reader.status().workers,
-        timeout=15,
-        what="the workers' usage records",
-    )
+
+    def all_recorded() -> bool:
+        # every worker left, and wrote its count after its exit record and log
+        workers = reader.workers()
+        left = bool(workers) and not reader.status().workers
+        return left and session_usage(reader).writers == 1 + len(workers)
+
+    wait_until(all_recorded, timeout=15, what="the workers' final usage records")
     usage = session_usage(reader)
     assert usage.workers.puts > 0 and usage.workers.gets > 0 and usage.client.puts > 0
     status = reader.status()
