@@ -72,6 +72,9 @@ def test_a_detached_sessions_reader_sees_the_workers_counts(tmp_path: Path) -> N
     status = reader.status()
     assert status.cost is not None and status.cost["requests"]["class_a"] == usage.total.class_a
     assert "Store requests:" in str(status) and "class A (PUT/LIST)" in str(status)
+    # The detached client's own cost() sees the same workers (and its live count).
+    cost = ex.cost()
+    assert cost is not None and cost["requests"]["workers"] == usage.workers.to_dict()
 
 
 @pytest.mark.usefixtures("threads")
