@@ -21,7 +21,7 @@ from typing import Any
 
 from starburst_executor.dashboard.stats import histogram, throughput
 from starburst_executor.errors import StarburstError
-from starburst_executor.protocol import BatchId, DoneEvent, ResultRecord
+from starburst_executor.protocol import BatchId, DoneEvent, ResultRecord, SessionState
 from starburst_executor.serialization import ChunkResult, RemoteException, loads
 from starburst_executor.sessions import SessionReader, SessionStatus
 
@@ -75,7 +75,8 @@ class Failure:
 def finished(status: SessionStatus) -> bool:
     """Whether nothing about the session will change any more: all its tasks finished (an
     open session reports "finished"), or it ended and no worker is left running."""
-    return status.state.value in ("finished", "deleted") or (status.state.terminal and status.done)
+    ended = status.state in (SessionState.FINISHED, SessionState.DELETED)
+    return ended or (status.state.terminal and status.done)
 
 
 class SessionWatch:
