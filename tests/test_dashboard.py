@@ -213,6 +213,8 @@ def test_the_api_shows_a_running_session(live: Live) -> None:
         workers = {w["id"] for w in view["workers"]}
         assert workers and {r[0] for r in view["timeline"]} <= workers
         assert len(view["timeline"]) == 4 and all(r[5] for r in view["timeline"])  # measured
+        session = view["session"]
+        assert all(session["created"] <= r[1] <= session["now"] for r in view["timeline"])
         assert sum(w["tasks"] for w in view["workers"]) == 4  # before they exit and say so
         assert view["durations"]["count"] == 4
         assert sum(b[2] for b in view["durations"]["bins"]) == 4
