@@ -60,6 +60,7 @@ _DIRECT_READS_MAX = 1
 _GUIDED_ABOVE = 0.1
 # Queued work that takes less than this (s) per worker goes out as one batch per worker.
 _ONE_ROUND_BELOW = 0.05
+_ONE_BATCH_BELOW = 0.02  # ... and less than this (s) in all goes out as one batch
 _RESOLVED_KEPT = 4096  # batches resolved here, remembered so their late events are ignored
 _START_FAILURES_MAX = 3
 # After the session's deadline, how long to wait for its workers to go before failing what
@@ -473,9 +474,13 @@ class Manager:
             size = math.ceil(pending / free)
             est = self._task_seconds
             per_worker = math.ceil(pending / self._max_workers)
-            if est is not None and est * per_worker <= _ONE_ROUND_BELOW:
-                # All of it is a moment's work: one batch per worker, one round of requests
-                # (spreading it over the whole window made each worker take two).
+            if est is not None and est * pending <= _ONE_BATCH_BELOW:
+                # All of it is a moment's work: one batch, one round of requests (a second
+                # worker would first have to notice it).
+                size = pending
+            elif est is not None and est * per_worker <= _ONE_ROUND_BELOW:
+                # Short work: one batch per worker, one round of requests (spreading it
+                # over the whole window made each worker take two).
                 size = max(size, per_worker)
             by_time = 1 if est is None else int(self._pacing.batch_seconds / max(est, 1e-6))
             size = min(size, max(1, by_time))
