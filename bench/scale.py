@@ -248,7 +248,18 @@ def summarise_work(records: list[dict[str, Any]], batches: int, tasks: int) -> d
         by_kind[f"{role} {r['op']} {_kind(r)}"] += 1
         by_role[role] += 1
     dollars = _dollars(records)
+    claims = [r for r in records if r["op"] == "PUT" and r["cond"] == "if-none-match"
+              and _kind(r) == "claims"]  # fmt: skip
+    latency = {
+        str(status): sorted(r["end"] - r["start"] for r in claims if r["status"] == status)
+        for status in (200, 412)
+    }
     return {
+        "claim_put_seconds": {
+            k: {"median": v[len(v) // 2], "max": v[-1], "sum": sum(v)}
+            for k, v in latency.items()
+            if v
+        },
         "batches": batches,
         "tasks": tasks,
         "requests": len(records),
@@ -340,6 +351,7 @@ def one_run(
     finally:
         executor_module.make_launcher = original
     out: dict[str, Any] = {"workers": workers, "procs": procs}
+    failed = False
     try:
         sid = ex.session_id
         prefix = urlsplit(url).path.strip("/")
@@ -364,17 +376,32 @@ def one_run(
         before = _count_batches(direct, prefix, sid)
         proxy.start_trace()
         t0 = time.perf_counter()
-        results = list(ex.map(nap, items, chunksize=CHUNK, timeout=args.timeout))
+        done_items = 0
+        try:
+            for _ in ex.map(nap, items, chunksize=CHUNK, timeout=args.timeout):
+                done_items += 1
+        except TimeoutError:  # figures up to the timeout: the protocol collapsed
+            failed = True
         wall = time.perf_counter() - t0
         records = proxy.take_trace()
-        assert len(results) == len(items)
         batches = _count_batches(direct, prefix, sid) - before
         out["work"] = summarise_work(records, batches, tasks)
         ideal = math.ceil(tasks / workers) * CHUNK * ITEM_SECONDS
-        out["work"].update(wall=wall, ideal=ideal, wall_over_ideal=wall / ideal)
+        out["work"].update(
+            wall=wall,
+            ideal=ideal,
+            wall_over_ideal=wall / ideal,
+            finished_tasks=done_items // CHUNK,
+            timed_out=done_items < len(items),
+        )
+    except BaseException:
+        failed = True
+        raise
     finally:
         progress(f"{workers} workers: shutting down ...")
-        ex.shutdown(wait=True, cancel_futures=True)
+        if failed and made:  # workers may hold batches the manager would wait for
+            made[0].stop()
+        ex.shutdown(wait=not failed, cancel_futures=True)
     return out
 
 
@@ -407,6 +434,7 @@ def print_run(run: dict[str, Any]) -> None:
         f"  work: {work['tasks']} tasks (map chunks of {CHUNK} x {ITEM_SECONDS:g} s) in "
         f"{work['batches']} batches; wall {work['wall']:.2f} s, ideal {work['ideal']:.2f} s: "
         f"{work['wall_over_ideal']:.2f}x"
+        + (f" (TIMED OUT: {work['finished_tasks']} tasks finished)" if work["timed_out"] else "")
     )
     print(
         f"  requests per batch: {work['requests_per_batch']:.2f} (client "
@@ -418,6 +446,11 @@ def print_run(run: dict[str, Any]) -> None:
     print(
         "  by key kind: " + ", ".join(f"{k} {v:.2f}" for k, v in work["by_kind_per_batch"].items())
     )
+    for status, lat in work["claim_put_seconds"].items():
+        print(
+            f"  claim PUTs answered {status}: median {lat['median'] * 1000:.0f} ms, max "
+            f"{lat['max'] * 1000:.0f} ms, {lat['sum']:.1f} s in all"
+        )
     print(
         f"  S3 cost: ${work['dollars_per_10k_tasks']:.4f} per 10,000 tasks "
         f"(${work['dollars']:.5f} for this run)"
@@ -486,7 +519,12 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ):
             for workers in sizes:
-                run = one_run(workers, args, proxy, direct, logdir)
+                try:
+                    run = one_run(workers, args, proxy, direct, logdir)
+                except Exception as exc:  # the next size may still run
+                    progress(f"{workers} workers: failed: {exc!r}")
+                    runs.append({"workers": workers, "error": repr(exc)})
+                    continue
                 print_run(run)
                 runs.append(run)
         progress("stopping SeaweedFS ...")
@@ -509,4 +547,8 @@ def _commit() -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A run that timed out leaves its executor's threads retrying a store that is gone now.
+    os._exit(code)

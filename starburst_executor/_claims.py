@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from starburst_executor.errors import ObjectNotFoundError, PreconditionFailedError
-from starburst_executor.protocol import Claim, ClaimState, Codec, SessionKeys
+from starburst_executor.protocol import Claim, ClaimState, Codec, SessionKeys, key_time_ms
 from starburst_executor.stores.base import Store
 
 __all__ = ["ClaimHandle", "Claims"]
@@ -69,6 +69,7 @@ class Claims:
         # margin, 15 s by default) finds it and does not run the batch again; four leases,
         # two minutes at least, is well past that. After that, _claim's result check holds.
         self.gc_seconds = max(120.0, 4 * lease_seconds)
+        self._done_seen: dict[str, str] = {}  # done claims' keys -> their listed ETag
 
     def read(self, bid: str) -> Claim | None:
         """A batch's claim, or ``None`` if it has none (not claimed yet, or collected)."""
@@ -98,6 +99,19 @@ class Claims:
         except PreconditionFailedError:
             return None
         return ClaimHandle(bid, claim, etag)
+
+    def claimed_from(self, bid: str) -> set[str]:
+        """The batches that have a claim (in any state), of those stamped at or after ``bid``.
+
+        One listing of ``claims/`` started at ``bid``'s moment (batch ids begin with their
+        time stamp, so claims sort by time): a worker checks all the batches it listed with
+        this one request, instead of racing a conditional write on each.
+        """
+        start = f"{self._keys.claims}{key_time_ms(bid):013d}"
+        return {
+            SessionKeys.leaf(info.key)
+            for info in self._store.list(self._keys.claims, start_after=start)
+        }
 
     def renew(self, handle: ClaimHandle) -> ClaimHandle | None:
         """Extend the lease; ``None`` if the claim was taken over meanwhile."""
@@ -203,6 +217,7 @@ class Claims:
         now = self._store.now()
         expired: dict[str, Claim] = {}
         garbage = []
+        done_seen: dict[str, str] = {}
         for info in self._store.list(self._keys.claims):
             # LastModified is the last renewal: a claim renewed within a lease cannot have
             # expired, so only older ones cost a GET (one listing finds the candidates).
@@ -210,15 +225,21 @@ class Claims:
             if age < self.lease_seconds:
                 continue
             bid = SessionKeys.leaf(info.key)
-            current = self._read(bid)
-            if current is None:
-                continue
-            claim = current[0]
-            if claim.state is ClaimState.DONE:
-                if age > self.gc_seconds:
-                    garbage.append(info.key)
-            elif claim.expires < now:
-                expired[bid] = claim
+            # A done claim never changes again: read once (same ETag in the listing), not at
+            # every scan; after a big map, idle workers would otherwise GET every claim.
+            if self._done_seen.get(info.key) != info.etag:
+                current = self._read(bid)
+                if current is None:
+                    continue
+                claim = current[0]
+                if claim.state is not ClaimState.DONE:
+                    if claim.expires < now:
+                        expired[bid] = claim
+                    continue
+            done_seen[info.key] = info.etag
+            if age > self.gc_seconds:
+                garbage.append(info.key)
+        self._done_seen = done_seen  # only what is still listed: the cache stays small
         if garbage and collect:
             self._store.delete_many(garbage)
         return expired

@@ -12,7 +12,6 @@ import contextlib
 import io
 import logging
 import os
-import random
 import signal
 import socket
 import sys
@@ -21,7 +20,7 @@ import time
 import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from starburst_executor._claims import ClaimHandle
@@ -71,6 +70,8 @@ from starburst_executor.usage import UsageReporter
 from starburst_executor.worker.liveness import ClientWatch
 from starburst_executor.worker.pacing import LeaseClock as _LeaseClock
 from starburst_executor.worker.pacing import Scan as _Scan
+from starburst_executor.worker.pacing import WorkerOptions
+from starburst_executor.worker.pending import Pending as _Pending
 from starburst_executor.worker.progress import BatchProgress, fill_unfinished
 from starburst_executor.worker.signals import on_signal
 
@@ -113,27 +114,6 @@ class _RingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """How a worker polls.
-
-    Attributes:
-        poll_min: first wait when idle (seconds); doubles up to ``poll_max``.
-        poll_max: longest wait between two looks for work.
-        cursor_margin: overlap of successive listings (see ``KeyCursor``).
-        control_every: how often to re-read the session's control record.
-        capture_output: keep each task's stdout/stderr for its result. Off for workers that
-            share a process (``ThreadLauncher``): ``sys.stdout`` is one per process, so
-            redirecting it from several threads would mix their outputs.
-    """
-
-    poll_min: float = 0.005
-    poll_max: float = 0.5
-    cursor_margin: float = 15.0
-    control_every: float = 2.0
-    capture_output: bool = True
 
 
 class WorkerGone(BaseException):
@@ -388,8 +368,11 @@ class Worker:
     def _watch_client(self) -> None:
         """A plain session's client stamps the control record while it lives; once it is
         gone (killed, its machine lost), leave and hand the batch back: nobody is left to
-        collect the results. One GET per renewal; detached sessions go on without one."""
-        if self.manifest.detached:
+        collect the results. One GET per renewal; detached sessions go on without one. While
+        no batch runs, the loop judges the heartbeat at its (idle) pace instead."""
+        with self._lock:
+            idle = self._handle is None
+        if self.manifest.detached or idle:
             return
         try:
             stamp = self.session.control().client_seen
@@ -511,12 +494,14 @@ class Worker:
             limit = self.manifest.max_tasks_per_child
             if limit is not None and self._tasks_run >= limit:
                 return f"ran max_tasks_per_child={limit} tasks"
-            if ran or scan.pending:
+            if ran or scan.pending:  # listed batches not tried yet wait for this worker's turn
                 scan.worked()
+                if not ran:
+                    self._stop.wait(scan.pending.wait())
                 continue
             if scan.idle_for() > self.manifest.idle_timeout:
                 return f"idle for {self.manifest.idle_timeout:g} s"
-            self._stop.wait(scan.backoff(self.options.poll_max))
+            self._stop.wait(scan.backoff())
         return "stopped"
 
     def _start_scan(self) -> _Scan:
@@ -531,37 +516,59 @@ class Worker:
         # Batches stamped before this worker started, less the cursor's margin, may have
         # finished with their claims collected already: see _claim.
         old_before_ms = int(self._started * 1000) - int(self.options.cursor_margin * 1000)
-        return _Scan(cursor, old_before_ms, self.options, control.state)
+        opts, lease = self.options, self.claims.lease_seconds
+        mine = _Pending(self.worker_id, self.manifest.max_workers, opts.race_age, opts.clock)
+        return _Scan(cursor, old_before_ms, opts, control.state, lease, mine)
 
     def _session_ended(self, scan: _Scan) -> str | None:
-        """Re-read the control record every ``control_every``; why to leave, or ``None``."""
+        """Re-read the control record every ``control_every`` (less often while idle, see
+        ``Scan``); why to leave, or ``None``. While no batch runs, the lease thread does not
+        read the record, so the client's heartbeat is judged here."""
         if scan.control_due():
             try:
-                scan.state = self.session.control().state
+                control = self.session.control()
             except SessionError:
                 return "session deleted"
+            scan.state = control.state
             if scan.state is SessionState.OPEN and self._mark_expired():
                 return "session expired (session_timeout)"
+            watch = not self.manifest.detached and scan.state is SessionState.OPEN
+            if watch and self._client.gone(control.client_seen, self.store.now(), scan.clock()):
+                return "its client's death (no heartbeat)"
         return None if scan.state is SessionState.OPEN else f"session {scan.state}"
 
     def _run_next_listed_batch(self, scan: _Scan) -> bool:
-        """Claim the first batch listed that nobody holds, and run it."""
-        if not scan.pending:
-            keys = [info.key for info in scan.cursor.poll()]
-            if keys:  # start at a random point: racing workers rarely contend on one key
-                k = random.randrange(len(keys))
-                scan.pending = keys[k:] + keys[:k]
-        while scan.pending and not self._stop.is_set():
-            handle = self._claim(scan.pending.pop(0), scan.old_before_ms)
+        """Claim a listed batch that nobody holds, and run it.
+
+        Keys are tried in this worker's own order, and only while believed free; after a
+        lost race, or once a batch has run, one listing of the claims checks the rest (see
+        ``pending.py``), and a fresh listing of the batches follows when none is left.
+        """
+        pending, listed = scan.pending, False
+        while not self._stop.is_set():
+            if not pending:
+                if listed:
+                    return False
+                keys = [info.key for info in scan.cursor.poll()]
+                pending.add(keys, int(self.store.now() * 1000))
+                listed = True
+                continue
+            if pending.wait() > 0:
+                return False  # another worker's turn first: _loop waits for this one's
+            if pending.needs_check():
+                pending.checked(self.claims.claimed_from(pending.oldest_bid()))
+                continue
+            handle = self._claim(pending.pop(), scan.old_before_ms)
+            pending.stale()  # a race was lost, or others claimed while this batch runs
             if handle is not None:
                 self._run_claimed(handle)
                 return True
         return False
 
     def _take_over_lost_batch(self, scan: _Scan) -> bool:
-        """Every half lease, look for a claim whose lease expired (its worker vanished
-        without a trace) and run its batch again."""
-        if not scan.takeover_due(self.claims.lease_seconds / 2):
+        """Every half lease (less often while idle), look for a claim whose lease expired
+        (its worker vanished without a trace) and run its batch again."""
+        if not scan.takeover_due():
             return False
         for bid in self.claims.scan():
             handle = self.claims.take_over(bid, self.worker_id)
