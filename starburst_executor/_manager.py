@@ -14,7 +14,6 @@ under that lock.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import weakref
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starburst_executor._claims import Claims
+from starburst_executor._client_pace import Durations, Pacing, PollClock, batch_size, fn_key
 from starburst_executor._cursor import KeyCursor
 from starburst_executor._session import BATCH_BYTES_MAX, Call, Session
 from starburst_executor.errors import (
@@ -45,7 +45,7 @@ from starburst_executor.protocol import (
 )
 from starburst_executor.usage import UsageReporter, client_writer_id
 
-__all__ = ["Manager", "Shared", "WorkItem"]
+__all__ = ["Manager", "Pacing", "Shared", "WorkItem"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +55,6 @@ MAX_BATCH_TASKS = 1000
 # the event found (a LIST, then a GET): one request less on the critical path, and a GET
 # costs a twelfth of a LIST on S3.
 _DIRECT_READS_MAX = 1
-# Batches expected to run longer than this (s) shrink toward the end of the work (see
-# _batch_size); shorter ones do not (they would only cost requests).
-_GUIDED_ABOVE = 0.1
-# Queued work that takes less than this (s) per worker goes out as one batch per worker.
-_ONE_ROUND_BELOW = 0.05
-_ONE_BATCH_BELOW = 0.02  # ... and less than this (s) in all goes out as one batch
 _RESOLVED_KEPT = 4096  # batches resolved here, remembered so their late events are ignored
 _START_FAILURES_MAX = 3
 # After the session's deadline, how long to wait for its workers to go before failing what
@@ -106,46 +100,6 @@ class Shared:
         self.adopt: list[tuple[str, list[Future[Any]]]] = []  # attach: batches to resolve
 
 
-@dataclass(frozen=True)
-class Pacing:
-    """Polling pace of the manager thread.
-
-    Attributes:
-        linger: how long the first queued call waits for others to share its batch.
-        poll_min: shortest wait between polls while results arrive.
-        poll_max: the workers' longest wait between looks for work (passed to them).
-        poll_ratio: while results are awaited, the wait between polls is this fraction of
-            the time since something last moved (a result, an upload): a client polls in
-            proportion to the rate results arrive, and notices a result within about this
-            fraction of the time it waited for it.
-        wait_max: the client's longest wait between polls for results (default:
-            ``poll_max``); with the heartbeat and the lease scan it bounds what a waiting
-            client costs when nothing arrives.
-        maintain_every: how often the worker pool is checked.
-        batch_seconds: how much work (at the measured task duration) one batch may hold.
-        watermark_every: how often the low watermark (where late workers start) may be
-            rewritten (one compare-and-swap of the control record).
-        rewind_after: after this long without a result, re-list completions from the start
-            (catches an event stamped by a badly skewed clock); doubles each time.
-        lease_scan_every: how often the claims are listed for expired leases, whose workers
-            then count as lost (default: the session's lease).
-        heartbeat_every: how often the client of a plain session says it is alive
-            (default: a third of the lease).
-    """
-
-    linger: float = 0.002
-    poll_min: float = 0.002
-    poll_max: float = 0.5
-    poll_ratio: float = 0.25
-    wait_max: float | None = None
-    maintain_every: float = 0.5
-    watermark_every: float = 10.0
-    batch_seconds: float = 1.0
-    rewind_after: float = 60.0
-    lease_scan_every: float | None = None
-    heartbeat_every: float | None = None
-
-
 class Manager:
     """Drives one session from the client side. See the module docstring."""
 
@@ -182,23 +136,16 @@ class Manager:
         # each key once, so they are kept here for a later adopt.
         self._unfollowed: dict[str, DoneEvent] = {}
         self._start_failures = 0  # workers in a row that died before registering
-        self._task_seconds: float | None = None  # measured run time per task (moving average)
+        self._durations = Durations()  # measured run time per task (by function)
+        self._fn_of: dict[str, tuple[str, bytes]] = {}  # batch -> its function's key
         self._cursor = KeyCursor(session.store, session.keys.done)
         self._last_watermark: str | None = None
         self._next_watermark = 0.0
         self._next_maintain = 0.0
         self._interval = pacing.poll_min  # the current wait between polls
         self._last_result = self._clock()
-        self._moved_at = self._clock()  # when a result or an upload last finished
-        self._next_poll = 0.0
+        self._pace = PollClock(pacing, self._clock())
         self._resolved: OrderedDict[str, None] = OrderedDict()  # recent, see _RESOLVED_KEPT
-        # A batch uploaded while no other was awaited (bid, when), and how long such a lone
-        # batch took from its upload to its result, less its run time (moving average): the
-        # first poll for the next lone batch waits for most of that instead of polling from
-        # the start (a lone submit -> result costs a few requests, not ten).
-        self._lone: tuple[str, float] | None = None
-        self._lone_latency = 0.0
-        self._lone_missed = 0.0  # when the last direct read of the lone batch found nothing
         self._rewind_after = pacing.rewind_after
         self._left_open = False  # detached: exit without closing the session
         self._session_over = False  # another client ended the session: start no workers
@@ -293,36 +240,12 @@ class Manager:
         if not self._outstanding:
             return 0
         now = self._clock()
-        if now < self._next_poll:
+        if not self._pace.due(now):
             return 0
-        self._next_poll = now + self._poll_interval(now)
-        return self._poll_results()
-
-    def _poll_interval(self, now: float) -> float:
-        """The wait before the next poll: ``poll_ratio`` of the time since something moved,
-        between ``poll_min`` and ``wait_max``."""
-        longest = self._pacing.wait_max or self._pacing.poll_max
-        interval = self._pacing.poll_ratio * (now - self._moved_at)
-        interval = max(self._pacing.poll_min, min(longest, interval))
-        expected = self._expected_result()
-        if expected is not None:
-            # One poll when the next result should be there, and one a little after it
-            # (a tenth of the wait): the end of a run is noticed at once, not a quarter of
-            # a batch's duration late.
-            for due in (expected, expected + 0.1 * (expected - self._moved_at)):
-                if now < due < now + interval:
-                    return max(self._pacing.poll_min, due - now)
-        return interval
-
-    def _expected_result(self) -> float | None:
-        """When the next result should be there: the smallest batch awaited, at the task
-        duration measured so far, from the moment things last moved (then its worker was
-        free), plus the usual pick-up time. ``None`` until durations are known."""
-        est = self._task_seconds
-        if est is None or not self._outstanding:
-            return None
+        est = self._durations.overall
         fewest = min(len(f) for f in self._outstanding.values())
-        return self._moved_at + est * fewest + self._lone_latency
+        self._pace.polled(now, None if est is None else est * fewest)
+        return self._poll_results()
 
     def _maintain_workers_when_due(self) -> None:
         now = self._clock()
@@ -362,10 +285,7 @@ class Manager:
         if moved:
             self._interval = self._pacing.poll_min
             self._last_result, self._rewind_after = now, self._pacing.rewind_after
-            self._moved_at = now
-            self._next_poll = now + self._pacing.poll_min
-            if self._lone is not None and self._lone[1] >= now - self._pacing.poll_min:
-                self._next_poll = now + max(self._pacing.poll_min, 0.7 * self._lone_latency)
+            self._pace.moved(now)
         elif self._outstanding and now - self._last_result > self._rewind_after:
             self._cursor.rewind()
             self._last_result, self._rewind_after = now, self._rewind_after * 2
@@ -416,7 +336,7 @@ class Manager:
             return max(0.0, self._pacing.linger - age)
         if not self._outstanding:  # only I/O in flight: its callback wakes the thread
             return self._beat_every()
-        due = min(self._next_poll, self._next_beat, self._next_maintain)
+        due = min(self._pace.next_poll, self._next_beat, self._next_maintain)
         return max(0.0, due - self._clock())
 
     def _window_full(self) -> bool:
@@ -439,7 +359,15 @@ class Manager:
                 pending = len(self._shared.queue)
                 if not pending:
                     return
-                size = self._batch_size(pending)
+                size = batch_size(
+                    pending,
+                    self._durations.of(fn_key(self._shared.queue[0].call)),
+                    window=self._window,
+                    outstanding=len(self._outstanding),
+                    max_workers=self._max_workers,
+                    batch_limit=self._batch_limit,
+                    pacing=self._pacing,
+                )
                 items: list[WorkItem] = []
                 nbytes = 0
                 while self._shared.queue and len(items) < size:
@@ -456,40 +384,8 @@ class Manager:
                 continue
             bid = self._session.next_bid(len(items))
             self._outstanding[bid] = [it.future for it in items]
+            self._fn_of[bid] = fn_key(items[0].call)
             self._start_io("upload", bid, self._session.write_batch, bid, [it.call for it in items])
-
-    def _batch_size(self, pending: int) -> int:
-        """How many queued calls the next batch takes.
-
-        A detached session uploads everything now, spread over twice the workers. Otherwise
-        the queue is spread over the free places of the upload window, but a batch holds at
-        most about ``Pacing.batch_seconds`` of work at the task duration measured so far (one
-        task until the first results tell): long tasks travel alone and stay cancellable in
-        the queue, as with the stdlib; short ones travel in hundreds, one request for all.
-        """
-        if self._window is None:
-            size = math.ceil(pending / (2 * self._max_workers))
-        else:
-            free = max(1, self._window - len(self._outstanding))
-            size = math.ceil(pending / free)
-            est = self._task_seconds
-            per_worker = math.ceil(pending / self._max_workers)
-            if est is not None and est * pending <= _ONE_BATCH_BELOW:
-                # All of it is a moment's work: one batch, one round of requests (a second
-                # worker would first have to notice it).
-                size = pending
-            elif est is not None and est * per_worker <= _ONE_ROUND_BELOW:
-                # Short work: one batch per worker, one round of requests (spreading it
-                # over the whole window made each worker take two).
-                size = max(size, per_worker)
-            by_time = 1 if est is None else int(self._pacing.batch_seconds / max(est, 1e-6))
-            size = min(size, max(1, by_time))
-            if est is None or est * size > _GUIDED_ABOVE:
-                # Guided self-scheduling: a batch takes at most a share of the work left, so
-                # batches shrink toward the end and the workers finish together (equal
-                # batches of a second each left one worker idle for up to a second).
-                size = min(size, math.ceil(pending / (2 * self._max_workers)))
-        return max(1, min(self._batch_limit, size))
 
     def _start_io(self, kind: str, bid: str, fn: Any, *args: Any) -> None:
         job = self._io.submit(fn, *args)
@@ -511,8 +407,7 @@ class Manager:
                     )
                     self._fail_batch(bid, exc)
                 elif len(self._outstanding) == 1:
-                    self._lone = (bid, self._clock())
-                    self._lone_missed = self._lone[1]
+                    self._pace.lone_uploaded(bid, self._clock())
             elif kind == "result":
                 self._fetching.discard(bid)
                 if exc is not None:
@@ -522,10 +417,9 @@ class Manager:
                     self._fail_batch(bid, exc)
                 elif job.result() is None:  # read directly, not there yet
                     finished -= 1
-                    if self._lone is not None and self._lone[0] == bid:
-                        self._lone_missed = self._clock()
+                    self._pace.missed(bid, self._clock())
                 else:
-                    self._learn_lone_latency(bid, job.result())
+                    self._pace.found(bid, self._clock(), job.result().seconds)
                     self._resolve(bid, job.result())
             elif exc is not None:
                 logger.warning("session %s: %s failed: %s", self.session_id, kind, exc)
@@ -571,19 +465,6 @@ class Manager:
         record = self._session.read_result(event)
         return _BatchResult(record.decode_outcomes(), record.seconds)
 
-    def _learn_lone_latency(self, bid: str, result: _BatchResult) -> None:
-        if self._lone is None or self._lone[0] != bid:
-            return
-        # The result appeared between the last read that missed it and the one that found
-        # it: the middle of that span, so that a first poll that comes too late (a stale,
-        # high estimate: the first batch waited for cold workers) lowers the estimate.
-        ready = (self._lone_missed + self._clock()) / 2
-        sample = max(0.0, ready - self._lone[1] - result.seconds)
-        self._lone = None
-        est = self._lone_latency
-        # Down at once, up slowly: polling a little early costs a request, late costs time.
-        self._lone_latency = sample if not est or sample < est else 0.7 * est + 0.3 * sample
-
     def _read_result_directly(self, bid: str) -> _BatchResult | None:
         """A batch's result if it is there yet (one GET), else ``None``."""
         record = self._session.result_if_done(bid)
@@ -599,11 +480,8 @@ class Manager:
             self._resolved.popitem(last=False)
         outcomes = result.outcomes
         if futures and result.seconds > 0:
-            per_task = result.seconds / len(futures)
-            est = self._task_seconds
-            # Half and half: a workload whose tasks got much shorter (or longer) than the
-            # last one's is sized right after a couple of results, not a dozen.
-            self._task_seconds = per_task if est is None else 0.5 * est + 0.5 * per_task
+            self._durations.learn(self._fn_of.get(bid), result.seconds / len(futures))
+        self._fn_of.pop(bid, None)
         if isinstance(outcomes, BaseException):
             for fut in futures:
                 fut.set_exception(outcomes)
