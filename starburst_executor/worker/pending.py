@@ -65,6 +65,7 @@ class Pending:
         self._keys: list[str] = []
         self._unchecked: set[str] = set()
         self._due: dict[str, float] = {}  # key -> when it is this worker's turn (clock)
+        self._respread = False  # the next check gives the free keys new turns
 
     def __bool__(self) -> bool:
         return bool(self._keys)
@@ -95,10 +96,10 @@ class Pending:
             if age_ms > self._race_age_ms or not first_in_line:
                 self._unchecked.add(key)
             self._due[key] = now + max(0.0, delay_ms - age_ms) / 1000
-        self._keys = sorted(
-            {*self._keys, *keys},
-            key=lambda k: (not SessionKeys.is_requeue(k), self._due[k], self._score(k)),
-        )
+        self._keys = sorted({*self._keys, *keys}, key=self._order)
+
+    def _order(self, key: str) -> tuple[bool, float, float]:
+        return (not SessionKeys.is_requeue(key), self._due[key], self._score(key))
 
     def wait(self) -> float:
         """Seconds until the next key is this worker's turn (0: now)."""
@@ -109,6 +110,7 @@ class Pending:
     def stale(self) -> None:
         """Others have claimed meanwhile (a race was lost, a batch was run): check all."""
         self._unchecked = set(self._keys)
+        self._respread = True
 
     def needs_check(self) -> bool:
         """Whether the next key must be checked against the claims before a claim."""
@@ -126,8 +128,26 @@ class Pending:
             for k in self._keys
             if SessionKeys.is_requeue(k) or SessionKeys.bid_of(k) not in claimed
         ]
-        self._due = {k: self._due[k] for k in self._keys}
-        self._unchecked = set()
+        # Free as of now. Workers that checked at the same moment (they finished their
+        # batches together) would pick the same keys by chance: each key has a new turn per
+        # worker, spread over the span shared by the free keys, and a worker whose turn is
+        # not first in line looks again when it comes (the earlier ones have claimed).
+        # Only the first check after a lost race or a run spreads the turns (at a turn, the
+        # check is the look that turn asked for: the key is then raced).
+        now = self._clock()
+        if not self._respread:
+            self._due = {k: self._due[k] for k in self._keys}
+            self._unchecked = {k for k in self._keys if self._due[k] > now}
+            return
+        self._respread = False
+        free = sum(1 for k in self._keys if not SessionKeys.is_requeue(k))
+        span_s = self._span_ms / 1000 / max(1, free)
+        self._due = {
+            k: now + (0.0 if SessionKeys.is_requeue(k) else self._score(k) * span_s)
+            for k in self._keys
+        }
+        self._unchecked = {k for k in self._keys if self._due[k] - now > span_s / self._workers}
+        self._keys.sort(key=self._order)
 
     def pop(self) -> str:
         """The next key to claim, in this worker's order."""
