@@ -345,6 +345,12 @@ def _watch_status(args: argparse.Namespace) -> int:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from starburst_executor.dashboard import serve
 
+    def announce(url: str, port: int) -> None:
+        if args.json:
+            print(json.dumps({"url": url, "port": port}), flush=True)
+        else:
+            print(f"starburst dashboard: {url}  (Ctrl-C to stop)", flush=True)
+
     store = _store(args)
     try:
         serve(
@@ -352,7 +358,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
             port=args.port,
             session_id=args.session,
             open_browser=not args.no_browser,
-            as_json=args.json,
+            on_ready=announce,
         )
     except KeyboardInterrupt:
         pass  # the way to stop it

@@ -7,7 +7,6 @@ wait on the state they need.
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import urllib.error
@@ -260,17 +259,23 @@ def test_serve_prints_the_address_opens_the_browser_and_stops(
 
     opened: list[str] = []
     monkeypatch.setattr("webbrowser.open", opened.append)
-    out, stop = io.StringIO(), threading.Event()
+    announced: list[tuple[str, int]] = []
+    stop = threading.Event()
     store = MemoryStore()
     sid = "20300101-000000-abcdef"
-    kwargs: dict[str, Any] = {"port": free_port, "session_id": sid, "out": out, "stop": stop}
+    kwargs: dict[str, Any] = {
+        "port": free_port,
+        "session_id": sid,
+        "on_ready": lambda url, port: announced.append((url, port)),
+        "stop": stop,
+    }
     thread = threading.Thread(target=serve, args=(store,), kwargs=kwargs)
     thread.start()
     try:
         wait_until(lambda: opened, 10, "the browser to be opened")
         url = f"http://127.0.0.1:{free_port}/"
         assert opened == [f"{url}#{sid}"]
-        assert out.getvalue() == f"starburst dashboard: {url}#{sid}  (Ctrl-C to stop)\n"
+        assert announced == [(f"{url}#{sid}", free_port)]
         assert json.loads(_get(url + "api/sessions")[2]) == []
     finally:
         stop.set()
@@ -280,7 +285,9 @@ def test_serve_prints_the_address_opens_the_browser_and_stops(
         urllib.request.urlopen(f"http://127.0.0.1:{free_port}/", timeout=5)
 
 
-def test_the_dashboard_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_dashboard_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from starburst_executor import cli, dashboard
 
     calls: list[tuple[Any, dict[str, Any]]] = []
@@ -296,9 +303,10 @@ def test_the_dashboard_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert cli.main(argv) == cli.EXIT_OK
     ((store, kwargs),) = calls
     assert store.url == url
-    assert kwargs == {
+    announce = kwargs.pop("on_ready")
+    assert kwargs == {"port": 8123, "session_id": sid, "open_browser": False}
+    announce("http://127.0.0.1:8123/#" + sid, 8123)  # --json: the address as a JSON line
+    assert json.loads(capsys.readouterr().out) == {
+        "url": f"http://127.0.0.1:8123/#{sid}",
         "port": 8123,
-        "session_id": sid,
-        "open_browser": False,
-        "as_json": True,
     }
