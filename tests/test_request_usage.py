@@ -40,9 +40,12 @@ def test_cost_counts_the_client_and_the_workers_and_survives_shutdown() -> None:
     assert cost is not None
     requests = cost["requests"]
     assert requests["writers"] == 3  # the client and both workers recorded their counts
-    # ten batches: each uploaded, claimed, finished (result + done event) and read back
-    assert requests["workers"]["puts"] >= 10 * 2 and requests["workers"]["gets"] >= 10
-    assert requests["client"]["puts"] >= 10 and requests["client"]["gets"] >= 1
+    # Ten chunks, in as many batches as the client's pacing makes of them (it coalesces
+    # short work): each batch is uploaded by the client, read and claimed by a worker, which
+    # writes its result and done event.
+    workers, client = requests["workers"], requests["client"]
+    assert workers["gets"] >= 1 and workers["puts"] >= 3 * 1
+    assert client["puts"] >= 1 and client["gets"] + client["lists"] >= 1
     a, b = requests["class_a"], requests["class_b"]
     assert requests["s3_price"] == pytest.approx(a * 0.005 / 1000 + b * 0.0004 / 1000)
     assert cost["cost"] == 0.0  # a memory store bills nothing; the S3 price is shown
