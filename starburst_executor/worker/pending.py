@@ -9,8 +9,8 @@ slows the winner too). So:
   worker id and the batch id): workers that list the same keys at the same moment try
   different ones first, and collide only by chance.
 - **Each batch has its first worker** (rendezvous again): a worker's turn for a new batch
-  comes ``score * span`` after the batch was written (``span``: 10 ms per worker of the
-  session, 1 s at most). The worker whose turn comes first races at once; the others, when
+  comes ``score * span`` after the batch was written (``span``: 5 ms per worker of the
+  session, 0.25 s at most). The worker whose turn comes first races at once; the others, when
   their turn comes, check the claims first, and find it claimed. So when one batch appears
   among many idle workers, one of them claims it, instead of all racing for it.
 - **A key is raced only while it is believed free**: it is young (written less than
@@ -31,8 +31,8 @@ from starburst_executor.protocol import SessionKeys, key_time_ms
 
 __all__ = ["SPAN_MAX_MS", "STEP_MS", "Pending"]
 
-STEP_MS = 10.0  # one rank's turn: about a listing plus a claim write on a loaded S3
-SPAN_MAX_MS = 1000.0  # the last worker's turn comes at most this long after a batch appears
+STEP_MS = 5.0  # one rank's turn: about a claims listing plus a claim write
+SPAN_MAX_MS = 250.0  # the last worker's turn comes at most this long after a batch appears
 
 
 class Pending:
