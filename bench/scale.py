@@ -17,7 +17,9 @@ Each run starts ``W`` workers (the real ``Worker`` class, ``--procs`` worker pro
    per idle worker, and of the client (which has nothing outstanding).
 2. **wake-up**: one ``submit(noop)`` into the backed-off pool: the time from the batch's PUT
    (end) to the winning claim's PUT (start), and submit -> result.
-3. **work**: ``map(nap, [0.05] * (4 * tasks), chunksize=4)``: ``tasks-per-worker * W`` map
+3. **work**: after a warm-up (one 2 s task per worker, so that every worker is working and
+   the wall time measures the claims, not the idle backoff that step 2 measures),
+   ``map(nap, [0.05] * (4 * tasks), chunksize=4)``: ``tasks-per-worker * W`` map
    chunks (tasks) of 4 x 0.05 s. Ideal wall = ``tasks-per-worker * 0.2`` s. Printed: requests
    per batch (a batch is one object under ``batches/``; the client puts several chunks in one)
    by role, operation, condition and status, losing claim writes (412 answers to claim PUTs),
@@ -54,6 +56,7 @@ if str(REPO) not in sys.path:
 BUCKET = "starburst-scale"
 ITEM_SECONDS = 0.05
 CHUNK = 4
+WARM_SECONDS = 2.0  # the warm-up task: longer than the wait of a worker idle 28 s (1.4 s)
 # S3 Standard request prices (us-east-1), dollars per request.
 PRICE_WRITE = 0.005 / 1000  # PUT, COPY, POST, LIST
 PRICE_READ = 0.0004 / 1000  # GET, HEAD and the rest
@@ -370,7 +373,12 @@ def one_run(
             "claim_after_batch": wake_latency(proxy.take_trace()),
             "roundtrip": roundtrip,
         }
-        progress(f"{workers} workers: woke in {roundtrip * 1000:.0f} ms; the map ...")
+        progress(f"{workers} workers: woke in {roundtrip * 1000:.0f} ms; warming the pool ...")
+        # One task of WARM_SECONDS per worker: every backed-off worker notices work within
+        # that (its idle wait is idle_ratio of the time idle), so the map below measures the
+        # claims of a working pool; the wake-up above measures the backed-off one.
+        list(ex.map(nap, [WARM_SECONDS] * workers, timeout=args.timeout))
+        progress(f"{workers} workers: the map ...")
         tasks = args.tasks_per_worker * workers
         items = [ITEM_SECONDS] * (tasks * CHUNK)
         before = _count_batches(direct, prefix, sid)

@@ -22,16 +22,20 @@ class WorkerOptions:
     """How a worker polls.
 
     Attributes:
-        poll_min: first wait when idle (seconds); doubles up to ``poll_max``.
+        poll_min: shortest wait between two looks for work (seconds).
         poll_max: longest wait between two looks for work of a worker idle for a short
             while; a longer idle stretch lengthens it (``idle_ratio``, ``idle_rate``).
+        wake_ratio: a worker idle for a short while waits this fraction of the time it has
+            been idle between looks (from ``poll_min`` up to ``poll_max``), so work that
+            comes after a pause of ``t`` is noticed within about ``wake_ratio * t``.
         cursor_margin: overlap of successive listings (see ``KeyCursor``).
         control_every: how often a busy worker re-reads the session's control record.
         capture_output: keep each task's stdout/stderr for its result. Off for workers that
             share a process (``ThreadLauncher``): ``sys.stdout`` is one per process, so
             redirecting it from several threads would mix their outputs.
-        idle_ratio: an idle worker waits up to this fraction of the time it has been idle
-            between looks for work (idle a minute at 0.2: every 12 s at most).
+        idle_ratio: past ``poll_max``, an idle worker waits this fraction of the time it
+            has been idle between looks for work (idle a minute at 0.05: every 3 s), up to
+            the ceiling ``idle_rate`` leaves (reached after about two and a half minutes).
         idle_rate: requests per second an idle worker may make once backed off (looks for
             work, control re-reads, claim scans together); sets the longest wait.
         idle_poll_max: the longest wait between looks for work however long idle, instead
@@ -46,7 +50,8 @@ class WorkerOptions:
     cursor_margin: float = 15.0
     control_every: float = 2.0
     capture_output: bool = True
-    idle_ratio: float = 0.2
+    wake_ratio: float = 0.25
+    idle_ratio: float = 0.05
     idle_rate: float = 0.2
     idle_poll_max: float | None = None
     race_age: float = 1.0
@@ -60,12 +65,15 @@ class Scan:
     control record, looks for lost claims, and gives up as idle.
 
     Idle costs are bounded (``WorkerOptions.idle_rate`` requests per second once backed off)
-    yet a worker wakes quickly after a short pause: the wait between looks doubles from
-    ``poll_min`` to a ceiling that grows with the time idle (``idle_ratio`` of it: idle for a
-    second, it looks every ``poll_max``; idle for a minute, every few seconds) up to the
-    ceiling the budget leaves (:meth:`idle_poll_max`). The control re-read and the lost-claim
-    scan slow down the same way, to once per ``idle_duty`` (the lease, 30 s at most). With
-    many idle workers, one of them looks soon after work arrives even so.
+    yet a worker wakes quickly after a short pause: the wait between looks is a fraction of
+    the time idle (``wake_ratio``, from ``poll_min``: idle 40 ms, it looks again within
+    10 ms), ``poll_max`` at most for the first seconds, then a smaller fraction of it
+    (``idle_ratio``: idle for a minute, every 3 s) up to the ceiling the budget leaves
+    (:meth:`idle_poll_max`). Doubling the wait instead (as before) left a worker that had
+    paused for ``t`` up to ``t`` late, which was most of a lone call's round trip. The
+    control re-read and the lost-claim scan slow down the same way, to once per
+    ``idle_duty`` (the lease, 30 s at most). With many idle workers, one of them looks soon
+    after work arrives even so.
     """
 
     cursor: KeyCursor
@@ -74,7 +82,6 @@ class Scan:
     state: SessionState
     lease_seconds: float
     pending: Pending
-    interval: float = 0.0
     last_work: float = 0.0
     next_control: float = 0.0
     next_takeover: float = 0.0
@@ -84,7 +91,6 @@ class Scan:
         return self.options.clock
 
     def __post_init__(self) -> None:
-        self.interval = self.options.poll_min
         self.last_work = self.clock()
         self.next_control = self.last_work + self.options.control_every
 
@@ -112,7 +118,6 @@ class Scan:
         return True
 
     def worked(self) -> None:
-        self.interval = self.options.poll_min
         self.last_work = self.clock()
         # Back to the busy pace for the duties too (an idle worker scheduled them far out).
         self.next_control = min(self.next_control, self.last_work + self.options.control_every)
@@ -131,15 +136,10 @@ class Scan:
         return max(1 / spare if spare > 0 else 0.0, self.options.poll_max)
 
     def backoff(self) -> float:
-        """The wait before the next look for work: doubling while none comes, up to a
-        ceiling that grows with the time idle."""
-        ceiling = min(
-            max(self.options.poll_max, self.idle_for() * self.options.idle_ratio),
-            self.idle_poll_max(),
-        )
-        wait = min(self.interval, ceiling)
-        self.interval = min(wait * 2, ceiling)
-        return wait
+        """The wait before the next look for work: in proportion to the time idle."""
+        idle, opts = self.idle_for(), self.options
+        short = min(max(opts.poll_min, opts.wake_ratio * idle), opts.poll_max)
+        return min(max(short, opts.idle_ratio * idle), self.idle_poll_max())
 
 
 @dataclass
