@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 
 from starburst_executor._claims import Claims
 from starburst_executor.protocol import Codec, SessionKeys
+from starburst_executor.stores.base import ObjectInfo, StoredObject
 from starburst_executor.stores.memory import FakeClock, MemoryStore
 
 SECRET = b"k" * 32
@@ -74,6 +75,38 @@ class RecordingStore(MemoryStore):
         if len(parts) > 2 and parts[2] == "batches" and "-requeue-" not in key:
             self.batches.append(parts[-1])
         return super().put(key, data)
+
+
+class RequestLogStore(MemoryStore):
+    """A memory store that reports each request it answers to :meth:`_count` (the tests
+    that bound how often a client or a worker asks the store count them their own way)."""
+
+    def _count(self, op: str, key: str) -> None:
+        """One request: ``op`` (GET, PUT, LIST, DELETE) on ``key`` (a prefix for LIST)."""
+
+    def get(self, key: str) -> StoredObject:
+        self._count("GET", key)
+        return super().get(key)
+
+    def put(self, key: str, data: bytes) -> str:
+        self._count("PUT", key)
+        return super().put(key, data)
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        self._count("PUT", key)
+        return super().put_if_absent(key, data)
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> str:
+        self._count("PUT", key)
+        return super().put_if_match(key, data, etag)
+
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        self._count("LIST", prefix)
+        return super().list(prefix, start_after)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        self._count("DELETE", "")
+        super().delete_many(keys)
 
 
 def tasks_in(bid: str) -> int:

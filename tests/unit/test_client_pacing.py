@@ -10,7 +10,7 @@ record) and lease scans (listings of the claims).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from typing import Any
 
@@ -23,12 +23,13 @@ from starburst_executor.executor import _default_pacing
 from starburst_executor.launchers.base import WorkerExit
 from starburst_executor.protocol import ResultRecord, TaskOutcome
 from starburst_executor.serialization import dumps
-from starburst_executor.stores.base import ObjectInfo, StoredObject
-from starburst_executor.stores.memory import FakeClock, MemoryStore
+from starburst_executor.stores.memory import FakeClock
 from starburst_executor.usage import WRITE_EVERY
 
+from .fakes import RequestLogStore
 
-class CountingStore(MemoryStore):
+
+class CountingStore(RequestLogStore):
     """A memory store that counts its requests by (operation, folder of the session)."""
 
     def __init__(self, clock: FakeClock) -> None:
@@ -41,30 +42,6 @@ class CountingStore(MemoryStore):
 
     def total(self) -> int:
         return sum(self.counts.values())
-
-    def get(self, key: str) -> StoredObject:
-        self._count("GET", key)
-        return super().get(key)
-
-    def put(self, key: str, data: bytes) -> str:
-        self._count("PUT", key)
-        return super().put(key, data)
-
-    def put_if_absent(self, key: str, data: bytes) -> str:
-        self._count("PUT", key)
-        return super().put_if_absent(key, data)
-
-    def put_if_match(self, key: str, data: bytes, etag: str) -> str:
-        self._count("PUT", key)
-        return super().put_if_match(key, data, etag)
-
-    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        self._count("LIST", prefix)
-        return super().list(prefix, start_after)
-
-    def delete_many(self, keys: Iterable[str]) -> None:
-        self._count("DELETE", "")
-        super().delete_many(keys)
 
 
 class BusyWorkers:

@@ -18,12 +18,12 @@ from starburst_executor.protocol import Codec
 from starburst_executor.stores.memory import FakeClock
 from starburst_executor.worker.loop import Worker, WorkerOptions
 
-from .fakes import RecordingStore
+from .fakes import RequestLogStore
 
 LEASE = 30.0
 
 
-class CountingStore(RecordingStore):
+class CountingStore(RequestLogStore):
     """Counts the requests made from one thread (the worker loop's), by kind and fake time."""
 
     def __init__(self, clock: FakeClock) -> None:
@@ -35,26 +35,6 @@ class CountingStore(RecordingStore):
         if threading.current_thread() is self.thread:
             parts = key.split("/")
             self.calls.append((self.clock(), f"{op} {parts[2] if len(parts) > 2 else key}"))
-
-    def get(self, key: str):  # type: ignore[no-untyped-def]
-        self._count("GET", key)
-        return super().get(key)
-
-    def put(self, key: str, data: bytes) -> str:
-        self._count("PUT", key)
-        return super().put(key, data)
-
-    def put_if_absent(self, key: str, data: bytes) -> str:
-        self._count("PUT", key)
-        return super().put_if_absent(key, data)
-
-    def put_if_match(self, key: str, data: bytes, etag: str) -> str:
-        self._count("PUT", key)
-        return super().put_if_match(key, data, etag)
-
-    def list(self, prefix: str, start_after: str | None = None):  # type: ignore[no-untyped-def]
-        self._count("LIST", prefix)
-        return super().list(prefix, start_after)
 
 
 class FakeTime:
