@@ -37,6 +37,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from bench import workloads as wl
+from bench.env import patched_env, s3_env
 from bench.s3proxy import ProxyProcess
 
 LAST = Path(__file__).resolve().parent / ".last" / "results.json"
@@ -207,24 +208,6 @@ def run_suite(
         results.append(measure(backend, wl.WORKLOADS[name], factory, plan, counting, timeout))
         progress(f"{backend}: {name} done in {time.perf_counter() - t0:.1f} s")
     return results
-
-
-@contextlib.contextmanager
-def patched_env(**values: str | None) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def measure_rss(target: str, progress: Callable[[str], None]) -> dict[str, Any] | None:
@@ -659,17 +642,7 @@ def run_seaweed(
         server.create_bucket(BUCKET)
         with (
             ProxyProcess(server.endpoint_url) as proxy,
-            patched_env(
-                AWS_ENDPOINT_URL_S3=proxy.endpoint_url,
-                AWS_ENDPOINT_URL=None,
-                AWS_ACCESS_KEY_ID="bench",
-                AWS_SECRET_ACCESS_KEY="bench",
-                AWS_SESSION_TOKEN=None,
-                AWS_DEFAULT_REGION="us-east-1",
-                AWS_REGION=None,
-                AWS_PROFILE=None,
-                AWS_SDK_UA_APP_ID=None,
-            ),
+            s3_env(proxy.endpoint_url, AWS_SDK_UA_APP_ID=None),
         ):
             passes = [("seaweed", 0.0)]
             if latency_ms:

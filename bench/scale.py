@@ -311,27 +311,10 @@ def _count_batches(client: Any, prefix: str, session_id: str) -> int:
     return sum(1 for key in keys if "-requeue-" not in key)
 
 
-@contextlib.contextmanager
-def _env(**values: str | None) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def one_run(
     workers: int, args: argparse.Namespace, proxy: Any, direct: Any, logdir: Path
 ) -> dict[str, Any]:
+    from bench.env import patched_env
     from bench.tasks import nap, noop
     from starburst_executor import StarburstExecutor
     from starburst_executor import executor as executor_module
@@ -349,7 +332,7 @@ def one_run(
     original = executor_module.make_launcher
     executor_module.make_launcher = make_launcher  # type: ignore[assignment]
     try:
-        with _env(AWS_SDK_UA_APP_ID="sb-client"):
+        with patched_env(AWS_SDK_UA_APP_ID="sb-client"):
             ex = StarburstExecutor(store=url, max_workers=workers, idle_timeout=3600)
     finally:
         executor_module.make_launcher = original
@@ -504,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
 
+    from bench.env import s3_env
     from bench.s3proxy import ProxyProcess
     from tests.servers import SeaweedServer
 
@@ -518,16 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         ).client("s3", endpoint_url=server.endpoint_url)
         with (
             ProxyProcess(server.endpoint_url) as proxy,
-            _env(
-                AWS_ENDPOINT_URL_S3=proxy.endpoint_url,
-                AWS_ENDPOINT_URL=None,
-                AWS_ACCESS_KEY_ID="bench",
-                AWS_SECRET_ACCESS_KEY="bench",
-                AWS_SESSION_TOKEN=None,
-                AWS_DEFAULT_REGION="us-east-1",
-                AWS_REGION=None,
-                AWS_PROFILE=None,
-            ),
+            s3_env(proxy.endpoint_url),
         ):
             for workers in sizes:
                 try:

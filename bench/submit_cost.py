@@ -54,6 +54,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
 )
 
+from bench.env import s3_env  # noqa: E402
 from bench.tasks import noop, square  # noqa: E402
 
 MAX_WORKERS = 2
@@ -114,31 +115,9 @@ def stop_detached(ex: Any) -> None:
 def seaweed() -> Iterator[str]:
     from tests.servers import SeaweedServer
 
-    saved = {
-        k: os.environ.get(k)
-        for k in (
-            "AWS_ENDPOINT_URL_S3",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_DEFAULT_REGION",
-        )
-    }
-    with SeaweedServer() as server:
+    with SeaweedServer() as server, s3_env(server.endpoint_url):
         server.create_bucket(BUCKET)
-        os.environ.update(
-            AWS_ENDPOINT_URL_S3=server.endpoint_url,
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
-        try:
-            yield f"s3://{BUCKET}/submit-cost-{time.strftime('%H%M%S')}"
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        yield f"s3://{BUCKET}/submit-cost-{time.strftime('%H%M%S')}"
 
 
 def run_backend(

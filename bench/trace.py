@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench.run as br
 from bench import tasks
 from bench import workloads as wl
+from bench.env import s3_env
 from bench.s3proxy import ProxyProcess
 
 
@@ -79,16 +80,7 @@ def main() -> int:
         server.create_bucket(br.BUCKET)
         with (
             ProxyProcess(server.endpoint_url, delay=args.latency_ms / 1000) as proxy,
-            br.patched_env(
-                AWS_ENDPOINT_URL_S3=proxy.endpoint_url,
-                AWS_ENDPOINT_URL=None,
-                AWS_ACCESS_KEY_ID="bench",
-                AWS_SECRET_ACCESS_KEY="bench",
-                AWS_DEFAULT_REGION="us-east-1",
-                AWS_PROFILE=None,
-                STARBURST_HOME=home,
-                STARBURST_STORE=None,
-            ),
+            s3_env(proxy.endpoint_url, STARBURST_HOME=home, STARBURST_STORE=None),
         ):
             make = br.starburst_factory(lambda: f"s3://{br.BUCKET}/trace-{os.getpid()}")
             if args.what == "startup":
